@@ -1,0 +1,40 @@
+// The packed 64-bit z-buffer key (docs/ops.md#splat_depth): (float32 bits of depth) << 32 | index.
+// For positive floats the bit pattern orders like the value, so one unsigned 64-bit min picks the
+// nearest point and, on equal float32 depths, the smaller index: a total order, hence the same
+// winner whatever order points arrive in (OpenMP loop or CUDA atomicMin).
+#pragma once
+
+#include <cstring>
+
+#include "common.h"
+
+namespace vggrpo {
+
+// No real key reaches this value: its depth bits would be a NaN, and NaN depths are rejected.
+constexpr uint64_t kEmptyKey = ~uint64_t(0);
+
+VGGRPO_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+#endif
+}
+
+template <typename T>
+VGGRPO_HD uint64_t zbuffer_key(T depth, int64_t index) {
+  return (static_cast<uint64_t>(float_bits(static_cast<float>(depth))) << 32) |
+         static_cast<uint64_t>(static_cast<uint32_t>(index));
+}
+
+// Point index of a key, -1 for an empty pixel.
+VGGRPO_HD int64_t zbuffer_winner(uint64_t key) {
+  return key == kEmptyKey ? int64_t(-1) : static_cast<int64_t>(key & 0xffffffffu);
+}
+
+// Indices must fit the key's low 32 bits.
+constexpr int64_t kMaxPoints = int64_t(0xffffffff);
+
+}  // namespace vggrpo

@@ -1,0 +1,82 @@
+// Entry points of the torch-free kernel core: raw pointers to contiguous row-major arrays, sizes
+// as int64_t, no allocation, no exceptions. The tensor glue in csrc/torch/ validates every input
+// before calling here. Each op has a *_cpu variant (OpenMP, `threads` workers) and, in CUDA
+// builds, a *_cuda variant (csrc/kernels/*.cu) on the caller's stream.
+//
+// Layouts (docs/ops.md): E = extrinsics as [.., 12] rows of [R | t]; K = intrinsics [.., 9];
+// points [B, N, 3] with N = T*H*W when they come from pointmaps [B, T, H, W, 3].
+#pragma once
+
+#include <cstdint>
+
+namespace vggrpo {
+namespace kernels {
+
+// B videos, V views of H x W pixels.
+struct ViewGrid {
+  int64_t B, V, H, W;
+  int64_t pixels() const { return H * W; }
+};
+
+// ---- so3_log -------------------------------------------------------------------------------
+template <typename T>
+void so3_log_cpu(const T* R, int64_t n, T* omega, int threads);
+template <typename T>
+void so3_log_backward_cpu(const T* R, const T* grad_omega, int64_t n, T* grad_R, int threads);
+
+// ---- motion_smoothness: E [B, num_frames, 12] ------------------------------------------------
+template <typename T>
+void motion_smoothness_cpu(const T* E, int64_t B, int64_t num_frames, T eps, T* e_trans, T* e_rot,
+                           int threads);
+template <typename T>
+void motion_smoothness_backward_cpu(const T* E, int64_t B, int64_t num_frames, T eps,
+                                    const T* grad_trans, const T* grad_rot, T* grad_E,
+                                    int threads);
+
+// ---- static_points: pointmaps/flow [B, N, 3]; flow may be null ------------------------------
+template <typename T>
+void static_points_cpu(const T* pointmaps, const T* flow, T flow_threshold, int64_t B, int64_t N,
+                       T* points, bool* valid, int threads);
+
+// ---- splat_depth: points [B, N, 3], valid [B, N] or null, E [B, V, 12], K [B, V, 9] ----------
+template <typename T>
+void splat_depth_cpu(const T* points, const bool* valid, const T* E, const T* K, int64_t N,
+                     ViewGrid g, T* depth, int64_t* winner, int threads);
+// grad_points [B, N, 3] and grad_E [B, V, 12] are written (zeroed here first).
+template <typename T>
+void splat_depth_backward_cpu(const T* grad_depth, const int64_t* winner, const T* points,
+                              const T* E, int64_t N, ViewGrid g, T* grad_points, T* grad_E,
+                              int threads);
+
+// ---- view_depth_error: rendered/depths [B, V, H, W] -------------------------------------------
+template <typename T>
+void view_depth_error_cpu(const T* rendered, const T* depths, ViewGrid g, T* err, int64_t* count,
+                          int threads);
+template <typename T>
+void view_depth_error_backward_cpu(const T* grad_err, const T* rendered, const T* depths,
+                                   const int64_t* count, ViewGrid g, T* grad_rendered,
+                                   T* grad_depths, int threads);
+
+// ---- worst_k_mean: err/count [B, V] -----------------------------------------------------------
+template <typename T>
+void worst_k_mean_cpu(const T* err, const int64_t* count, int64_t B, int64_t V, int64_t k, T* out,
+                      int threads);
+template <typename T>
+void worst_k_mean_backward_cpu(const T* grad, const T* err, const int64_t* count, int64_t B,
+                               int64_t V, int64_t k, T* grad_err, int threads);
+
+// ---- reprojection_errors: pointmaps/flow [B, V*H*W, 3], depths [B, V, H, W] -----------------
+// The views are the frames (V == T). mask is caller-provided scratch of B*N bytes.
+template <typename T>
+void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, const T* K,
+                             const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
+                             int64_t* winner, uint8_t* mask, int threads);
+// grad_pointmaps [B, N, 3], grad_depths [B, V, H, W], grad_E [B, V, 12] are written.
+template <typename T>
+void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
+                                      const int64_t* winner, const T* pointmaps, const T* depths,
+                                      const T* E, ViewGrid g, T* grad_pointmaps, T* grad_depths,
+                                      T* grad_E, int threads);
+
+}  // namespace kernels
+}  // namespace vggrpo

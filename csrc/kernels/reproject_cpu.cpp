@@ -1,0 +1,227 @@
+// CPU kernels of the geometry path: static_points, splat_depth, view_depth_error, worst_k_mean
+// and the fused reprojection_errors (docs/ops.md). Work is split by video or by (video, view):
+// every output element and every accumulated sum has one owner thread and a fixed loop order,
+// so results are bitwise identical from run to run and for any thread count.
+#include "cpu_parallel.h"
+#include "cpu_zbuffer.h"
+#include "kernels.h"
+#include "vggrpo/camera.h"
+#include "vggrpo/common.h"
+#include "vggrpo/depth_error.h"
+#include "vggrpo/points.h"
+#include "vggrpo/topk.h"
+
+namespace vggrpo {
+namespace kernels {
+
+template <typename T>
+void static_points_cpu(const T* pointmaps, const T* flow, T flow_threshold, int64_t B, int64_t N,
+                       T* points, bool* valid, int threads) {
+  parallel_for(B * N, 8, threads, [&](int64_t i) {
+    const T* p = pointmaps + 3 * i;
+    const bool keep = point_is_static(p, flow ? flow + 3 * i : nullptr, flow_threshold);
+    valid[i] = keep;
+    for (int k = 0; k < 3; ++k) points[3 * i + k] = keep ? p[k] : T(0);
+  });
+}
+
+template <typename T>
+void splat_depth_cpu(const T* points, const bool* valid, const T* E, const T* K, int64_t N,
+                     ViewGrid g, T* depth, int64_t* winner, int threads) {
+  const int64_t P = g.pixels();
+  parallel_for(g.B * g.V, 20 * N, threads, [&](int64_t bv) {
+    const int64_t b = bv / g.V;
+    const T* pts = points + 3 * N * b;
+    const T* Ev = E + 12 * bv;
+    int64_t* win = winner + P * bv;
+    splat_view_serial(pts, valid ? valid + N * b : nullptr, Ev, K + 9 * bv, N, g.H, g.W,
+                      reinterpret_cast<uint64_t*>(win));
+    keys_to_winners(win, P);
+    T* dep = depth + P * bv;
+    for (int64_t i = 0; i < P; ++i) dep[i] = win[i] >= 0 ? camera_z(Ev, pts + 3 * win[i]) : T(0);
+  });
+}
+
+template <typename T>
+void splat_depth_backward_cpu(const T* grad_depth, const int64_t* winner, const T* points,
+                              const T* E, int64_t N, ViewGrid g, T* grad_points, T* grad_E,
+                              int threads) {
+  const int64_t P = g.pixels();
+  // One video per task: a point can win in several views, and its gradient sums them in view
+  // order.
+  parallel_for(g.B, 8 * g.V * P, threads, [&](int64_t b) {
+    T* gp = grad_points + 3 * N * b;
+    for (int64_t i = 0; i < 3 * N; ++i) gp[i] = T(0);
+    const T* pts = points + 3 * N * b;
+    for (int64_t v = 0; v < g.V; ++v) {
+      const int64_t bv = b * g.V + v;
+      T* gE = grad_E + 12 * bv;
+      for (int i = 0; i < 12; ++i) gE[i] = T(0);
+      const int64_t* win = winner + P * bv;
+      const T* gd = grad_depth + P * bv;
+      for (int64_t i = 0; i < P; ++i) {
+        // Winners come from the forward; anything else out of range is ignored, never read.
+        if (win[i] < 0 || win[i] >= N) continue;
+        camera_z_vjp(E + 12 * bv, pts + 3 * win[i], gd[i], gp + 3 * win[i], gE);
+      }
+    }
+  });
+}
+
+template <typename T>
+void view_depth_error_cpu(const T* rendered, const T* depths, ViewGrid g, T* err, int64_t* count,
+                          int threads) {
+  const int64_t P = g.pixels();
+  parallel_for(g.B * g.V, 4 * P, threads, [&](int64_t bv) {
+    const T* r = rendered + P * bv;
+    const T* d = depths + P * bv;
+    acc_t sum = 0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < P; ++i) {
+      if (!pixel_counts(r[i], d[i])) continue;
+      sum += pixel_error(r[i], d[i]);
+      ++n;
+    }
+    count[bv] = n;
+    err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
+  });
+}
+
+template <typename T>
+void view_depth_error_backward_cpu(const T* grad_err, const T* rendered, const T* depths,
+                                   const int64_t* count, ViewGrid g, T* grad_rendered,
+                                   T* grad_depths, int threads) {
+  const int64_t P = g.pixels();
+  parallel_for(g.B * g.V, 4 * P, threads, [&](int64_t bv) {
+    const T* r = rendered + P * bv;
+    const T* d = depths + P * bv;
+    T* gr = grad_rendered + P * bv;
+    T* gd = grad_depths + P * bv;
+    const T scale = count[bv] > 0 ? grad_err[bv] / static_cast<T>(count[bv]) : T(0);
+    for (int64_t i = 0; i < P; ++i) {
+      const T gi = pixel_counts(r[i], d[i]) ? scale * pixel_error_grad(r[i], d[i]) : T(0);
+      gr[i] = gi;
+      gd[i] = -gi;
+    }
+  });
+}
+
+template <typename T>
+void worst_k_mean_cpu(const T* err, const int64_t* count, int64_t B, int64_t V, int64_t k, T* out,
+                      int threads) {
+  parallel_for(B, V * V, threads, [&](int64_t b) {
+    const T* e = err + V * b;
+    acc_t sum = 0;
+    const int64_t n = worst_k_visit(e, count + V * b, V, k, [&](int64_t v) { sum += e[v]; });
+    out[b] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
+  });
+}
+
+template <typename T>
+void worst_k_mean_backward_cpu(const T* grad, const T* err, const int64_t* count, int64_t B,
+                               int64_t V, int64_t k, T* grad_err, int threads) {
+  parallel_for(B, V * V, threads, [&](int64_t b) {
+    T* ge = grad_err + V * b;
+    for (int64_t v = 0; v < V; ++v) ge[v] = T(0);
+    int64_t valid_views = 0;
+    for (int64_t v = 0; v < V; ++v) valid_views += count[V * b + v] > 0 ? 1 : 0;
+    const int64_t selected = valid_views < k ? valid_views : k;
+    if (selected == 0) return;
+    const T share = grad[b] / static_cast<T>(selected);
+    worst_k_visit(err + V * b, count + V * b, V, k, [&](int64_t v) { ge[v] = share; });
+  });
+}
+
+template <typename T>
+void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, const T* K,
+                             const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
+                             int64_t* winner, uint8_t* mask, int threads) {
+  const int64_t P = g.pixels();
+  const int64_t N = g.V * P;
+  bool* keep = reinterpret_cast<bool*>(mask);
+  // The static mask costs one byte per point, read V times by the splat below, instead of the
+  // 12-byte flow vector V times.
+  parallel_for(g.B * N, 8, threads, [&](int64_t i) {
+    keep[i] = point_is_static(pointmaps + 3 * i, flow ? flow + 3 * i : nullptr, flow_threshold);
+  });
+  parallel_for(g.B * g.V, 20 * N, threads, [&](int64_t bv) {
+    const int64_t b = bv / g.V;
+    const T* pts = pointmaps + 3 * N * b;
+    const T* Ev = E + 12 * bv;
+    int64_t* win = winner + P * bv;
+    splat_view_serial(pts, keep + N * b, Ev, K + 9 * bv, N, g.H, g.W,
+                      reinterpret_cast<uint64_t*>(win));
+    keys_to_winners(win, P);
+    const T* d = depths + P * bv;
+    acc_t sum = 0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < P; ++i) {
+      if (win[i] < 0) continue;
+      const T z = camera_z(Ev, pts + 3 * win[i]);
+      if (!pixel_counts(z, d[i])) continue;
+      sum += pixel_error(z, d[i]);
+      ++n;
+    }
+    count[bv] = n;
+    err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
+  });
+}
+
+template <typename T>
+void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
+                                      const int64_t* winner, const T* pointmaps, const T* depths,
+                                      const T* E, ViewGrid g, T* grad_pointmaps, T* grad_depths,
+                                      T* grad_E, int threads) {
+  const int64_t P = g.pixels();
+  const int64_t N = g.V * P;
+  parallel_for(g.B, 12 * N, threads, [&](int64_t b) {
+    T* gp = grad_pointmaps + 3 * N * b;
+    for (int64_t i = 0; i < 3 * N; ++i) gp[i] = T(0);
+    const T* pts = pointmaps + 3 * N * b;
+    for (int64_t v = 0; v < g.V; ++v) {
+      const int64_t bv = b * g.V + v;
+      const T* Ev = E + 12 * bv;
+      T* gE = grad_E + 12 * bv;
+      for (int i = 0; i < 12; ++i) gE[i] = T(0);
+      const int64_t* win = winner + P * bv;
+      const T* d = depths + P * bv;
+      T* gd = grad_depths + P * bv;
+      const T scale = count[bv] > 0 ? grad_err[bv] / static_cast<T>(count[bv]) : T(0);
+      for (int64_t i = 0; i < P; ++i) {
+        gd[i] = T(0);
+        if (win[i] < 0 || win[i] >= N) continue;
+        const T* p = pts + 3 * win[i];
+        const T z = camera_z(Ev, p);
+        if (!pixel_counts(z, d[i])) continue;
+        const T gi = scale * pixel_error_grad(z, d[i]);
+        gd[i] = -gi;
+        camera_z_vjp(Ev, p, gi, gp + 3 * win[i], gE);
+      }
+    }
+  });
+}
+
+#define VGGRPO_INSTANTIATE(T)                                                                   \
+  template void static_points_cpu<T>(const T*, const T*, T, int64_t, int64_t, T*, bool*, int);  \
+  template void splat_depth_cpu<T>(const T*, const bool*, const T*, const T*, int64_t, ViewGrid, \
+                                   T*, int64_t*, int);                                           \
+  template void splat_depth_backward_cpu<T>(const T*, const int64_t*, const T*, const T*,        \
+                                            int64_t, ViewGrid, T*, T*, int);                     \
+  template void view_depth_error_cpu<T>(const T*, const T*, ViewGrid, T*, int64_t*, int);        \
+  template void view_depth_error_backward_cpu<T>(const T*, const T*, const T*, const int64_t*,   \
+                                                 ViewGrid, T*, T*, int);                         \
+  template void worst_k_mean_cpu<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, T*,     \
+                                    int);                                                        \
+  template void worst_k_mean_backward_cpu<T>(const T*, const T*, const int64_t*, int64_t,        \
+                                             int64_t, int64_t, T*, int);                         \
+  template void reprojection_errors_cpu<T>(const T*, const T*, const T*, const T*, const T*, T,  \
+                                           ViewGrid, T*, int64_t*, int64_t*, uint8_t*, int);     \
+  template void reprojection_errors_backward_cpu<T>(const T*, const int64_t*, const int64_t*,    \
+                                                    const T*, const T*, const T*, ViewGrid, T*,  \
+                                                    T*, T*, int);
+VGGRPO_INSTANTIATE(float)
+VGGRPO_INSTANTIATE(double)
+#undef VGGRPO_INSTANTIATE
+
+}  // namespace kernels
+}  // namespace vggrpo

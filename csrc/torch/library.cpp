@@ -1,0 +1,61 @@
+// Schemas of the vggrpo ops (torch.ops.vggrpo.*) and the Python module vggrpo._C.
+// Autograd formulas and fake (meta) kernels are registered from Python, in vggrpo/ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifndef VGGRPO_TORCH_VERSION
+#define VGGRPO_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(vggrpo, m) {
+  const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
+  m.def("so3_log(Tensor R) -> Tensor", tags);
+  m.def("so3_log_backward(Tensor grad_omega, Tensor R) -> Tensor", tags);
+  m.def("motion_smoothness(Tensor extrinsics, float eps) -> (Tensor, Tensor)", tags);
+  m.def(
+      "motion_smoothness_backward(Tensor grad_trans, Tensor grad_rot, Tensor extrinsics, "
+      "float eps) -> Tensor",
+      tags);
+  m.def(
+      "static_points(Tensor pointmaps, Tensor? scene_flow, float flow_threshold) -> "
+      "(Tensor, Tensor)",
+      tags);
+  m.def(
+      "splat_depth(Tensor points, Tensor? valid, Tensor extrinsics, Tensor intrinsics, "
+      "int height, int width) -> (Tensor, Tensor)",
+      tags);
+  m.def(
+      "splat_depth_backward(Tensor grad_depth, Tensor winner, Tensor points, Tensor extrinsics) "
+      "-> (Tensor, Tensor)",
+      tags);
+  m.def("view_depth_error(Tensor rendered, Tensor depths) -> (Tensor, Tensor)", tags);
+  m.def(
+      "view_depth_error_backward(Tensor grad_err, Tensor rendered, Tensor depths, Tensor count) "
+      "-> (Tensor, Tensor)",
+      tags);
+  m.def("worst_k_mean(Tensor err, Tensor count, int k) -> Tensor", tags);
+  m.def("worst_k_mean_backward(Tensor grad, Tensor err, Tensor count, int k) -> Tensor", tags);
+  m.def(
+      "reprojection_errors(Tensor pointmaps, Tensor depths, Tensor extrinsics, "
+      "Tensor intrinsics, Tensor? scene_flow, float flow_threshold) -> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "reprojection_errors_backward(Tensor grad_err, Tensor count, Tensor winner, "
+      "Tensor pointmaps, Tensor depths, Tensor extrinsics) -> (Tensor, Tensor, Tensor)",
+      tags);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vggrpo's compiled ops; use them through vggrpo.ops";
+#if defined(VGGRPO_WITH_CUDA)
+  m.attr("cuda_built") = true;
+#else
+  m.attr("cuda_built") = false;
+#endif
+#if defined(_OPENMP)
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  m.attr("torch_version") = VGGRPO_TORCH_VERSION;
+}

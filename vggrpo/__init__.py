@@ -1,0 +1,38 @@
+"""vggrpo: world-consistent video generation with latent geometry rewards (VGGRPO, arXiv 2603.26599).
+
+Drop-in rewards::
+
+    import vggrpo
+    r_motion = vggrpo.camera_motion_reward(extrinsics)                       # [B]
+    r_geo = vggrpo.geometry_reprojection_reward(pointmaps, depths, extrinsics, intrinsics,
+                                                scene_flow)                  # [B]
+    adv = vggrpo.group_advantages({"motion": r_motion, "geo": r_geo}, group_size=8)
+
+``vggrpo.ops`` holds the fused C++/CUDA ops (with autograd), ``vggrpo.reference`` their
+plain-PyTorch twins, docs/ops.md the exact contract.
+"""
+
+from . import ops, reference
+from ._ext import cuda_built, openmp
+from .rewards import (
+    GeometryTerms,
+    MotionTerms,
+    camera_motion_reward,
+    geometry_reprojection_reward,
+    group_advantages,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "camera_motion_reward",
+    "geometry_reprojection_reward",
+    "group_advantages",
+    "MotionTerms",
+    "GeometryTerms",
+    "ops",
+    "reference",
+    "cuda_built",
+    "openmp",
+    "__version__",
+]

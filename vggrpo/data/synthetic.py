@@ -1,0 +1,857 @@
+"""Procedural 4D "box room" scenes with exact geometry.
+
+A scene is an axis-aligned room (the cameras are inside it and see its inner walls, floor and
+ceiling) holding a few static axis-aligned boxes standing on the floor and, optionally, boxes that
+slide across the floor at constant velocity. Every pixel is ray cast analytically, so cameras,
+depths, point maps, scene flow and the dynamic mask are exact (up to floating-point rounding).
+
+What they are for:
+
+* ground truth for the tests of the ops and rewards (a smooth trajectory has a camera motion
+  error of ~0; the exact point maps reproject onto the exact depths);
+* the demo;
+* later, training data for the tiny geometry models.
+
+RGB textures are not rendered yet (a later issue); this module produces geometry only.
+
+Conventions (the package's public contract, see DESIGN.md and docs/ops.md):
+
+* extrinsics ``[B,T,3,4]`` camera-from-world ``[R | t]``, OpenCV camera axes (x right, y down,
+  z forward); intrinsics ``[B,T,3,3]`` pinhole; depths ``[B,T,H,W]`` camera z-depth in metres;
+  pointmaps ``[B,T,H,W,3]`` world frame in metres; scene_flow ``[B,T,H,W,3]`` world-frame motion
+  of each pixel's point in metres per frame; dynamic_mask ``[B,T,H,W]`` bool.
+* Pixel (x, y) covers ``[x, x+1) x [y, y+1)``; rays go through pixel centres (x+0.5, y+0.5); a
+  centred camera has its principal point at (W/2, H/2).
+* The world frame of these scenes is y-down as well (gravity along +y): the floor is the room's
+  ``hi[1]`` face and the ceiling its ``lo[1]`` face, so a camera with identity rotation is upright.
+
+Everything is computed in float64 internally (rotations are built from angles / Rodrigues there so
+they stay orthonormal to rounding) and cast to the requested dtype at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Box",
+    "DEFAULT_ROOM",
+    "TRAJECTORIES",
+    "SceneGeometry",
+    "BoxRoomSpec",
+    "pinhole_intrinsics",
+    "camera_trajectory",
+    "camera_centres",
+    "unproject_depth",
+    "render_box_room",
+    "sample_box_layout",
+    "sample_scene_specs",
+    "make_scene",
+]
+
+Vec3 = Tuple[float, float, float]
+
+TRAJECTORIES = ("dolly", "orbit", "pan")
+
+# Clearance (metres) kept between cameras and every surface; a camera closer than this to a box
+# would see a frame filled by one face, useless as data though still exact.
+_CAMERA_CLEARANCE = 0.25
+# Smallest per-frame speed of a sampled moving box (metres per frame): above the rewards' default
+# flow_threshold of 0.1, so moving pixels are classified as dynamic.
+_MIN_MOVING_SPEED = 0.15
+_MAX_MOVING_SPEED = 0.3
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene description
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in world coordinates (metres).
+
+    ``lo`` and ``hi`` are the minimum and maximum corners at frame 0 (``lo < hi`` on every axis).
+    ``velocity`` is a constant per-frame displacement in metres per frame: at frame ``t`` the box
+    spans ``[lo + t*velocity, hi + t*velocity]``. A box with zero velocity is static.
+    """
+
+    lo: Vec3
+    hi: Vec3
+    velocity: Vec3 = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        lo = tuple(float(v) for v in self.lo)
+        hi = tuple(float(v) for v in self.hi)
+        vel = tuple(float(v) for v in self.velocity)
+        if len(lo) != 3 or len(hi) != 3 or len(vel) != 3:
+            raise ValueError("Box lo, hi and velocity must have 3 components each")
+        if not all(math.isfinite(v) for v in lo + hi + vel):
+            raise ValueError(f"Box coordinates must be finite: lo={lo}, hi={hi}, velocity={vel}")
+        if not all(a < b for a, b in zip(lo, hi)):
+            raise ValueError(f"Box needs lo < hi on every axis, got lo={lo}, hi={hi}")
+        # Frozen dataclass: normalise to plain float tuples so equality and hashing are by value.
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+        object.__setattr__(self, "velocity", vel)
+
+    @property
+    def is_moving(self) -> bool:
+        return any(v != 0.0 for v in self.velocity)
+
+    def at(self, frame: float) -> Tuple[Vec3, Vec3]:
+        """The ``(lo, hi)`` corners at ``frame`` (frame 0 is the box as given)."""
+        lo = tuple(a + frame * v for a, v in zip(self.lo, self.velocity))
+        hi = tuple(a + frame * v for a, v in zip(self.hi, self.velocity))
+        return lo, hi  # type: ignore[return-value]
+
+    def swept(self, frames: int) -> Tuple[Vec3, Vec3]:
+        """The axis-aligned bounds of everything the box covers over frames ``0..frames-1``."""
+        lo0, hi0 = self.at(0)
+        lo1, hi1 = self.at(max(frames - 1, 0))
+        lo = tuple(min(a, b) for a, b in zip(lo0, lo1))
+        hi = tuple(max(a, b) for a, b in zip(hi0, hi1))
+        return lo, hi  # type: ignore[return-value]
+
+    @property
+    def centre(self) -> Vec3:
+        return tuple((a + b) / 2 for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
+
+    @property
+    def half_extent(self) -> Vec3:
+        return tuple((b - a) / 2 for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
+
+
+# 8 m wide (x), 3 m high (y, floor at y = +1.5), 10 m deep (z).
+DEFAULT_ROOM = Box((-4.0, -1.5, -5.0), (4.0, 1.5, 5.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendered geometry
+# --------------------------------------------------------------------------------------------------
+
+
+# eq=False: field-wise == on tensors is ambiguous; compare fields with torch.equal instead.
+@dataclass(frozen=True, eq=False)
+class SceneGeometry:
+    """Exact geometry of a batch of rendered scenes.
+
+    Fields (``B`` videos, ``T`` frames, ``H x W`` pixels; floating fields share one dtype):
+
+    * ``extrinsics`` ``[B,T,3,4]``: camera-from-world ``[R | t]`` (OpenCV axes), metres.
+    * ``intrinsics`` ``[B,T,3,3]``: pinhole, pixels.
+    * ``depths`` ``[B,T,H,W]``: camera z of each pixel's hit point, metres, finite and > 0.
+    * ``pointmaps`` ``[B,T,H,W,3]``: world hit point of each pixel, metres.
+    * ``scene_flow`` ``[B,T,H,W,3]``: world motion of each pixel's point from frame t to t+1,
+      metres per frame (the moving box's velocity; 0 on static surfaces). Motion is constant
+      velocity, so the last frame carries the same flow as the others.
+    * ``dynamic_mask`` ``[B,T,H,W]`` bool: the pixel sees a moving box.
+    """
+
+    extrinsics: Tensor
+    intrinsics: Tensor
+    depths: Tensor
+    pointmaps: Tensor
+    scene_flow: Tensor
+    dynamic_mask: Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.depths.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.depths.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.depths.shape[2]
+
+    @property
+    def width(self) -> int:
+        return self.depths.shape[3]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.depths.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.depths.device
+
+    def to(
+        self, dtype: Optional[torch.dtype] = None, device: Optional[torch.device | str] = None
+    ) -> "SceneGeometry":
+        """A copy with the floating fields cast to ``dtype`` and every field moved to ``device``.
+
+        ``dynamic_mask`` stays bool whatever ``dtype`` is.
+        """
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        changes = {}
+        for f in dataclasses.fields(self):
+            value: Tensor = getattr(self, f.name)
+            if value.is_floating_point():
+                changes[f.name] = value.to(device=device, dtype=dtype)
+            else:
+                changes[f.name] = value.to(device=device)
+        return dataclasses.replace(self, **changes)
+
+    def __getitem__(self, index) -> "SceneGeometry":
+        """Index the batch dimension; an integer keeps it (``g[0]`` has ``B == 1``)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return SceneGeometry(
+            **{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
+        )
+
+    @staticmethod
+    def cat(items: Sequence["SceneGeometry"]) -> "SceneGeometry":
+        """Concatenate along the batch dimension."""
+        if not items:
+            raise ValueError("cat needs at least one SceneGeometry")
+        return SceneGeometry(
+            **{
+                f.name: torch.cat([getattr(g, f.name) for g in items], dim=0)
+                for f in dataclasses.fields(SceneGeometry)
+            }
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Cameras
+# --------------------------------------------------------------------------------------------------
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half precision cannot hold metre-scale geometry to useful accuracy; follow the package rule.
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def pinhole_intrinsics(
+    height: int, width: int, fov_x_deg: float = 60.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Centred pinhole intrinsics ``[3,3]`` with square pixels.
+
+    ``fx = fy = (W/2) / tan(fov_x/2)`` (pixels), principal point ``(W/2, H/2)``.
+    ``fov_x_deg`` is the full horizontal field of view in degrees, in (0, 180).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    if not 0.0 < fov_x_deg < 180.0:
+        raise ValueError(f"fov_x_deg must be in (0, 180), got {fov_x_deg}")
+    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
+    K = torch.tensor(
+        [[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+    )
+    return K.to(dtype)
+
+
+def _rot_x(a: Tensor) -> Tensor:
+    c, s = torch.cos(a), torch.sin(a)
+    o, z = torch.ones_like(a), torch.zeros_like(a)
+    return torch.stack([o, z, z, z, c, -s, z, s, c], dim=-1).reshape(*a.shape, 3, 3)
+
+
+def _rot_y(a: Tensor) -> Tensor:
+    c, s = torch.cos(a), torch.sin(a)
+    o, z = torch.ones_like(a), torch.zeros_like(a)
+    return torch.stack([c, z, s, z, o, z, -s, z, c], dim=-1).reshape(*a.shape, 3, 3)
+
+
+def _rodrigues(omega: Tensor) -> Tensor:
+    """``exp(omega^)`` for rotation vectors ``[...,3]`` (float64), exact at omega = 0."""
+    theta = omega.norm(dim=-1, keepdim=True)
+    axis = omega / theta.clamp_min(1e-300)
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    Kx = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*x.shape, 3, 3)
+    th = theta[..., None]
+    eye = torch.eye(3, dtype=omega.dtype).expand_as(Kx)
+    return eye + torch.sin(th) * Kx + (1.0 - torch.cos(th)) * (Kx @ Kx)
+
+
+def _world_from_camera(yaw: Tensor, tilt: Tensor) -> Tensor:
+    # Yaw about world y (vertical), then tilt the optical axis down by `tilt` radians; the camera
+    # looks along (sin(yaw)cos(tilt), sin(tilt), cos(yaw)cos(tilt)) (y-down world: + is down).
+    return _rot_y(yaw) @ _rot_x(-tilt)
+
+
+def _extrinsics_from(R_wc: Tensor, centres: Tensor) -> Tensor:
+    R_cw = R_wc.transpose(-1, -2)
+    t = -(R_cw @ centres[..., None])
+    return torch.cat([R_cw, t], dim=-1)
+
+
+def camera_centres(extrinsics: Tensor) -> Tensor:
+    """Camera centres ``C = -R^T t`` ``[...,3]`` (world, metres) of extrinsics ``[...,3|4,4]``."""
+    R = extrinsics[..., :3, :3]
+    t = extrinsics[..., :3, 3]
+    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+
+
+def _rotation_angles(R_wc: Tensor) -> Tensor:
+    """Angles (radians) of the relative rotations between consecutive frames ``[T-1]``."""
+    rel = R_wc[:-1].transpose(-1, -2) @ R_wc[1:]
+    c = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    return torch.acos(c)
+
+
+def camera_trajectory(
+    kind: str,
+    frames: int,
+    *,
+    jitter: float = 0.0,
+    phase: float = 0.0,
+    room: Box = DEFAULT_ROOM,
+    generator: Optional[torch.Generator] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """A camera path inside ``room``: camera-from-world extrinsics ``[T,3,4]`` (metres).
+
+    Kinds (all smooth at ``jitter=0``: constant velocity and constant body-frame angular velocity,
+    so the camera motion smoothness error is ~0; the camera is tilted slightly down so floor boxes
+    are in view):
+
+    * ``"dolly"``: translates along the room's z axis at constant speed (``0.8 * half depth``
+      metres in total) with a slight constant-rate yaw (0.15 rad in total). Second difference of the
+      centres is 0.
+    * ``"orbit"``: moves at constant angular speed along a 60 degree arc around the room centre
+      (radius ``0.6 * min(half width, half depth)``), always looking at a point below the centre.
+      The speed and the angular velocity are constant; the velocity direction turns by the step
+      angle per frame (``|a_t| / (|v_t| + |v_t+1|) = sin(step/2)``, ~0.075 for 8 frames), which is
+      the only non-zero term of the motion error of a smooth trajectory.
+    * ``"pan"``: fixed position (backed away from the middle of the sweep, so it looks across the
+      room), constant-rate yaw (60 degrees in total) at a small constant downward tilt. The
+      centres do not move.
+
+    ``phase`` in [0, 1) varies the path: the dolly's lateral offset and initial heading, the orbit's
+    and the pan's starting angle (a full turn over [0, 1)).
+
+    ``jitter >= 0`` is the one shake knob. It adds i.i.d. Gaussian noise to the camera centres with
+    std ``jitter * mean step length`` (metres; so a pan, which has no steps, gets none) and composes
+    each world-from-camera rotation with ``exp(angle * axis)``, a uniformly random axis and
+    ``angle ~ N(0, (jitter * s)^2)`` where ``s`` is the mean rotation step (radians), or 0.01 rad if
+    the trajectory does not rotate. Noisy centres are clamped into the room shrunk by 0.25 m so the
+    camera never leaves it. ``generator`` drives the noise (a generator seeded with 0 is used when
+    it is None, so the output is deterministic either way).
+
+    Rotations are built in float64 from angles / Rodrigues' formula and cast to ``dtype`` at the
+    end, so they are orthonormal with determinant +1 to the rounding of ``dtype``.
+    """
+    if kind not in TRAJECTORIES:
+        raise ValueError(f"unknown trajectory kind {kind!r}; expected one of {TRAJECTORIES}")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if not (jitter >= 0.0 and math.isfinite(jitter)):
+        raise ValueError(f"jitter must be finite and >= 0, got {jitter}")
+    f64 = torch.float64
+    centre = torch.tensor(room.centre, dtype=f64)
+    hx, hy, hz = room.half_extent
+    t = torch.arange(frames, dtype=f64)
+    steps = max(frames - 1, 1)
+    eye_y = centre[1] - 0.2 * hy  # a little above the middle of the room (y is down)
+
+    if kind == "dolly":
+        x = float(centre[0]) + (2.0 * phase - 1.0) * 0.3 * hx
+        z0, z1 = centre[2] - 0.7 * hz, centre[2] + 0.1 * hz
+        z = z0 + (z1 - z0) * t / steps
+        centres = torch.stack([torch.full_like(t, x), torch.full_like(t, float(eye_y)), z], -1)
+        # Start turned slightly towards the room's centre line, keep turning at a constant rate.
+        yaw = 0.2 * (0.5 - phase) + 0.15 * t / steps
+        tilt = torch.full_like(t, 0.15)
+    elif kind == "orbit":
+        radius = 0.6 * min(hx, hz)
+        target_y = centre[1] + 0.3 * hy
+        yaw = 2.0 * math.pi * phase + (math.pi / 3.0) * t / steps
+        forward_xz = torch.stack([torch.sin(yaw), torch.cos(yaw)], -1)
+        centres = torch.stack(
+            [
+                centre[0] - radius * forward_xz[:, 0],
+                torch.full_like(t, float(eye_y)),
+                centre[2] - radius * forward_xz[:, 1],
+            ],
+            -1,
+        )
+        tilt = torch.full_like(t, math.atan2(float(target_y - eye_y), radius))
+    else:  # pan
+        yaw = 2.0 * math.pi * phase + (math.pi / 3.0) * t / steps
+        # Stand back from the middle of the sweep so the camera looks across the room, not at a
+        # nearby wall.
+        yaw_mid = 2.0 * math.pi * phase + math.pi / 6.0
+        pos = torch.stack(
+            [
+                centre[0] - 0.4 * hx * math.sin(yaw_mid),
+                eye_y,
+                centre[2] - 0.4 * hz * math.cos(yaw_mid),
+            ]
+        )
+        centres = pos.expand(frames, 3).clone()
+        tilt = torch.full_like(t, 0.2)
+
+    R_wc = _world_from_camera(yaw, tilt)
+
+    if jitter > 0.0:
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        step_len = (centres[1:] - centres[:-1]).norm(dim=-1)
+        mean_step = float(step_len.mean()) if frames > 1 else 0.0
+        rot_steps = _rotation_angles(R_wc) if frames > 1 else torch.zeros(0, dtype=f64)
+        mean_rot = float(rot_steps.mean()) if frames > 1 else 0.0
+        if mean_rot < 1e-12:
+            mean_rot = 0.01
+        noise = torch.randn(frames, 3, generator=generator, dtype=f64)
+        centres = centres + jitter * mean_step * noise
+        axis = torch.randn(frames, 3, generator=generator, dtype=f64)
+        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        angle = jitter * mean_rot * torch.randn(frames, 1, generator=generator, dtype=f64)
+        # Body-frame perturbation: the shake of a hand-held camera is about its own axes.
+        R_wc = R_wc @ _rodrigues(angle * axis)
+        lo = torch.tensor(room.lo, dtype=f64) + _CAMERA_CLEARANCE
+        hi = torch.tensor(room.hi, dtype=f64) - _CAMERA_CLEARANCE
+        centres = torch.maximum(torch.minimum(centres, hi), lo)
+
+    return _extrinsics_from(R_wc, centres).to(_out_dtype(dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rays, unprojection, rendering
+# --------------------------------------------------------------------------------------------------
+
+
+def _camera_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
+    """Camera-frame ray directions ``[...,H,W,3]`` through pixel centres, with z = 1.
+
+    Inverts ``u = K00 x/z + K01 y/z + K02``, ``v = K11 y/z + K12`` (docs/ops.md reads only the first
+    two rows of K; K10 is taken to be 0 as for any pinhole), so a point ``depth * ray`` has camera
+    z equal to ``depth``.
+    """
+    dtype, device = intrinsics.dtype, intrinsics.device
+    u = torch.arange(width, dtype=dtype, device=device) + 0.5
+    v = torch.arange(height, dtype=dtype, device=device) + 0.5
+    K = intrinsics[..., None, None, :, :]  # [...,1,1,3,3]
+    vv = v[:, None]
+    uu = u[None, :]
+    y = (vv - K[..., 1, 2]) / K[..., 1, 1]
+    x = (uu - K[..., 0, 2] - K[..., 0, 1] * y) / K[..., 0, 0]
+    x, y = torch.broadcast_tensors(x, y)
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
+
+
+def _rotate_rows(points: Tensor, R: Tensor) -> Tensor:
+    """``R^T p`` for every point of ``points`` ``[...,H,W,3]`` with one ``R`` ``[...,3,3]`` per image.
+
+    Written as the row product ``p^T R`` over flattened pixels: one batched matmul per image
+    instead of H*W tiny 3x3 products.
+    """
+    h, w = points.shape[-3:-1]
+    lead = torch.broadcast_shapes(points.shape[:-3], R.shape[:-2])
+    rows = points.expand(*lead, h, w, 3).reshape(*lead, h * w, 3)
+    return (rows @ R.expand(*lead, 3, 3)).reshape(*lead, h, w, 3)
+
+
+def unproject_depth(depths: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
+    """World points ``[B,T,H,W,3]`` of z-depths seen through pixel centres.
+
+    ``depths`` ``[B,T,H,W]`` (camera z, metres), ``intrinsics`` ``[B,T,3,3]``, ``extrinsics``
+    ``[B,T,3,4]`` or ``[B,T,4,4]`` camera-from-world. Pixel (x, y) is unprojected through its centre
+    (x+0.5, y+0.5): ``p = R^T (depth * K^-1 [x+0.5, y+0.5, 1] - t)``, the inverse of the pinhole
+    projection of docs/ops.md. Any leading dimensions work as long as they match. Invalid depths
+    (non-finite or <= 0) give points that are not meaningful; mask them yourself.
+
+    float32 / float64 in, same dtype out; float16 / bfloat16 are computed and returned in float32.
+    """
+    if depths.dim() < 2:
+        raise ValueError(f"depths must be [...,H,W], got {tuple(depths.shape)}")
+    if intrinsics.shape[-2:] != (3, 3):
+        raise ValueError(f"intrinsics must be [...,3,3], got {tuple(intrinsics.shape)}")
+    if extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [...,3,4] or [...,4,4]: {tuple(extrinsics.shape)}")
+    dtype = _out_dtype(torch.promote_types(depths.dtype, extrinsics.dtype))
+    height, width = depths.shape[-2:]
+    depths = depths.to(dtype)
+    rays = _camera_rays(intrinsics.to(dtype), height, width)  # [...,H,W,3]
+    R = extrinsics[..., :3, :3].to(dtype)
+    t = extrinsics[..., :3, 3].to(dtype)[..., None, None, :]
+    return _rotate_rows(depths[..., None] * rays - t, R)
+
+
+def _box_bounds(
+    static_boxes: Sequence[Box], moving_boxes: Sequence[Box], frames: int, device
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-frame corners ``lo, hi [T,M,3]`` (static first, then moving) and velocities ``[M,3]``."""
+    boxes = list(static_boxes) + list(moving_boxes)
+    f64 = torch.float64
+    if not boxes:
+        empty = torch.zeros(frames, 0, 3, dtype=f64, device=device)
+        return empty, empty.clone(), torch.zeros(0, 3, dtype=f64, device=device)
+    lo0 = torch.tensor([b.lo for b in boxes], dtype=f64, device=device)
+    hi0 = torch.tensor([b.hi for b in boxes], dtype=f64, device=device)
+    vel = torch.tensor([b.velocity for b in boxes], dtype=f64, device=device)
+    vel[: len(static_boxes)] = 0.0  # a "static" box is static whatever its velocity field says
+    t = torch.arange(frames, dtype=f64, device=device)[:, None, None]
+    return lo0 + t * vel, hi0 + t * vel, vel
+
+
+def render_box_room(
+    extrinsics: Tensor,
+    intrinsics: Tensor,
+    height: int,
+    width: int,
+    room: Box = DEFAULT_ROOM,
+    static_boxes: Sequence[Box] = (),
+    moving_boxes: Sequence[Box] = (),
+) -> SceneGeometry:
+    """Ray cast one box-room scene from every camera.
+
+    ``extrinsics`` ``[B,T,3,4]`` (or ``[B,T,4,4]``) camera-from-world, ``intrinsics`` ``[B,T,3,3]``
+    or one ``[3,3]`` for all; all B videos see the same scene. ``room`` is seen from inside (every
+    ray hits it), ``static_boxes`` and ``moving_boxes`` from outside; a moving box is at
+    ``[lo + t*velocity, hi + t*velocity]`` at frame t (the velocity of static boxes is ignored).
+    Rays leave the camera centre through pixel centres; the hit with the smallest positive ray
+    parameter wins.
+
+    Every camera must be strictly inside the room and outside every box at its frame (ValueError
+    otherwise), which makes every depth finite and > 0.
+
+    Returns a :class:`SceneGeometry` in the dtype of ``extrinsics`` (float16 / bfloat16 give
+    float32); the computation runs in float64.
+    """
+    if extrinsics.dim() != 4 or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [B,T,3,4] or [B,T,4,4]: {tuple(extrinsics.shape)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    B, T = extrinsics.shape[:2]
+    if intrinsics.shape == (3, 3):
+        intrinsics = intrinsics.expand(B, T, 3, 3)
+    if intrinsics.shape != (B, T, 3, 3):
+        raise ValueError(
+            f"intrinsics must be [3,3] or [B,T,3,3] = [{B},{T},3,3], got {tuple(intrinsics.shape)}"
+        )
+    out_dtype = _out_dtype(extrinsics.dtype)
+    device = extrinsics.device
+    f64 = torch.float64
+
+    E = extrinsics[..., :3, :4].to(f64)
+    K = intrinsics.to(device=device, dtype=f64)
+    R, t = E[..., :3], E[..., 3]
+    C = -(R.transpose(-1, -2) @ t[..., None])[..., 0]  # [B,T,3]
+
+    room_lo = torch.tensor(room.lo, dtype=f64, device=device)
+    room_hi = torch.tensor(room.hi, dtype=f64, device=device)
+    if not bool(((C > room_lo) & (C < room_hi)).all()):
+        raise ValueError("every camera centre must be strictly inside the room")
+    lo, hi, vel = _box_bounds(static_boxes, moving_boxes, T, device)  # [T,M,3]
+    if lo.shape[1] > 0:
+        inside = ((C[:, :, None, :] >= lo[None]) & (C[:, :, None, :] <= hi[None])).all(-1)
+        if bool(inside.any()):
+            raise ValueError("a camera centre is inside (or on) a box; cameras must be outside")
+
+    rays_cam = _camera_rays(K, height, width)  # [B,T,H,W,3], z = 1
+    dirs = _rotate_rows(rays_cam, R)  # world directions
+    # Slab test with exact zeros nudged: 1/0 would give inf*0 = nan when the origin lies on a slab.
+    tiny = 1e-300
+    safe = torch.where(dirs.abs() < tiny, torch.full_like(dirs, tiny), dirs)
+    inv = 1.0 / safe
+    origin = C[:, :, None, None, :]  # [B,T,1,1,3]
+
+    # Inside the room the exit parameter is the nearest far-slab crossing; since the camera is
+    # strictly inside, it is finite and > 0 for every ray.
+    t1 = (room_lo - origin) * inv
+    t2 = (room_hi - origin) * inv
+    best = torch.maximum(t1, t2).amin(-1)  # [B,T,H,W]
+    winner = torch.full(best.shape, -1, dtype=torch.long, device=device)
+
+    for m in range(lo.shape[1]):
+        blo = lo[:, m][None, :, None, None, :]  # [1,T,1,1,3]
+        bhi = hi[:, m][None, :, None, None, :]
+        t1 = (blo - origin) * inv
+        t2 = (bhi - origin) * inv
+        near = torch.minimum(t1, t2).amax(-1)
+        far = torch.maximum(t1, t2).amin(-1)
+        hit = (near <= far) & (near > 0) & (near < best)
+        best = torch.where(hit, near, best)
+        winner.masked_fill_(hit, m)
+
+    # rays_cam has z = 1, so the ray parameter is the z-depth. The point is computed exactly as
+    # unproject_depth does, so the two agree to the last bits.
+    depths = best
+    pointmaps = _rotate_rows(depths[..., None] * rays_cam - t[:, :, None, None, :], R)
+
+    n_static = len(static_boxes)
+    dynamic = winner >= n_static
+    vel_table = torch.cat([torch.zeros(1, 3, dtype=f64, device=device), vel], dim=0)
+    flow = vel_table[(winner + 1).clamp_min(0)]
+    flow = torch.where(dynamic[..., None], flow, torch.zeros_like(flow))
+
+    return SceneGeometry(
+        extrinsics=E.to(out_dtype),
+        intrinsics=K.to(out_dtype),
+        depths=depths.to(out_dtype),
+        pointmaps=pointmaps.to(out_dtype),
+        scene_flow=flow.to(out_dtype),
+        dynamic_mask=dynamic,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Random scenes
+# --------------------------------------------------------------------------------------------------
+
+
+def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def _frame_bounds(box: Box, frames: int) -> Tensor:
+    """``[T,2,3]``: the box's (lo, hi) at every frame."""
+    lo = torch.tensor(box.lo, dtype=torch.float64)
+    hi = torch.tensor(box.hi, dtype=torch.float64)
+    shift = torch.arange(frames, dtype=torch.float64)[:, None] * torch.tensor(
+        box.velocity, dtype=torch.float64
+    )
+    return torch.stack([lo + shift, hi + shift], dim=1)
+
+
+def _overlaps_any(bounds: Tensor, placed: Tensor, gap: float) -> bool:
+    """Does a box ``[T,2,3]`` come within ``gap`` of any of ``placed`` ``[N,T,2,3]`` at a frame?"""
+    if placed.shape[0] == 0:
+        return False
+    apart = (bounds[None, :, 0] >= placed[:, :, 1] + gap) | (
+        placed[:, :, 0] >= bounds[None, :, 1] + gap
+    )
+    # Two boxes are clear of each other when they are apart along at least one axis.
+    return bool((~apart.any(-1)).any())
+
+
+def _near_cameras(bounds: Tensor, cams: Tensor, margin: float) -> bool:
+    """Is camera t (``cams`` ``[T,3]``) within ``margin`` of the box at frame t, for some t?"""
+    inside = (cams >= bounds[:, 0] - margin) & (cams <= bounds[:, 1] + margin)
+    return bool(inside.all(-1).any())
+
+
+def _centre_in_view(point: Vec3, extrinsics: Tensor, intrinsics: Tensor, height: int,
+                    width: int) -> Tensor:
+    """Per frame: does ``point`` project into the image, at least 0.5 m ahead of the camera?"""
+    p = torch.tensor(point, dtype=torch.float64)
+    cam = (extrinsics[..., :3] @ p[:, None])[..., 0] + extrinsics[..., 3]  # [T,3]
+    z = cam[:, 2]
+    zs = z.clamp_min(1e-9)
+    u = intrinsics[..., 0, 0] * cam[:, 0] / zs + intrinsics[..., 0, 1] * cam[:, 1] / zs
+    u = u + intrinsics[..., 0, 2]
+    v = intrinsics[..., 1, 1] * cam[:, 1] / zs + intrinsics[..., 1, 2]
+    in_u = (u >= 0) & (u < width)
+    in_v = (v >= 0) & (v < height)
+    return (z > 0.5) & in_u & in_v
+
+
+def sample_box_layout(
+    extrinsics: Tensor,
+    intrinsics: Tensor,
+    height: int,
+    width: int,
+    *,
+    static_objects: int = 2,
+    moving_objects: int = 0,
+    room: Box = DEFAULT_ROOM,
+    generator: Optional[torch.Generator] = None,
+    max_tries: int = 1000,
+) -> Tuple[Tuple[Box, ...], Tuple[Box, ...]]:
+    """Random boxes standing on the room's floor, placed where the cameras see them.
+
+    ``extrinsics`` ``[T,3,4]`` camera-from-world and ``intrinsics`` ``[3,3]`` or ``[T,3,3]`` of one
+    video of ``height x width`` pixels. Returns ``(static_boxes, moving_boxes)``.
+
+    Footprints are 0.4..1.2 m, heights 0.3..1.1 m. A moving box slides across the floor in a random
+    horizontal direction at 0.15..0.3 m per frame (slower only when a long video would not fit in
+    the room). At every frame, boxes keep 0.1 m from each other and 0.25 m from that frame's camera
+    centre; a moving box's whole sweep stays 0.1 m inside the walls. So that the objects are in the
+    pictures, the first ``max_tries // 2`` draws of a box also require its centre to project into
+    the image (0.5 m or more ahead) in at least one frame for a static box, at the middle frame
+    ``T // 2`` for a moving one (occlusion is not checked). Rejection sampling with ``generator``
+    (a generator seeded with 0 when None); RuntimeError when a box cannot be placed in
+    ``max_tries`` draws (too many objects for the room).
+    """
+    if static_objects < 0 or moving_objects < 0:
+        raise ValueError("object counts must be >= 0")
+    if extrinsics.dim() != 3 or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [T,3,4] or [T,4,4]: {tuple(extrinsics.shape)}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    E = extrinsics.detach().to("cpu", torch.float64)[..., :3, :4]
+    K = intrinsics.detach().to("cpu", torch.float64)
+    frames = E.shape[0]
+    cams = camera_centres(E)
+    wall_gap, box_gap = 0.1, 0.1
+    floor = room.hi[1]
+    placed = torch.zeros(0, frames, 2, 3, dtype=torch.float64)
+    static: list[Box] = []
+    moving: list[Box] = []
+    steps = max(frames - 1, 0)
+    for index in range(static_objects + moving_objects):
+        is_moving = index >= static_objects
+        for attempt in range(max_tries):
+            sx, sz = _uniform(generator, 0.4, 1.2), _uniform(generator, 0.4, 1.2)
+            sy = _uniform(generator, 0.3, 1.1)
+            velocity = (0.0, 0.0, 0.0)
+            if is_moving:
+                heading = _uniform(generator, 0.0, 2.0 * math.pi)
+                speed = _uniform(generator, _MIN_MOVING_SPEED, _MAX_MOVING_SPEED)
+                # Long videos: slow down so the sweep still fits in the room.
+                span = min(room.hi[0] - room.lo[0] - sx, room.hi[2] - room.lo[2] - sz)
+                span -= 2 * wall_gap
+                if steps > 0:
+                    speed = min(speed, 0.8 * span / steps)
+                velocity = (speed * math.sin(heading), 0.0, speed * math.cos(heading))
+            travel_x, travel_z = velocity[0] * steps, velocity[2] * steps
+            x_lo = room.lo[0] + wall_gap - min(travel_x, 0.0)
+            x_hi = room.hi[0] - wall_gap - sx - max(travel_x, 0.0)
+            z_lo = room.lo[2] + wall_gap - min(travel_z, 0.0)
+            z_hi = room.hi[2] - wall_gap - sz - max(travel_z, 0.0)
+            if x_hi <= x_lo or z_hi <= z_lo:
+                continue
+            x0, z0 = _uniform(generator, x_lo, x_hi), _uniform(generator, z_lo, z_hi)
+            box = Box((x0, floor - sy, z0), (x0 + sx, floor, z0 + sz), velocity)
+            bounds = _frame_bounds(box, frames)
+            if _overlaps_any(bounds, placed, box_gap):
+                continue
+            if _near_cameras(bounds, cams, _CAMERA_CLEARANCE):
+                continue
+            # Visibility is a preference: after half the tries a box may land out of view rather
+            # than make a crowded room fail.
+            if attempt < max_tries // 2:
+                if is_moving:
+                    mid = frames // 2
+                    centre = tuple(float(c) for c in bounds[mid].mean(0))
+                    K_mid = K if K.dim() == 2 else K[mid:mid + 1]
+                    seen = bool(_centre_in_view(centre, E[mid:mid + 1], K_mid, height, width).any())
+                else:
+                    seen = bool(_centre_in_view(box.centre, E, K, height, width).any())
+                if not seen:
+                    continue
+            placed = torch.cat([placed, bounds[None]], dim=0)
+            (moving if is_moving else static).append(box)
+            break
+        else:
+            raise RuntimeError(
+                f"could not place object {index} in {max_tries} tries; use fewer objects"
+            )
+    return tuple(static), tuple(moving)
+
+
+# eq=False: field-wise == on tensors is ambiguous; compare fields with torch.equal instead.
+@dataclass(frozen=True, eq=False)
+class BoxRoomSpec:
+    """Everything needed to render one video of a box-room scene.
+
+    ``extrinsics`` ``[T,3,4]`` and ``intrinsics`` ``[3,3]`` (float64), the ``room`` and the boxes.
+    """
+
+    extrinsics: Tensor
+    intrinsics: Tensor
+    room: Box
+    static_boxes: Tuple[Box, ...]
+    moving_boxes: Tuple[Box, ...]
+
+    def render(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> SceneGeometry:
+        """:func:`render_box_room` of this spec as a batch of one (``B = 1``)."""
+        T = self.extrinsics.shape[0]
+        geo = render_box_room(
+            self.extrinsics[None].to(torch.float64),
+            self.intrinsics.to(torch.float64).expand(1, T, 3, 3),
+            height,
+            width,
+            self.room,
+            self.static_boxes,
+            self.moving_boxes,
+        )
+        return geo.to(dtype=_out_dtype(dtype))
+
+
+def _element_seed(seed: int, index: int) -> int:
+    # SplitMix64-style mix: element b's scene depends on (seed, b) only, so batch=1 and batch=4
+    # with the same seed agree on element 0, and nearby seeds give unrelated scenes.
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return z & ((1 << 63) - 1)
+
+
+def sample_scene_specs(
+    batch: int = 1,
+    frames: int = 8,
+    height: int = 60,
+    width: int = 104,
+    *,
+    trajectory: str = "dolly",
+    jitter: float = 0.0,
+    static_objects: int = 2,
+    moving_objects: int = 0,
+    seed: int = 0,
+    fov_x_deg: float = 60.0,
+) -> Tuple[BoxRoomSpec, ...]:
+    """The random scene descriptions behind :func:`make_scene` (same arguments), one per video.
+
+    Element ``b`` draws from its own generator seeded from ``(seed, b)``: the room size (width
+    7..9 m, depth 9..11 m, height 3 m), the trajectory phase, the camera jitter noise and the
+    object placement.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    K = pinhole_intrinsics(height, width, fov_x_deg, dtype=torch.float64)
+    specs = []
+    for b in range(batch):
+        gen = torch.Generator().manual_seed(_element_seed(int(seed), b))
+        hx, hz = _uniform(gen, 3.5, 4.5), _uniform(gen, 4.5, 5.5)
+        room = Box((-hx, -1.5, -hz), (hx, 1.5, hz))
+        phase = _uniform(gen, 0.0, 1.0)
+        E = camera_trajectory(
+            trajectory, frames, jitter=jitter, phase=phase, room=room, generator=gen,
+            dtype=torch.float64,
+        )
+        static, moving = sample_box_layout(
+            E, K, height, width, static_objects=static_objects,
+            moving_objects=moving_objects, room=room, generator=gen,
+        )
+        specs.append(BoxRoomSpec(E, K, room, static, moving))
+    return tuple(specs)
+
+
+def make_scene(
+    batch: int = 1,
+    frames: int = 8,
+    height: int = 60,
+    width: int = 104,
+    *,
+    trajectory: str = "dolly",
+    jitter: float = 0.0,
+    static_objects: int = 2,
+    moving_objects: int = 0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    fov_x_deg: float = 60.0,
+) -> SceneGeometry:
+    """A batch of random box-room videos with exact geometry.
+
+    ``batch`` videos of ``frames`` frames at ``height x width`` pixels; ``trajectory`` is one of
+    ``"dolly"``, ``"orbit"``, ``"pan"`` (see :func:`camera_trajectory`, which also explains
+    ``jitter``); ``static_objects`` / ``moving_objects`` boxes per video (see
+    :func:`sample_box_layout`). Each video has its own room size, trajectory phase and object
+    placement, all derived from ``seed`` and its batch index (deterministic; element b does not
+    depend on ``batch``). Returns a :class:`SceneGeometry` in ``dtype`` (float32 or float64).
+    Equivalent to rendering :func:`sample_scene_specs` with the same arguments.
+    """
+    specs = sample_scene_specs(
+        batch, frames, height, width, trajectory=trajectory, jitter=jitter,
+        static_objects=static_objects, moving_objects=moving_objects, seed=seed,
+        fov_x_deg=fov_x_deg,
+    )
+    return SceneGeometry.cat([spec.render(height, width, dtype) for spec in specs])

@@ -1,0 +1,166 @@
+"""The two VGGRPO rewards and the GRPO group advantage, as drop-in functions.
+
+Both rewards are differentiable (for test-time guidance) and cheap under ``torch.no_grad`` (for
+rollouts); both are higher-is-better. Formulas: docs/ops.md#the-rewards and DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+
+class MotionTerms(NamedTuple):
+    """Parts of :func:`camera_motion_reward`: ``e_trans [B]`` and ``e_rot [B]`` (unitless)."""
+
+    e_trans: Tensor
+    e_rot: Tensor
+
+
+class GeometryTerms(NamedTuple):
+    """Parts of :func:`geometry_reprojection_reward`.
+
+    ``view_errors [B, T]``: mean absolute depth error of each view (world units);
+    ``view_counts [B, T]`` int64: the pixels each error averages (0: view left out).
+    """
+
+    view_errors: Tensor
+    view_counts: Tensor
+
+
+def camera_motion_reward(
+    extrinsics: Tensor, *, eps: float = 1e-8, return_terms: bool = False
+) -> Union[Tensor, tuple[Tensor, MotionTerms]]:
+    """Camera motion smoothness reward of each video (paper Sec. 3.3).
+
+    ``r = (1 / (1 + e_trans) + 1 / (1 + e_rot)) / 2`` in ``(0, 1]``, where ``e_trans`` and
+    ``e_rot`` are the mean relative accelerations of the camera centre and of the body-frame
+    angular velocity (see :func:`vggrpo.ops.motion_smoothness`). 1 for uniform motion.
+
+    Args:
+        extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes), ``T >= 3``.
+            float32/float64 (float16/bfloat16 are computed in float32).
+        eps: positive constant in the ratios' denominators.
+        return_terms: also return :class:`MotionTerms`.
+    Returns:
+        ``[B]`` rewards, or ``(rewards, MotionTerms)``.
+    """
+    e_trans, e_rot = ops.motion_smoothness(extrinsics, eps)
+    reward = 0.5 * (1.0 / (1.0 + e_trans) + 1.0 / (1.0 + e_rot))
+    if return_terms:
+        return reward, MotionTerms(e_trans, e_rot)
+    return reward
+
+
+def geometry_reprojection_reward(
+    pointmaps: Tensor,
+    depths: Tensor,
+    extrinsics: Tensor,
+    intrinsics: Tensor,
+    scene_flow: Optional[Tensor] = None,
+    *,
+    flow_threshold: float = 0.1,
+    topk: int = 3,
+    return_terms: bool = False,
+) -> Union[Tensor, tuple[Tensor, GeometryTerms]]:
+    """Geometry reprojection consistency reward of each video (paper Sec. 3.4).
+
+    The static points of all frames (scene flow norm at most ``flow_threshold``, finite) are
+    z-buffered into every frame's camera; each view's error is the mean ``|rendered - predicted|``
+    depth over pixels with both; the reward is minus the mean of the ``topk`` worst views
+    (views with no such pixel are left out; 0 when none is left). ``<= 0``, higher is better.
+    NaN/inf points or depths only mark their pixels invalid.
+
+    Args:
+        pointmaps: ``[B, T, H, W, 3]`` world-frame point maps.
+        depths: ``[B, T, H, W]`` predicted z-depth (valid where finite and > 0).
+        extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes).
+        intrinsics: ``[B, T, 3, 3]`` pinhole, pixels; principal point of a centred camera at
+            ``(W/2, H/2)``.
+        scene_flow: ``[B, T, H, W, 3]`` world-frame motion per pixel, or None (all static).
+        flow_threshold: flow norm above which a pixel is dynamic (world units).
+        topk: number of worst views averaged, ``>= 1``.
+        return_terms: also return :class:`GeometryTerms`.
+    Returns:
+        ``[B]`` rewards, or ``(rewards, GeometryTerms)``.
+    """
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(
+            f"geometry_reprojection_reward: expected `topk` to be an int >= 1, got {topk!r}"
+        )
+    err, count = ops.reprojection_errors(
+        pointmaps, depths, extrinsics, intrinsics, scene_flow, flow_threshold
+    )
+    reward = -ops.worst_k_mean(err, count, topk)
+    if return_terms:
+        return reward, GeometryTerms(err, count)
+    return reward
+
+
+def group_advantages(
+    rewards: Mapping[str, Tensor], group_size: int, *, eps: float = 1e-8
+) -> Tensor:
+    """GRPO advantages from several rewards (paper Sec. 3.5).
+
+    Samples are laid out prompt-major: ``group_size`` consecutive samples share a prompt. Each
+    reward is normalised within its prompt group, ``(r - mean) / (std + eps)`` with the
+    population standard deviation (ddof = 0, as Flow-GRPO), then the normalised rewards are
+    averaged with equal weight. A group whose samples all score the same gets advantage 0.
+
+    Args:
+        rewards: name -> ``[N]`` tensor (e.g. ``{"motion": r1, "geo": r2}``), all of one length
+            ``N`` divisible by ``group_size``, all finite.
+        group_size: samples per prompt, ``>= 2``.
+        eps: added to the standard deviation.
+    Returns:
+        ``[N]`` advantages, float32 (float64 if any reward is float64), on the rewards' device.
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_advantages: expected `group_size` to be an int >= 2, got {group_size!r}")
+    if not isinstance(rewards, Mapping) or len(rewards) == 0:
+        raise ValueError("group_advantages: expected `rewards` to be a non-empty mapping name -> [N] tensor")
+    tensors = {}
+    for name, r in rewards.items():
+        if not isinstance(r, Tensor):
+            raise TypeError(f"group_advantages: reward {name!r} must be a torch.Tensor, got {type(r).__name__}")
+        if r.dim() != 1:
+            raise ValueError(f"group_advantages: reward {name!r} must have shape [N], got {list(r.shape)}")
+        if not (r.is_floating_point() or r.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"group_advantages: reward {name!r} must be a real tensor, got {r.dtype}")
+        tensors[name] = r
+    names = list(tensors)
+    n = tensors[names[0]].shape[0]
+    for name in names[1:]:
+        if tensors[name].shape[0] != n:
+            raise ValueError(
+                f"group_advantages: reward {name!r} has {tensors[name].shape[0]} samples but "
+                f"{names[0]!r} has {n}"
+            )
+        if tensors[name].device != tensors[names[0]].device:
+            raise ValueError(f"group_advantages: rewards are on different devices ({names[0]!r}: "
+                             f"{tensors[names[0]].device}, {name!r}: {tensors[name].device})")
+    if n == 0 or n % group_size != 0:
+        raise ValueError(
+            f"group_advantages: the number of samples ({n}) must be a positive multiple of "
+            f"group_size ({group_size}), with group_size consecutive samples per prompt"
+        )
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
+    total = None
+    for name in names:
+        r = tensors[name].detach().to(dtype)
+        bad = int((~torch.isfinite(r)).sum())
+        if bad:
+            raise ValueError(
+                f"group_advantages: reward {name!r} has {bad} non-finite value(s); a NaN or inf "
+                "would poison its whole prompt group"
+            )
+        groups = r.reshape(n // group_size, group_size)
+        mean = groups.mean(dim=1, keepdim=True)
+        std = groups.std(dim=1, unbiased=False, keepdim=True)
+        normalised = ((groups - mean) / (std + eps)).reshape(n)
+        total = normalised if total is None else total + normalised
+    return total / len(names)
