@@ -14,6 +14,7 @@ intrinsics get no gradient (the z-buffer depends on them only piecewise-constant
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -52,6 +53,43 @@ def _prepare(op: str, dtype: Optional[torch.dtype], name: str, t, optional: bool
     if dtype is not None and t.is_floating_point() and t.dtype != dtype:
         return t.to(dtype)
     return t
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int_arg(op: str, name: str, value) -> int:
+    """An integer argument: int (or anything with ``__index__``, e.g. a numpy integer), never a
+    bool or a float (``int(2.5)`` would silently truncate). The range checks are the op's."""
+    if isinstance(value, bool):
+        raise TypeError(f"vggrpo.{op}: expected `{name}` to be an int, got bool ({value!r})")
+    if isinstance(value, (int, torch.SymInt)):
+        index = int(value)
+    else:
+        try:
+            index = operator.index(value)
+        except TypeError:
+            raise TypeError(
+                f"vggrpo.{op}: expected `{name}` to be an int, got {type(value).__name__} ({value!r})"
+            ) from None
+    if not _INT64_MIN <= index <= _INT64_MAX:
+        raise ValueError(f"vggrpo.{op}: `{name}` = {index} does not fit in a 64-bit integer")
+    return index
+
+
+def _float_arg(op: str, name: str, value) -> float:
+    """A real-number argument (int, float, numpy scalar, one-element tensor); not a string, a
+    bool or None. The range checks are the op's."""
+    if isinstance(value, (bool, str, bytes)) or value is None:
+        raise TypeError(
+            f"vggrpo.{op}: expected `{name}` to be a number, got {type(value).__name__} ({value!r})"
+        )
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"vggrpo.{op}: expected `{name}` to be a number, got {type(value).__name__}"
+        ) from None
 
 
 # ---- so3_log ---------------------------------------------------------------------------------
@@ -109,8 +147,9 @@ def motion_smoothness(extrinsics: Tensor, eps: float = 1e-8) -> tuple[Tensor, Te
         body-frame angular steps ``log(R_wc[t]^T R_wc[t+1])`` (unitless; 0 for uniform motion).
     """
     dtype = _compute_dtype(extrinsics)
+    op = "motion_smoothness"
     return _ops.motion_smoothness(
-        _prepare("motion_smoothness", dtype, "extrinsics", extrinsics), float(eps)
+        _prepare(op, dtype, "extrinsics", extrinsics), _float_arg(op, "eps", eps)
     )
 
 
@@ -163,7 +202,7 @@ def static_points(
     return _ops.static_points(
         _prepare(op, dtype, "pointmaps", pointmaps),
         _prepare(op, dtype, "scene_flow", scene_flow, optional=True),
-        float(flow_threshold),
+        _float_arg(op, "flow_threshold", flow_threshold),
     )
 
 
@@ -219,11 +258,13 @@ def splat_depth(
     op = "splat_depth"
     return _ops.splat_depth(
         _prepare(op, dtype, "points", points),
-        _prepare(op, dtype, "valid", valid, optional=True),
+        # `valid` must be bool: it is passed as given (never cast), so a wrong dtype is reported
+        # as the caller's dtype.
+        _prepare(op, None, "valid", valid, optional=True),
         _prepare(op, dtype, "extrinsics", extrinsics),
         _prepare(op, dtype, "intrinsics", intrinsics),
-        int(height),
-        int(width),
+        _int_arg(op, "height", height),
+        _int_arg(op, "width", width),
     )
 
 
@@ -259,12 +300,16 @@ torch.library.register_autograd("vggrpo::splat_depth", _splat_backward, setup_co
 # ---- view_depth_error ---------------------------------------------------------------------------
 
 
-def view_depth_error(rendered: Tensor, depths: Tensor) -> tuple[Tensor, Tensor]:
+def view_depth_error(
+    rendered: Tensor, depths: Tensor, valid: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor]:
     """Mean absolute depth error of each view over the pixels where both depths are valid.
 
     Args:
         rendered: ``[B, V, H, W]`` rendered depth (0 where nothing was rendered).
         depths: ``[B, V, H, W]`` predicted depth.
+        valid: ``[B, V, H, W]`` bool, or None; pixels where it is False do not count (the fused
+            path passes each frame's static mask here).
     Returns:
         ``(err [B, V], count [B, V] int64)``: the mean of ``|rendered - depths|`` over pixels where
         both are finite and > 0 (world units; 0 when no pixel counts), and how many pixels counted.
@@ -272,28 +317,31 @@ def view_depth_error(rendered: Tensor, depths: Tensor) -> tuple[Tensor, Tensor]:
     dtype = _compute_dtype(rendered, depths)
     op = "view_depth_error"
     return _ops.view_depth_error(
-        _prepare(op, dtype, "rendered", rendered), _prepare(op, dtype, "depths", depths)
+        _prepare(op, dtype, "rendered", rendered),
+        _prepare(op, dtype, "depths", depths),
+        _prepare(op, None, "valid", valid, optional=True),
     )
 
 
 @torch.library.register_fake("vggrpo::view_depth_error")
-def _(rendered, depths):
+def _(rendered, depths, valid):
     B, V = rendered.shape[0], rendered.shape[1]
     return rendered.new_empty((B, V)), rendered.new_empty((B, V), dtype=torch.int64)
 
 
 @torch.library.register_fake("vggrpo::view_depth_error_backward")
-def _(grad_err, rendered, depths, count):
+def _(grad_err, rendered, depths, valid, count):
     return rendered.new_empty(rendered.shape), depths.new_empty(depths.shape)
 
 
 def _view_error_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], output[1])
+    ctx.save_for_backward(inputs[0], inputs[1], inputs[2], output[1])
 
 
 def _view_error_backward(ctx, grad_err, grad_count):
-    rendered, depths, count = ctx.saved_tensors
-    return _ops.view_depth_error_backward(grad_err.contiguous(), rendered, depths, count)
+    rendered, depths, valid, count = ctx.saved_tensors
+    grads = _ops.view_depth_error_backward(grad_err.contiguous(), rendered, depths, valid, count)
+    return grads[0], grads[1], None
 
 
 torch.library.register_autograd(
@@ -316,7 +364,10 @@ def worst_k_mean(err: Tensor, count: Tensor, k: int = 3) -> Tensor:
         to the smaller view index); 0 for a video with no valid view.
     """
     dtype = _compute_dtype(err)
-    return _ops.worst_k_mean(_prepare("worst_k_mean", dtype, "err", err), count, int(k))
+    op = "worst_k_mean"
+    return _ops.worst_k_mean(
+        _prepare(op, dtype, "err", err), _prepare(op, None, "count", count), _int_arg(op, "k", k)
+    )
 
 
 @torch.library.register_fake("vggrpo::worst_k_mean")
@@ -357,9 +408,11 @@ def reprojection_errors(
 ) -> tuple[Tensor, Tensor]:
     """Per-view depth error of the static point cloud re-rendered into every frame (fused).
 
-    Exactly ``view_depth_error(splat_depth(*static_points(...), ...)[0], depths)`` without ever
-    materialising a ``[B, T, N]`` projection or a copy of the points: one 64-bit z-buffer per
-    view and one byte per point is all the memory it takes.
+    Exactly ``view_depth_error(splat_depth(points, valid, ...)[0], depths, valid)`` with
+    ``points, valid = static_points(...)``: a frame's own dynamic or non-finite pixels are left
+    out of its comparison as well as out of the cloud (docs/ops.md#reprojection_errors says why).
+    It never materialises a ``[B, T, N]`` projection or a copy of the points: one 64-bit z-buffer
+    per view and one byte per point is all the memory it takes.
 
     Args:
         pointmaps: ``[B, T, H, W, 3]`` world-frame points.
@@ -375,13 +428,13 @@ def reprojection_errors(
     """
     dtype = _compute_dtype(pointmaps, depths, extrinsics, intrinsics, scene_flow)
     op = "reprojection_errors"
-    err, count, _ = _ops.reprojection_errors(
+    err, count, _, _ = _ops.reprojection_errors(
         _prepare(op, dtype, "pointmaps", pointmaps),
         _prepare(op, dtype, "depths", depths),
         _prepare(op, dtype, "extrinsics", extrinsics),
         _prepare(op, dtype, "intrinsics", intrinsics),
         _prepare(op, dtype, "scene_flow", scene_flow, optional=True),
-        float(flow_threshold),
+        _float_arg(op, "flow_threshold", flow_threshold),
     )
     return err, count
 
@@ -392,11 +445,12 @@ def _(pointmaps, depths, extrinsics, intrinsics, scene_flow, flow_threshold):
     err = pointmaps.new_empty((B, T))
     count = pointmaps.new_empty((B, T), dtype=torch.int64)
     winner = pointmaps.new_empty((B, T, H, W), dtype=torch.int64)
-    return err, count, winner
+    valid = pointmaps.new_empty((B, T, H, W), dtype=torch.bool)
+    return err, count, winner, valid
 
 
 @torch.library.register_fake("vggrpo::reprojection_errors_backward")
-def _(grad_err, count, winner, pointmaps, depths, extrinsics):
+def _(grad_err, count, winner, valid, pointmaps, depths, extrinsics):
     return (
         pointmaps.new_empty(pointmaps.shape),
         depths.new_empty(depths.shape),
@@ -406,13 +460,13 @@ def _(grad_err, count, winner, pointmaps, depths, extrinsics):
 
 def _reproject_setup(ctx, inputs, output):
     pointmaps, depths, extrinsics = inputs[0], inputs[1], inputs[2]
-    ctx.save_for_backward(pointmaps, depths, extrinsics, output[1], output[2])
+    ctx.save_for_backward(pointmaps, depths, extrinsics, output[1], output[2], output[3])
 
 
-def _reproject_backward(ctx, grad_err, grad_count, grad_winner):
-    pointmaps, depths, extrinsics, count, winner = ctx.saved_tensors
+def _reproject_backward(ctx, grad_err, grad_count, grad_winner, grad_valid):
+    pointmaps, depths, extrinsics, count, winner, valid = ctx.saved_tensors
     grad_pm, grad_depths, grad_extrinsics = _ops.reprojection_errors_backward(
-        grad_err.contiguous(), count, winner, pointmaps, depths, extrinsics
+        grad_err.contiguous(), count, winner, valid, pointmaps, depths, extrinsics
     )
     return grad_pm, grad_depths, grad_extrinsics, None, None, None
 

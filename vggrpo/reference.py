@@ -129,7 +129,7 @@ def so3_log(R: Tensor) -> Tensor:
     with torch.no_grad():
         sigma = torch.where((u * v_pi).sum(-1) >= 0, 1.0, -1.0).to(dtype)
     n = sigma[..., None] * u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-    p = (n * v_pi).sum(-1)
+    p = (n * v_pi).sum(-1) + 0.0  # -0 -> +0: at exactly pi, atan2 gives +pi (n_k > 0 convention)
     theta = torch.atan2(p, c_pi)
     omega_pi = theta[..., None] * n
 
@@ -332,12 +332,15 @@ def splat_depth(
 # view_depth_error / worst_k_mean
 # --------------------------------------------------------------------------------------------
 
-def view_depth_error(rendered: Tensor, depths: Tensor) -> Tuple[Tensor, Tensor]:
+def view_depth_error(
+    rendered: Tensor, depths: Tensor, valid: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """Mean absolute depth error per view over the pixels where both depths are valid.
 
     Args:
         rendered: ``[B, V, H, W]`` rendered depth (0 = empty pixel).
         depths: ``[B, V, H, W]`` predicted depth.
+        valid: ``[B, V, H, W]`` bool or None; pixels where it is False do not count.
 
     Returns:
         ``err [B, V]`` (input dtype, depth units): ``sum |rendered - depths| / count`` over the
@@ -346,6 +349,8 @@ def view_depth_error(rendered: Tensor, depths: Tensor) -> Tuple[Tensor, Tensor]:
     if rendered.shape != depths.shape or rendered.dim() != 4:
         raise ValueError("rendered and depths must both be [B,V,H,W]")
     mask = torch.isfinite(rendered) & (rendered > 0) & torch.isfinite(depths) & (depths > 0)
+    if valid is not None:
+        mask = mask & valid
     r = torch.where(mask, rendered, torch.zeros_like(rendered))
     d = torch.where(mask, depths, torch.zeros_like(depths))
     total = (r - d).abs().sum(dim=(-2, -1))
@@ -410,21 +415,22 @@ def reprojection_errors(
 
     Args:
         pointmaps: ``[B, T, H, W, 3]`` world-frame points.
-        depths: ``[B, T, H', W']`` predicted z-depth (the render resolution is ``H' x W'``).
+        depths: ``[B, T, H, W]`` predicted z-depth.
         extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world.
-        intrinsics: ``[B, T, 3, 3]`` pinhole for the depth maps' resolution.
+        intrinsics: ``[B, T, 3, 3]`` pinhole.
         scene_flow: ``[B, T, H, W, 3]`` or None.
         flow_threshold: ``>= 0``.
 
     Returns:
         ``err [B, T]`` (input dtype, depth units) and ``count [B, T]`` int64: exactly
-        ``view_depth_error(splat_depth(*static_points(...), extrinsics, intrinsics, H', W')[0],
-        depths)``.
+        ``view_depth_error(splat_depth(points, valid, extrinsics, intrinsics, H, W)[0], depths,
+        valid)`` with ``points, valid = static_points(...)``: a frame's own dynamic pixels are left
+        out of its comparison too.
     """
     points, valid = static_points(pointmaps, scene_flow, flow_threshold)
-    H, W = depths.shape[-2:]
+    B, T, H, W = depths.shape
     rendered, _ = splat_depth(points, valid, extrinsics, intrinsics, H, W)
-    return view_depth_error(rendered, depths)
+    return view_depth_error(rendered, depths, valid.reshape(B, T, H, W))
 
 
 def camera_motion_reward(extrinsics: Tensor, *, eps: float = 1e-8) -> Tensor:
@@ -455,9 +461,9 @@ def geometry_reprojection_reward(
 
     Args:
         pointmaps: ``[B, T, H, W, 3]`` world-frame points.
-        depths: ``[B, T, H', W']`` predicted z-depth.
+        depths: ``[B, T, H, W]`` predicted z-depth.
         extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world.
-        intrinsics: ``[B, T, 3, 3]`` pinhole for the depth maps' resolution.
+        intrinsics: ``[B, T, 3, 3]`` pinhole.
         scene_flow: ``[B, T, H, W, 3]`` or None.
         flow_threshold: ``>= 0``.
         topk: ``>= 1``, number of worst views averaged.
@@ -481,6 +487,7 @@ def geometry_reprojection_reward(
         flow_norm = torch.linalg.vector_norm(scene_flow, dim=-1)
         valid = valid & torch.isfinite(scene_flow).all(dim=-1) & (flow_norm <= flow_threshold)
     pts = torch.where(valid[..., None], pointmaps, torch.zeros_like(pointmaps)).reshape(B, -1, 3)
+    own_pixels = valid  # a frame's dynamic pixels are compared with nothing
     valid = valid.reshape(B, -1)
 
     # Project every point into every view.
@@ -515,8 +522,8 @@ def geometry_reprojection_reward(
     rendered = buf.scatter_reduce(2, pix, z_src, reduce="amin", include_self=True)
     rendered = rendered.reshape(B, -1, H, W)
 
-    # Per-view mean |rendered - depth| over covered pixels with a valid depth.
-    mask = torch.isfinite(rendered) & torch.isfinite(depths) & (depths > 0)
+    # Per-view mean |rendered - depth| over covered, static pixels with a valid depth.
+    mask = own_pixels & torch.isfinite(rendered) & torch.isfinite(depths) & (depths > 0)
     diff = torch.where(mask, rendered - depths, torch.zeros_like(depths)).abs()
     count = mask.sum(dim=(-2, -1))
     denom = torch.where(count > 0, count, torch.ones_like(count)).to(dtype)

@@ -6,6 +6,8 @@ rollouts); both are higher-is-better. Formulas: docs/ops.md#the-rewards and DESI
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Mapping, NamedTuple, Optional, Union
 
 import torch
@@ -115,12 +117,19 @@ def group_advantages(
         rewards: name -> ``[N]`` tensor (e.g. ``{"motion": r1, "geo": r2}``), all of one length
             ``N`` divisible by ``group_size``, all finite.
         group_size: samples per prompt, ``>= 2``.
-        eps: added to the standard deviation.
+        eps: added to the standard deviation, a finite number ``>= 0``.
     Returns:
         ``[N]`` advantages, float32 (float64 if any reward is float64), on the rewards' device.
     """
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
         raise ValueError(f"group_advantages: expected `group_size` to be an int >= 2, got {group_size!r}")
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, numbers.Real)
+        or not math.isfinite(eps)
+        or eps < 0
+    ):
+        raise ValueError(f"group_advantages: expected `eps` to be a finite number >= 0, got {eps!r}")
     if not isinstance(rewards, Mapping) or len(rewards) == 0:
         raise ValueError("group_advantages: expected `rewards` to be a non-empty mapping name -> [N] tensor")
     tensors = {}
@@ -158,9 +167,16 @@ def group_advantages(
                 f"group_advantages: reward {name!r} has {bad} non-finite value(s); a NaN or inf "
                 "would poison its whole prompt group"
             )
-        groups = r.reshape(n // group_size, group_size)
+        # Statistics in float64: a float32 mean of equal values can be off by an ulp, and that ulp
+        # over an equally tiny std (plus eps) is an O(1) advantage for a group with no signal.
+        groups = r.to(torch.float64).reshape(n // group_size, group_size)
         mean = groups.mean(dim=1, keepdim=True)
         std = groups.std(dim=1, unbiased=False, keepdim=True)
-        normalised = ((groups - mean) / (std + eps)).reshape(n)
+        normalised = (groups - mean) / (std + eps)
+        # A group whose samples all score the same carries no signal: exactly 0 (also with eps = 0,
+        # where it would be 0 / 0).
+        constant = (groups == groups[:, :1]).all(dim=1, keepdim=True) | (std + eps == 0)
+        normalised = torch.where(constant, torch.zeros_like(normalised), normalised)
+        normalised = normalised.reshape(n)
         total = normalised if total is None else total + normalised
-    return total / len(names)
+    return (total / len(names)).to(dtype)

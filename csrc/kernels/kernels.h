@@ -49,13 +49,14 @@ void splat_depth_backward_cpu(const T* grad_depth, const int64_t* winner, const 
                               int threads);
 
 // ---- view_depth_error: rendered/depths [B, V, H, W] -------------------------------------------
+// valid [B, V, H, W] may be null (every pixel may count).
 template <typename T>
-void view_depth_error_cpu(const T* rendered, const T* depths, ViewGrid g, T* err, int64_t* count,
-                          int threads);
+void view_depth_error_cpu(const T* rendered, const T* depths, const bool* valid, ViewGrid g,
+                          T* err, int64_t* count, int threads);
 template <typename T>
 void view_depth_error_backward_cpu(const T* grad_err, const T* rendered, const T* depths,
-                                   const int64_t* count, ViewGrid g, T* grad_rendered,
-                                   T* grad_depths, int threads);
+                                   const bool* valid, const int64_t* count, ViewGrid g,
+                                   T* grad_rendered, T* grad_depths, int threads);
 
 // ---- worst_k_mean: err/count [B, V] -----------------------------------------------------------
 template <typename T>
@@ -66,17 +67,18 @@ void worst_k_mean_backward_cpu(const T* grad, const T* err, const int64_t* count
                                int64_t V, int64_t k, T* grad_err, int threads);
 
 // ---- reprojection_errors: pointmaps/flow [B, V*H*W, 3], depths [B, V, H, W] -----------------
-// The views are the frames (V == T). mask is caller-provided scratch of B*N bytes.
+// The views are the frames (V == T). Writes err/count [B, V], winner [B, V, H, W] and the static
+// mask valid [B, V*H*W] (which points entered the cloud and which pixels were compared).
 template <typename T>
 void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, const T* K,
                              const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
-                             int64_t* winner, uint8_t* mask, int threads);
+                             int64_t* winner, bool* valid, int threads);
 // grad_pointmaps [B, N, 3], grad_depths [B, V, H, W], grad_E [B, V, 12] are written.
 template <typename T>
 void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
-                                      const int64_t* winner, const T* pointmaps, const T* depths,
-                                      const T* E, ViewGrid g, T* grad_pointmaps, T* grad_depths,
-                                      T* grad_E, int threads);
+                                      const int64_t* winner, const bool* valid,
+                                      const T* pointmaps, const T* depths, const T* E, ViewGrid g,
+                                      T* grad_pointmaps, T* grad_depths, T* grad_E, int threads);
 
 }  // namespace kernels
 }  // namespace vggrpo

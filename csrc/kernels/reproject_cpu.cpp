@@ -1,7 +1,9 @@
 // CPU kernels of the geometry path: static_points, splat_depth, view_depth_error, worst_k_mean
-// and the fused reprojection_errors (docs/ops.md). Work is split by video or by (video, view):
+// and the fused reprojection_errors (docs/ops.md). Work is split by video or by (video, views):
 // every output element and every accumulated sum has one owner thread and a fixed loop order,
 // so results are bitwise identical from run to run and for any thread count.
+#include <vector>
+
 #include "cpu_parallel.h"
 #include "cpu_zbuffer.h"
 #include "kernels.h"
@@ -29,16 +31,23 @@ template <typename T>
 void splat_depth_cpu(const T* points, const bool* valid, const T* E, const T* K, int64_t N,
                      ViewGrid g, T* depth, int64_t* winner, int threads) {
   const int64_t P = g.pixels();
-  parallel_for(g.B * g.V, 20 * N, threads, [&](int64_t bv) {
-    const int64_t b = bv / g.V;
+  const ViewTasks tasks(g.B, g.V, P, threads);
+  parallel_for(tasks.count, 20 * N * tasks.group, threads, [&](int64_t task) {
+    const int64_t b = task / tasks.per_video;
+    const int64_t v0 = (task % tasks.per_video) * tasks.group;
+    const int64_t views = g.V - v0 < tasks.group ? g.V - v0 : tasks.group;
+    const int64_t bv0 = b * g.V + v0;
     const T* pts = points + 3 * N * b;
-    const T* Ev = E + 12 * bv;
-    int64_t* win = winner + P * bv;
-    splat_view_serial(pts, valid ? valid + N * b : nullptr, Ev, K + 9 * bv, N, g.H, g.W,
-                      reinterpret_cast<uint64_t*>(win));
-    keys_to_winners(win, P);
-    T* dep = depth + P * bv;
-    for (int64_t i = 0; i < P; ++i) dep[i] = win[i] >= 0 ? camera_z(Ev, pts + 3 * win[i]) : T(0);
+    std::vector<uint64_t> keys;
+    splat_views_winners(pts, valid ? valid + N * b : nullptr, E + 12 * bv0, K + 9 * bv0, N, views,
+                        g.H, g.W, keys, winner + P * bv0);
+    for (int64_t bv = bv0; bv < bv0 + views; ++bv) {
+      const int64_t* win = winner + P * bv;
+      T* dep = depth + P * bv;
+      for (int64_t i = 0; i < P; ++i) {
+        dep[i] = win[i] >= 0 ? camera_z(E + 12 * bv, pts + 3 * win[i]) : T(0);
+      }
+    }
   });
 }
 
@@ -69,16 +78,17 @@ void splat_depth_backward_cpu(const T* grad_depth, const int64_t* winner, const 
 }
 
 template <typename T>
-void view_depth_error_cpu(const T* rendered, const T* depths, ViewGrid g, T* err, int64_t* count,
-                          int threads) {
+void view_depth_error_cpu(const T* rendered, const T* depths, const bool* valid, ViewGrid g,
+                          T* err, int64_t* count, int threads) {
   const int64_t P = g.pixels();
   parallel_for(g.B * g.V, 4 * P, threads, [&](int64_t bv) {
     const T* r = rendered + P * bv;
     const T* d = depths + P * bv;
+    const bool* keep = valid ? valid + P * bv : nullptr;
     acc_t sum = 0;
     int64_t n = 0;
     for (int64_t i = 0; i < P; ++i) {
-      if (!pixel_counts(r[i], d[i])) continue;
+      if (!pixel_counts(r[i], d[i], keep == nullptr || keep[i])) continue;
       sum += pixel_error(r[i], d[i]);
       ++n;
     }
@@ -89,17 +99,19 @@ void view_depth_error_cpu(const T* rendered, const T* depths, ViewGrid g, T* err
 
 template <typename T>
 void view_depth_error_backward_cpu(const T* grad_err, const T* rendered, const T* depths,
-                                   const int64_t* count, ViewGrid g, T* grad_rendered,
-                                   T* grad_depths, int threads) {
+                                   const bool* valid, const int64_t* count, ViewGrid g,
+                                   T* grad_rendered, T* grad_depths, int threads) {
   const int64_t P = g.pixels();
   parallel_for(g.B * g.V, 4 * P, threads, [&](int64_t bv) {
     const T* r = rendered + P * bv;
     const T* d = depths + P * bv;
+    const bool* keep = valid ? valid + P * bv : nullptr;
     T* gr = grad_rendered + P * bv;
     T* gd = grad_depths + P * bv;
     const T scale = count[bv] > 0 ? grad_err[bv] / static_cast<T>(count[bv]) : T(0);
     for (int64_t i = 0; i < P; ++i) {
-      const T gi = pixel_counts(r[i], d[i]) ? scale * pixel_error_grad(r[i], d[i]) : T(0);
+      const bool counts = pixel_counts(r[i], d[i], keep == nullptr || keep[i]);
+      const T gi = counts ? scale * pixel_error_grad(r[i], d[i]) : T(0);
       gr[i] = gi;
       gd[i] = -gi;
     }
@@ -135,43 +147,50 @@ void worst_k_mean_backward_cpu(const T* grad, const T* err, const int64_t* count
 template <typename T>
 void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, const T* K,
                              const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
-                             int64_t* winner, uint8_t* mask, int threads) {
+                             int64_t* winner, bool* keep, int threads) {
   const int64_t P = g.pixels();
   const int64_t N = g.V * P;
-  bool* keep = reinterpret_cast<bool*>(mask);
-  // The static mask costs one byte per point, read V times by the splat below, instead of the
-  // 12-byte flow vector V times.
+  // The static mask costs one byte per point, read by the splat below instead of the 12-byte flow
+  // vector; it also marks which pixels of each view are compared, and is kept for the backward.
   parallel_for(g.B * N, 8, threads, [&](int64_t i) {
     keep[i] = point_is_static(pointmaps + 3 * i, flow ? flow + 3 * i : nullptr, flow_threshold);
   });
-  parallel_for(g.B * g.V, 20 * N, threads, [&](int64_t bv) {
-    const int64_t b = bv / g.V;
+  const ViewTasks tasks(g.B, g.V, P, threads);
+  parallel_for(tasks.count, 20 * N * tasks.group, threads, [&](int64_t task) {
+    const int64_t b = task / tasks.per_video;
+    const int64_t v0 = (task % tasks.per_video) * tasks.group;
+    const int64_t views = g.V - v0 < tasks.group ? g.V - v0 : tasks.group;
+    const int64_t bv0 = b * g.V + v0;
     const T* pts = pointmaps + 3 * N * b;
-    const T* Ev = E + 12 * bv;
-    int64_t* win = winner + P * bv;
-    splat_view_serial(pts, keep + N * b, Ev, K + 9 * bv, N, g.H, g.W,
-                      reinterpret_cast<uint64_t*>(win));
-    keys_to_winners(win, P);
-    const T* d = depths + P * bv;
-    acc_t sum = 0;
-    int64_t n = 0;
-    for (int64_t i = 0; i < P; ++i) {
-      if (win[i] < 0) continue;
-      const T z = camera_z(Ev, pts + 3 * win[i]);
-      if (!pixel_counts(z, d[i])) continue;
-      sum += pixel_error(z, d[i]);
-      ++n;
+    std::vector<uint64_t> keys;
+    splat_views_winners(pts, keep + N * b, E + 12 * bv0, K + 9 * bv0, N, views, g.H, g.W, keys,
+                        winner + P * bv0);
+    for (int64_t v = v0; v < v0 + views; ++v) {
+      const int64_t bv = b * g.V + v;
+      const T* Ev = E + 12 * bv;
+      const int64_t* win = winner + P * bv;
+      const T* d = depths + P * bv;
+      const bool* own = keep + N * b + P * v;  // this view's own pixels
+      acc_t sum = 0;
+      int64_t n = 0;
+      for (int64_t i = 0; i < P; ++i) {
+        if (win[i] < 0) continue;
+        const T z = camera_z(Ev, pts + 3 * win[i]);
+        if (!pixel_counts(z, d[i], own[i])) continue;
+        sum += pixel_error(z, d[i]);
+        ++n;
+      }
+      count[bv] = n;
+      err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
     }
-    count[bv] = n;
-    err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
   });
 }
 
 template <typename T>
 void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
-                                      const int64_t* winner, const T* pointmaps, const T* depths,
-                                      const T* E, ViewGrid g, T* grad_pointmaps, T* grad_depths,
-                                      T* grad_E, int threads) {
+                                      const int64_t* winner, const bool* valid,
+                                      const T* pointmaps, const T* depths, const T* E, ViewGrid g,
+                                      T* grad_pointmaps, T* grad_depths, T* grad_E, int threads) {
   const int64_t P = g.pixels();
   const int64_t N = g.V * P;
   parallel_for(g.B, 12 * N, threads, [&](int64_t b) {
@@ -185,6 +204,7 @@ void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
       for (int i = 0; i < 12; ++i) gE[i] = T(0);
       const int64_t* win = winner + P * bv;
       const T* d = depths + P * bv;
+      const bool* own = valid + N * b + P * v;
       T* gd = grad_depths + P * bv;
       const T scale = count[bv] > 0 ? grad_err[bv] / static_cast<T>(count[bv]) : T(0);
       for (int64_t i = 0; i < P; ++i) {
@@ -192,7 +212,7 @@ void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
         if (win[i] < 0 || win[i] >= N) continue;
         const T* p = pts + 3 * win[i];
         const T z = camera_z(Ev, p);
-        if (!pixel_counts(z, d[i])) continue;
+        if (!pixel_counts(z, d[i], own[i])) continue;
         const T gi = scale * pixel_error_grad(z, d[i]);
         gd[i] = -gi;
         camera_z_vjp(Ev, p, gi, gp + 3 * win[i], gE);
@@ -207,18 +227,19 @@ void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
                                    T*, int64_t*, int);                                           \
   template void splat_depth_backward_cpu<T>(const T*, const int64_t*, const T*, const T*,        \
                                             int64_t, ViewGrid, T*, T*, int);                     \
-  template void view_depth_error_cpu<T>(const T*, const T*, ViewGrid, T*, int64_t*, int);        \
-  template void view_depth_error_backward_cpu<T>(const T*, const T*, const T*, const int64_t*,   \
-                                                 ViewGrid, T*, T*, int);                         \
+  template void view_depth_error_cpu<T>(const T*, const T*, const bool*, ViewGrid, T*, int64_t*, \
+                                        int);                                                    \
+  template void view_depth_error_backward_cpu<T>(const T*, const T*, const T*, const bool*,      \
+                                                 const int64_t*, ViewGrid, T*, T*, int);         \
   template void worst_k_mean_cpu<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, T*,     \
                                     int);                                                        \
   template void worst_k_mean_backward_cpu<T>(const T*, const T*, const int64_t*, int64_t,        \
                                              int64_t, int64_t, T*, int);                         \
   template void reprojection_errors_cpu<T>(const T*, const T*, const T*, const T*, const T*, T,  \
-                                           ViewGrid, T*, int64_t*, int64_t*, uint8_t*, int);     \
+                                           ViewGrid, T*, int64_t*, int64_t*, bool*, int);        \
   template void reprojection_errors_backward_cpu<T>(const T*, const int64_t*, const int64_t*,    \
-                                                    const T*, const T*, const T*, ViewGrid, T*,  \
-                                                    T*, T*, int);
+                                                    const bool*, const T*, const T*, const T*,   \
+                                                    ViewGrid, T*, T*, T*, int);
 VGGRPO_INSTANTIATE(float)
 VGGRPO_INSTANTIATE(double)
 #undef VGGRPO_INSTANTIATE

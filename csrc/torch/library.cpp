@@ -28,19 +28,21 @@ TORCH_LIBRARY(vggrpo, m) {
       "splat_depth_backward(Tensor grad_depth, Tensor winner, Tensor points, Tensor extrinsics) "
       "-> (Tensor, Tensor)",
       tags);
-  m.def("view_depth_error(Tensor rendered, Tensor depths) -> (Tensor, Tensor)", tags);
+  m.def("view_depth_error(Tensor rendered, Tensor depths, Tensor? valid) -> (Tensor, Tensor)",
+        tags);
   m.def(
-      "view_depth_error_backward(Tensor grad_err, Tensor rendered, Tensor depths, Tensor count) "
-      "-> (Tensor, Tensor)",
+      "view_depth_error_backward(Tensor grad_err, Tensor rendered, Tensor depths, Tensor? valid, "
+      "Tensor count) -> (Tensor, Tensor)",
       tags);
   m.def("worst_k_mean(Tensor err, Tensor count, int k) -> Tensor", tags);
   m.def("worst_k_mean_backward(Tensor grad, Tensor err, Tensor count, int k) -> Tensor", tags);
   m.def(
       "reprojection_errors(Tensor pointmaps, Tensor depths, Tensor extrinsics, "
-      "Tensor intrinsics, Tensor? scene_flow, float flow_threshold) -> (Tensor, Tensor, Tensor)",
+      "Tensor intrinsics, Tensor? scene_flow, float flow_threshold) -> "
+      "(Tensor, Tensor, Tensor, Tensor)",
       tags);
   m.def(
-      "reprojection_errors_backward(Tensor grad_err, Tensor count, Tensor winner, "
+      "reprojection_errors_backward(Tensor grad_err, Tensor count, Tensor winner, Tensor valid, "
       "Tensor pointmaps, Tensor depths, Tensor extrinsics) -> (Tensor, Tensor, Tensor)",
       tags);
 }

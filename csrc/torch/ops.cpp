@@ -120,10 +120,10 @@ Tensor so3_log(const Tensor& R) {
 Tensor so3_log_backward(const Tensor& grad_omega, const Tensor& R) {
   const char* op = "so3_log_backward";
   check_rotations(op, "R", R);
-  TORCH_CHECK_VALUE(grad_omega.defined() && grad_omega.sizes() == at::IntArrayRef(omega_shape(R)),
-                    "vggrpo.", op, ": expected `grad_omega` of shape ",
-                    shape_str(omega_shape(R)), ", got ",
-                    grad_omega.defined() ? shape_str(grad_omega.sizes()) : "None");
+  TORCH_CHECK_TYPE(grad_omega.defined(), "vggrpo.", op, ": `grad_omega` must be a tensor, got None");
+  TORCH_CHECK_VALUE(grad_omega.sizes() == at::IntArrayRef(omega_shape(R)), "vggrpo.", op,
+                    ": expected `grad_omega` of shape ", shape_str(omega_shape(R)), ", got ",
+                    shape_str(grad_omega.sizes()));
   check_floating(op, "grad_omega", grad_omega);
   check_same_device_and_dtype(op, {{"R", R}, {"grad_omega", grad_omega}});
   const Tensor Rc = R.contiguous();
@@ -312,14 +312,27 @@ std::tuple<Tensor, Tensor> splat_depth_backward(const Tensor& grad_depth, const 
 
 // ---- view_depth_error ---------------------------------------------------------------------------
 
-std::tuple<Tensor, Tensor> view_depth_error(const Tensor& rendered, const Tensor& depths) {
+namespace {
+Tensor checked_pixel_mask(const char* op, ShapeCheck& shapes, const OptTensor& valid) {
+  const Tensor keep = optional_contiguous(valid);
+  if (keep.defined()) {
+    shapes("valid", keep, {"B", "V", "H", "W"});
+    check_dtype(op, "valid", keep, at::kBool);
+  }
+  return keep;
+}
+}  // namespace
+
+std::tuple<Tensor, Tensor> view_depth_error(const Tensor& rendered, const Tensor& depths,
+                                            const OptTensor& valid) {
   const char* op = "view_depth_error";
   ShapeCheck shapes(op);
   shapes("rendered", rendered, {"B", "V", "H", "W"});
   shapes("depths", depths, {"B", "V", "H", "W"});
   check_floating(op, "rendered", rendered);
   check_floating(op, "depths", depths);
-  check_same_device_and_dtype(op, {{"rendered", rendered}, {"depths", depths}});
+  const Tensor keep = checked_pixel_mask(op, shapes, valid);
+  check_same_device_and_dtype(op, {{"rendered", rendered}, {"depths", depths}, {"valid", keep}});
   const kernels::ViewGrid g{shapes["B"], shapes["V"], shapes["H"], shapes["W"]};
   const Tensor r = rendered.contiguous();
   const Tensor d = depths.contiguous();
@@ -327,15 +340,15 @@ std::tuple<Tensor, Tensor> view_depth_error(const Tensor& rendered, const Tensor
   Tensor count = at::empty({g.B, g.V}, rendered.options().dtype(at::kLong));
   Exec ex(rendered);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "vggrpo", [&] {
-    VGGRPO_LAUNCH(view_depth_error, scalar_t, ex, ptr<scalar_t>(r), ptr<scalar_t>(d), g,
-                  ptr<scalar_t>(err), ptr<int64_t>(count));
+    VGGRPO_LAUNCH(view_depth_error, scalar_t, ex, ptr<scalar_t>(r), ptr<scalar_t>(d),
+                  ptr<bool>(keep), g, ptr<scalar_t>(err), ptr<int64_t>(count));
   });
   return {err, count};
 }
 
 std::tuple<Tensor, Tensor> view_depth_error_backward(const Tensor& grad_err,
                                                      const Tensor& rendered, const Tensor& depths,
-                                                     const Tensor& count) {
+                                                     const OptTensor& valid, const Tensor& count) {
   const char* op = "view_depth_error_backward";
   ShapeCheck shapes(op);
   shapes("rendered", rendered, {"B", "V", "H", "W"});
@@ -346,8 +359,12 @@ std::tuple<Tensor, Tensor> view_depth_error_backward(const Tensor& grad_err,
   check_floating(op, "depths", depths);
   check_floating(op, "grad_err", grad_err);
   check_dtype(op, "count", count, at::kLong);
-  check_same_device_and_dtype(
-      op, {{"rendered", rendered}, {"depths", depths}, {"grad_err", grad_err}, {"count", count}});
+  const Tensor keep = checked_pixel_mask(op, shapes, valid);
+  check_same_device_and_dtype(op, {{"rendered", rendered},
+                                   {"depths", depths},
+                                   {"grad_err", grad_err},
+                                   {"count", count},
+                                   {"valid", keep}});
   const kernels::ViewGrid g{shapes["B"], shapes["V"], shapes["H"], shapes["W"]};
   const Tensor r = rendered.contiguous();
   const Tensor d = depths.contiguous();
@@ -358,8 +375,8 @@ std::tuple<Tensor, Tensor> view_depth_error_backward(const Tensor& grad_err,
   Exec ex(rendered);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "vggrpo", [&] {
     VGGRPO_LAUNCH(view_depth_error_backward, scalar_t, ex, ptr<scalar_t>(ge), ptr<scalar_t>(r),
-                  ptr<scalar_t>(d), ptr<int64_t>(cnt), g, ptr<scalar_t>(grad_rendered),
-                  ptr<scalar_t>(grad_depths));
+                  ptr<scalar_t>(d), ptr<bool>(keep), ptr<int64_t>(cnt), g,
+                  ptr<scalar_t>(grad_rendered), ptr<scalar_t>(grad_depths));
   });
   return {grad_rendered, grad_depths};
 }
@@ -416,12 +433,12 @@ Tensor worst_k_mean_backward(const Tensor& grad, const Tensor& err, const Tensor
 
 // ---- reprojection_errors (fused) --------------------------------------------------------------
 
-std::tuple<Tensor, Tensor, Tensor> reprojection_errors(const Tensor& pointmaps,
-                                                       const Tensor& depths,
-                                                       const Tensor& extrinsics,
-                                                       const Tensor& intrinsics,
-                                                       const OptTensor& scene_flow,
-                                                       double flow_threshold) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& pointmaps,
+                                                               const Tensor& depths,
+                                                               const Tensor& extrinsics,
+                                                               const Tensor& intrinsics,
+                                                               const OptTensor& scene_flow,
+                                                               double flow_threshold) {
   const char* op = "reprojection_errors";
   ShapeCheck shapes(op);
   check_pointmaps(op, shapes, pointmaps, scene_flow, flow_threshold);
@@ -442,20 +459,20 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors(const Tensor& pointmaps,
   Tensor err = at::empty({g.B, g.V}, pointmaps.options());
   Tensor count = at::empty({g.B, g.V}, pointmaps.options().dtype(at::kLong));
   Tensor winner = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong));
-  Tensor mask = at::empty({g.B, g.V * g.H * g.W}, pointmaps.options().dtype(at::kByte));
+  Tensor valid = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kBool));
   Exec ex(pointmaps);
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
     VGGRPO_LAUNCH(reprojection_errors, scalar_t, ex, ptr<scalar_t>(pm), ptr<scalar_t>(d),
                   ptr<scalar_t>(E), ptr<scalar_t>(K), ptr<scalar_t>(flow),
                   static_cast<scalar_t>(flow_threshold), g, ptr<scalar_t>(err),
-                  ptr<int64_t>(count), ptr<int64_t>(winner), ptr<uint8_t>(mask));
+                  ptr<int64_t>(count), ptr<int64_t>(winner), ptr<bool>(valid));
   });
-  return {err, count, winner};
+  return {err, count, winner, valid};
 }
 
 std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
-    const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& pointmaps,
-    const Tensor& depths, const Tensor& extrinsics) {
+    const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& valid,
+    const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics) {
   const char* op = "reprojection_errors_backward";
   ShapeCheck shapes(op);
   shapes("pointmaps", pointmaps, {"B", "T", "H", "W", "3"});
@@ -464,6 +481,8 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
   shapes("grad_err", grad_err, {"B", "T"});
   shapes("count", count, {"B", "T"});
   shapes("winner", winner, {"B", "T", "H", "W"});
+  shapes("valid", valid, {"B", "T", "H", "W"});
+  check_dtype(op, "valid", valid, at::kBool);
   check_floating(op, "pointmaps", pointmaps);
   check_floating(op, "depths", depths);
   check_floating(op, "extrinsics", extrinsics);
@@ -475,11 +494,13 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
                                    {"extrinsics", extrinsics},
                                    {"grad_err", grad_err},
                                    {"count", count},
-                                   {"winner", winner}});
+                                   {"winner", winner},
+                                   {"valid", valid}});
   const kernels::ViewGrid g{shapes["B"], shapes["T"], shapes["H"], shapes["W"]};
   const Tensor ge = grad_err.contiguous();
   const Tensor cnt = count.contiguous();
   const Tensor win = winner.contiguous();
+  const Tensor keep = valid.contiguous();
   const Tensor pm = pointmaps.contiguous();
   const Tensor d = depths.contiguous();
   const Tensor E = extrinsic_rows(extrinsics);
@@ -489,7 +510,8 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
   Exec ex(pointmaps);
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
     VGGRPO_LAUNCH(reprojection_errors_backward, scalar_t, ex, ptr<scalar_t>(ge),
-                  ptr<int64_t>(cnt), ptr<int64_t>(win), ptr<scalar_t>(pm), ptr<scalar_t>(d),
+                  ptr<int64_t>(cnt), ptr<int64_t>(win), ptr<bool>(keep), ptr<scalar_t>(pm),
+                  ptr<scalar_t>(d),
                   ptr<scalar_t>(E), g, ptr<scalar_t>(grad_pm), ptr<scalar_t>(grad_d),
                   ptr<scalar_t>(grad_E));
   });

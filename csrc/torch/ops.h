@@ -31,24 +31,25 @@ std::tuple<Tensor, Tensor> splat_depth(const Tensor& points, const OptTensor& va
 std::tuple<Tensor, Tensor> splat_depth_backward(const Tensor& grad_depth, const Tensor& winner,
                                                 const Tensor& points, const Tensor& extrinsics);
 
-std::tuple<Tensor, Tensor> view_depth_error(const Tensor& rendered, const Tensor& depths);
+std::tuple<Tensor, Tensor> view_depth_error(const Tensor& rendered, const Tensor& depths,
+                                            const OptTensor& valid);
 std::tuple<Tensor, Tensor> view_depth_error_backward(const Tensor& grad_err,
                                                      const Tensor& rendered, const Tensor& depths,
-                                                     const Tensor& count);
+                                                     const OptTensor& valid, const Tensor& count);
 
 Tensor worst_k_mean(const Tensor& err, const Tensor& count, int64_t k);
 Tensor worst_k_mean_backward(const Tensor& grad, const Tensor& err, const Tensor& count,
                              int64_t k);
 
-std::tuple<Tensor, Tensor, Tensor> reprojection_errors(const Tensor& pointmaps,
-                                                       const Tensor& depths,
-                                                       const Tensor& extrinsics,
-                                                       const Tensor& intrinsics,
-                                                       const OptTensor& scene_flow,
-                                                       double flow_threshold);
+std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& pointmaps,
+                                                               const Tensor& depths,
+                                                               const Tensor& extrinsics,
+                                                               const Tensor& intrinsics,
+                                                               const OptTensor& scene_flow,
+                                                               double flow_threshold);
 std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
-    const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& pointmaps,
-    const Tensor& depths, const Tensor& extrinsics);
+    const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& valid,
+    const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics);
 
 }  // namespace glue
 }  // namespace vggrpo

@@ -6,9 +6,10 @@
 
 namespace vggrpo {
 
+// `keep` is the pixel's own mask (false for a dynamic or non-finite pixel of the target view).
 template <typename T>
-VGGRPO_HD bool pixel_counts(T rendered, T predicted) {
-  return depth_valid(rendered) && depth_valid(predicted);
+VGGRPO_HD bool pixel_counts(T rendered, T predicted, bool keep = true) {
+  return keep && depth_valid(rendered) && depth_valid(predicted);
 }
 
 template <typename T>

@@ -87,7 +87,9 @@ VGGRPO_HD So3NearPi<T> so3_near_pi(const T* R, T c, const T* v) {
     // m == 0 only for matrices far from any rotation; the unit axis e_k keeps them finite.
     r.n[i] = r.m > T(0) ? r.sigma * r.u[i] / r.m : (i == r.k ? T(1) : T(0));
   }
-  r.p = dot3(r.n, v);
+  // + 0 turns a -0 (from signed-zero entries at exactly pi) into +0, so atan2 gives +pi and
+  // the n_k > 0 convention holds.
+  r.p = dot3(r.n, v) + T(0);
   r.theta = std::atan2(r.p, c);
   return r;
 }

@@ -1,0 +1,66 @@
+# The README's two commands, and what they stand on.
+#
+#   make test   create .venv, build the extension, run the C++ tests, compile the CUDA kernels
+#               (when nvcc is present), then pytest tests/ and a one-round pytest bench/
+#   make demo   the main job on the embedded defaults (see README)
+#
+# Works on a fresh machine with Python 3.10+, a C++17 compiler, cmake and the package registry.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# The CPU wheel on this machine kind; a CUDA machine pins its own torch (see README).
+TORCH_SPEC ?= torch==2.13.0
+JOBS ?= 2
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+
+CSRC := $(shell find csrc -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
+ENV_STAMP := $(VENV)/.vggrpo-env
+EXT_STAMP := build/.vggrpo-ext
+
+.PHONY: env build cpp-test cuda-compile pytest bench-quick bench test demo clean
+
+env: $(ENV_STAMP)
+$(ENV_STAMP): requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+# --no-build-isolation: compile against the torch in .venv, not a freshly downloaded one.
+build: $(EXT_STAMP)
+$(EXT_STAMP): $(ENV_STAMP) $(CSRC) setup.py
+	MAX_JOBS=$(JOBS) $(PIP) install -q --no-build-isolation -e .
+	mkdir -p build && touch $@
+
+cpp-test:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j $(JOBS)
+	ctest --test-dir build/cmake --output-on-failure
+
+# Every .cu compiles on a GPU-less machine: nvcc needs no device. Skipped only without nvcc.
+cuda-compile:
+	@if [ -n "$(NVCC)" ]; then \
+	  cmake -S . -B build/cmake-cuda -DCMAKE_BUILD_TYPE=Release -DVGGRPO_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC) && \
+	  cmake --build build/cmake-cuda -j $(JOBS); \
+	else echo "cuda-compile: no nvcc found, CUDA kernels not compiled"; fi
+
+pytest: build
+	$(PY) -m pytest tests -q
+
+# One round per benchmark: checks the suite runs; `make bench` measures.
+bench-quick: build
+	$(PY) -m pytest bench -q --benchmark-min-rounds=1 --benchmark-warmup=off --benchmark-max-time=0.000001 --benchmark-disable-gc
+
+bench: build
+	$(PY) -m pytest bench -q --vggrpo-check-targets
+
+test: build cpp-test cuda-compile pytest bench-quick
+
+demo: build
+	$(PY) examples/quickstart.py
+
+clean:
+	rm -rf build $(VENV) vggrpo/_C*.so *.egg-info
