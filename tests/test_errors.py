@@ -104,7 +104,8 @@ SPECS = {
     },
 }
 SO3_OPS = ("so3_log", "so3_log_backward")
-SCALARS = {"eps": 1e-8, "flow_threshold": 0.1, "height": DIMS["H"], "width": DIMS["W"], "k": 3}
+SCALARS = {"eps": 1e-8, "flow_threshold": 0.1, "height": DIMS["H"], "width": DIMS["W"], "k": 3,
+           "need_winner": True}
 OPS = list(SPECS)
 
 

@@ -244,3 +244,30 @@ def test_fused_is_deterministic_across_runs_and_threads():
     for other in (second, single):
         for a, b in zip(first, other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_without_winners_gives_identical_errors(dtype):
+    """Under no_grad the op keeps no winner map (and float32 takes a depth-only z-buffer): the
+    errors and counts must be bitwise those of the path that keeps winners."""
+    gen = torch.Generator().manual_seed(12)
+    pm, depths, E, K, flow = random_reprojection_inputs(2, 5, 12, 15, gen, dtype)
+    pm[..., 2] = torch.round(pm[..., 2] * 8) / 8  # exact depth ties
+    raw = torch.ops.vggrpo.reprojection_errors
+    err_w, count_w, winner, valid_w = raw(pm, depths, E, K, flow, 0.1, True)
+    err_n, count_n, no_winner, valid_n = raw(pm, depths, E, K, flow, 0.1, False)
+    assert winner.shape == (2, 5, 12, 15) and no_winner.shape == (0,)
+    assert torch.equal(err_w, err_n) and torch.equal(count_w, count_n)
+    assert torch.equal(valid_w, valid_n)
+    with torch.no_grad():
+        err, count = ops.reprojection_errors(pm.requires_grad_(), depths, E, K, flow)
+    assert torch.equal(err, err_w)
+
+
+def test_backward_after_a_winnerless_forward_is_a_clear_error():
+    gen = torch.Generator().manual_seed(13)
+    pm, depths, E, K, flow = random_reprojection_inputs(1, 3, 6, 7, gen)
+    pm.requires_grad_()
+    err, *_ = torch.ops.vggrpo.reprojection_errors(pm, depths, E, K, flow, 0.1, False)
+    with pytest.raises(RuntimeError, match="need_winner=True"):
+        err.sum().backward()

@@ -49,6 +49,7 @@ def _samples():
 
         args = (pm.clone().requires_grad_(), depths.clone().requires_grad_(), E.clone().requires_grad_(), K, flow, 0.1)
         out.append((_ops.reprojection_errors, args))
+        out.append((_ops.reprojection_errors, (pm, depths, E, K, None, 0.1, False)))
         err, count, winner, mask = _ops.reprojection_errors(pm, depths, E, K, flow, 0.1)
         out.append((_ops.reprojection_errors_backward, (torch.randn(2, 3, dtype=dtype), count, winner, mask, pm, depths, E)))
     return out

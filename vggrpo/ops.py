@@ -428,6 +428,11 @@ def reprojection_errors(
     """
     dtype = _compute_dtype(pointmaps, depths, extrinsics, intrinsics, scene_flow)
     op = "reprojection_errors"
+    # The winner map is kept only when a gradient can be asked for: under torch.no_grad (GRPO
+    # rollouts) the op skips it and, for float32, uses a cheaper depth-only z-buffer.
+    need_winner = torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in (pointmaps, depths, extrinsics)
+    )
     err, count, _, _ = _ops.reprojection_errors(
         _prepare(op, dtype, "pointmaps", pointmaps),
         _prepare(op, dtype, "depths", depths),
@@ -435,16 +440,17 @@ def reprojection_errors(
         _prepare(op, dtype, "intrinsics", intrinsics),
         _prepare(op, dtype, "scene_flow", scene_flow, optional=True),
         _float_arg(op, "flow_threshold", flow_threshold),
+        need_winner,
     )
     return err, count
 
 
 @torch.library.register_fake("vggrpo::reprojection_errors")
-def _(pointmaps, depths, extrinsics, intrinsics, scene_flow, flow_threshold):
+def _(pointmaps, depths, extrinsics, intrinsics, scene_flow, flow_threshold, need_winner=True):
     B, T, H, W, _ = pointmaps.shape
     err = pointmaps.new_empty((B, T))
     count = pointmaps.new_empty((B, T), dtype=torch.int64)
-    winner = pointmaps.new_empty((B, T, H, W), dtype=torch.int64)
+    winner = pointmaps.new_empty((B, T, H, W) if need_winner else (0,), dtype=torch.int64)
     valid = pointmaps.new_empty((B, T, H, W), dtype=torch.bool)
     return err, count, winner, valid
 
@@ -465,10 +471,16 @@ def _reproject_setup(ctx, inputs, output):
 
 def _reproject_backward(ctx, grad_err, grad_count, grad_winner, grad_valid):
     pointmaps, depths, extrinsics, count, winner, valid = ctx.saved_tensors
+    if winner.dim() != 4:
+        raise RuntimeError(
+            "vggrpo.reprojection_errors: backward needs the winner map, but the forward ran with "
+            "need_winner=False; call it with need_winner=True (vggrpo.ops.reprojection_errors "
+            "decides this from grad mode and requires_grad)"
+        )
     grad_pm, grad_depths, grad_extrinsics = _ops.reprojection_errors_backward(
         grad_err.contiguous(), count, winner, valid, pointmaps, depths, extrinsics
     )
-    return grad_pm, grad_depths, grad_extrinsics, None, None, None
+    return grad_pm, grad_depths, grad_extrinsics, None, None, None, None
 
 
 torch.library.register_autograd(

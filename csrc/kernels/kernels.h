@@ -67,8 +67,9 @@ void worst_k_mean_backward_cpu(const T* grad, const T* err, const int64_t* count
                                int64_t V, int64_t k, T* grad_err, int threads);
 
 // ---- reprojection_errors: pointmaps/flow [B, V*H*W, 3], depths [B, V, H, W] -----------------
-// The views are the frames (V == T). Writes err/count [B, V], winner [B, V, H, W] and the static
-// mask valid [B, V*H*W] (which points entered the cloud and which pixels were compared).
+// The views are the frames (V == T). Writes err/count [B, V], winner [B, V, H, W] (may be null:
+// no winners needed, no gradient to come) and the static mask valid [B, V*H*W] (which points
+// entered the cloud and which pixels were compared).
 template <typename T>
 void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, const T* K,
                              const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,

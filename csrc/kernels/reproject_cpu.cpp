@@ -2,6 +2,7 @@
 // and the fused reprojection_errors (docs/ops.md). Work is split by video or by (video, views):
 // every output element and every accumulated sum has one owner thread and a fixed loop order,
 // so results are bitwise identical from run to run and for any thread count.
+#include <type_traits>
 #include <vector>
 
 #include "cpu_parallel.h"
@@ -16,14 +17,24 @@
 namespace vggrpo {
 namespace kernels {
 
+
+// The static mask of B*N points, in blocks.
+template <typename T>
+void static_mask(const T* pointmaps, const T* flow, T flow_threshold, int64_t count, bool* keep,
+                 int threads) {
+  constexpr int64_t kBlock = 4096;
+  parallel_for((count + kBlock - 1) / kBlock, 8 * kBlock, threads, [&](int64_t block) {
+    const int64_t end = (block + 1) * kBlock < count ? (block + 1) * kBlock : count;
+    static_mask_range(pointmaps, flow, flow_threshold, block * kBlock, end, keep);
+  });
+}
+
 template <typename T>
 void static_points_cpu(const T* pointmaps, const T* flow, T flow_threshold, int64_t B, int64_t N,
                        T* points, bool* valid, int threads) {
-  parallel_for(B * N, 8, threads, [&](int64_t i) {
-    const T* p = pointmaps + 3 * i;
-    const bool keep = point_is_static(p, flow ? flow + 3 * i : nullptr, flow_threshold);
-    valid[i] = keep;
-    for (int k = 0; k < 3; ++k) points[3 * i + k] = keep ? p[k] : T(0);
+  static_mask(pointmaps, flow, flow_threshold, B * N, valid, threads);
+  parallel_for(B * N, 4, threads, [&](int64_t i) {
+    for (int k = 0; k < 3; ++k) points[3 * i + k] = valid[i] ? pointmaps[3 * i + k] : T(0);
   });
 }
 
@@ -33,21 +44,20 @@ void splat_depth_cpu(const T* points, const bool* valid, const T* E, const T* K,
   const int64_t P = g.pixels();
   const ViewTasks tasks(g.B, g.V, P, threads);
   parallel_for(tasks.count, 20 * N * tasks.group, threads, [&](int64_t task) {
-    const int64_t b = task / tasks.per_video;
-    const int64_t v0 = (task % tasks.per_video) * tasks.group;
-    const int64_t views = g.V - v0 < tasks.group ? g.V - v0 : tasks.group;
+    const auto [b, v0, views] = tasks[task];
     const int64_t bv0 = b * g.V + v0;
     const T* pts = points + 3 * N * b;
-    std::vector<uint64_t> keys;
-    splat_views_winners(pts, valid ? valid + N * b : nullptr, E + 12 * bv0, K + 9 * bv0, N, views,
-                        g.H, g.W, keys, winner + P * bv0);
-    for (int64_t bv = bv0; bv < bv0 + views; ++bv) {
-      const int64_t* win = winner + P * bv;
-      T* dep = depth + P * bv;
-      for (int64_t i = 0; i < P; ++i) {
-        dep[i] = win[i] >= 0 ? camera_z(E + 12 * bv, pts + 3 * win[i]) : T(0);
-      }
-    }
+    T* dep = depth + P * bv0;
+    for (int64_t i = 0; i < P * views; ++i) dep[i] = T(0);
+    std::vector<uint64_t>& keys = thread_keys<uint64_t>();
+    splat_views(pts, valid ? valid + N * b : nullptr, E + 12 * bv0, K + 9 * bv0, N, views, g.H,
+                g.W, keys, winner + P * bv0, [&](int64_t v, const uint64_t* view_keys) {
+                  const T* Ev = E + 12 * (bv0 + v);
+                  T* view_depth = dep + P * v;
+                  for (int64_t i = 0; i < P; ++i) {
+                    if (view_keys[i] != kEmptyKey) view_depth[i] = winner_depth(view_keys[i], Ev, pts);
+                  }
+                });
   });
 }
 
@@ -88,9 +98,10 @@ void view_depth_error_cpu(const T* rendered, const T* depths, const bool* valid,
     acc_t sum = 0;
     int64_t n = 0;
     for (int64_t i = 0; i < P; ++i) {
-      if (!pixel_counts(r[i], d[i], keep == nullptr || keep[i])) continue;
-      sum += pixel_error(r[i], d[i]);
-      ++n;
+      // The same accumulation as the fused path (adding +0 leaves a sum unchanged, bit for bit).
+      const bool counts = pixel_counts(r[i], d[i], keep == nullptr || keep[i]);
+      sum += keep_or_zero(pixel_error(r[i], d[i]), counts);
+      n += counts;
     }
     count[bv] = n;
     err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
@@ -152,37 +163,40 @@ void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, co
   const int64_t N = g.V * P;
   // The static mask costs one byte per point, read by the splat below instead of the 12-byte flow
   // vector; it also marks which pixels of each view are compared, and is kept for the backward.
-  parallel_for(g.B * N, 8, threads, [&](int64_t i) {
-    keep[i] = point_is_static(pointmaps + 3 * i, flow ? flow + 3 * i : nullptr, flow_threshold);
-  });
+  static_mask(pointmaps, flow, flow_threshold, g.B * N, keep, threads);
   const ViewTasks tasks(g.B, g.V, P, threads);
   parallel_for(tasks.count, 20 * N * tasks.group, threads, [&](int64_t task) {
-    const int64_t b = task / tasks.per_video;
-    const int64_t v0 = (task % tasks.per_video) * tasks.group;
-    const int64_t views = g.V - v0 < tasks.group ? g.V - v0 : tasks.group;
+    const auto [b, v0, views] = tasks[task];
     const int64_t bv0 = b * g.V + v0;
     const T* pts = pointmaps + 3 * N * b;
-    std::vector<uint64_t> keys;
-    splat_views_winners(pts, keep + N * b, E + 12 * bv0, K + 9 * bv0, N, views, g.H, g.W, keys,
-                        winner + P * bv0);
-    for (int64_t v = v0; v < v0 + views; ++v) {
-      const int64_t bv = b * g.V + v;
+    auto view_error = [&](int64_t v, const auto* view_keys) {
+      const int64_t bv = bv0 + v;
       const T* Ev = E + 12 * bv;
-      const int64_t* win = winner + P * bv;
       const T* d = depths + P * bv;
-      const bool* own = keep + N * b + P * v;  // this view's own pixels
+      const bool* own = keep + N * b + P * (v0 + v);  // the view's own pixels
+      // Summed in pixel order, as view_depth_error does: bitwise the same result.
       acc_t sum = 0;
       int64_t n = 0;
       for (int64_t i = 0; i < P; ++i) {
-        if (win[i] < 0) continue;
-        const T z = camera_z(Ev, pts + 3 * win[i]);
-        if (!pixel_counts(z, d[i], own[i])) continue;
-        sum += pixel_error(z, d[i]);
-        ++n;
+        const T z = winner_depth(view_keys[i], Ev, pts);  // NaN if empty
+        const bool counts = pixel_counts(z, d[i], own[i]);
+        sum += keep_or_zero(pixel_error(z, d[i]), counts);
+        n += counts;
       }
       count[bv] = n;
       err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
+    };
+    const bool* keep_b = keep + N * b;
+    if constexpr (std::is_same_v<T, float>) {
+      if (winner == nullptr) {
+        // No winners asked for (no gradient): depth-only keys suffice for float32.
+        splat_views(pts, keep_b, E + 12 * bv0, K + 9 * bv0, N, views, g.H, g.W,
+                    thread_keys<uint32_t>(), nullptr, view_error);
+        return;
+      }
     }
+    splat_views(pts, keep_b, E + 12 * bv0, K + 9 * bv0, N, views, g.H, g.W,
+                thread_keys<uint64_t>(), winner ? winner + P * bv0 : nullptr, view_error);
   });
 }
 

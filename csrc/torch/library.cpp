@@ -38,7 +38,7 @@ TORCH_LIBRARY(vggrpo, m) {
   m.def("worst_k_mean_backward(Tensor grad, Tensor err, Tensor count, int k) -> Tensor", tags);
   m.def(
       "reprojection_errors(Tensor pointmaps, Tensor depths, Tensor extrinsics, "
-      "Tensor intrinsics, Tensor? scene_flow, float flow_threshold) -> "
+      "Tensor intrinsics, Tensor? scene_flow, float flow_threshold, bool need_winner=True) -> "
       "(Tensor, Tensor, Tensor, Tensor)",
       tags);
   m.def(

@@ -438,7 +438,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
                                                                const Tensor& extrinsics,
                                                                const Tensor& intrinsics,
                                                                const OptTensor& scene_flow,
-                                                               double flow_threshold) {
+                                                               double flow_threshold,
+                                                               bool need_winner) {
   const char* op = "reprojection_errors";
   ShapeCheck shapes(op);
   check_pointmaps(op, shapes, pointmaps, scene_flow, flow_threshold);
@@ -458,14 +459,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
   const Tensor K = intrinsics.contiguous();
   Tensor err = at::empty({g.B, g.V}, pointmaps.options());
   Tensor count = at::empty({g.B, g.V}, pointmaps.options().dtype(at::kLong));
-  Tensor winner = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong));
+  // Without a gradient to come the winners are not kept: no [B, T, H, W] int64 buffer, and
+  // float32 inputs take the cheaper depth-only z-buffer.
+  Tensor winner = need_winner
+                      ? at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong))
+                      : at::empty({0}, pointmaps.options().dtype(at::kLong));
   Tensor valid = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kBool));
   Exec ex(pointmaps);
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
     VGGRPO_LAUNCH(reprojection_errors, scalar_t, ex, ptr<scalar_t>(pm), ptr<scalar_t>(d),
                   ptr<scalar_t>(E), ptr<scalar_t>(K), ptr<scalar_t>(flow),
                   static_cast<scalar_t>(flow_threshold), g, ptr<scalar_t>(err),
-                  ptr<int64_t>(count), ptr<int64_t>(winner), ptr<bool>(valid));
+                  ptr<int64_t>(count), need_winner ? ptr<int64_t>(winner) : nullptr,
+                  ptr<bool>(valid));
   });
   return {err, count, winner, valid};
 }

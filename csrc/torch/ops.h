@@ -46,7 +46,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
                                                                const Tensor& extrinsics,
                                                                const Tensor& intrinsics,
                                                                const OptTensor& scene_flow,
-                                                               double flow_threshold);
+                                                               double flow_threshold,
+                                                               bool need_winner);
 std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
     const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& valid,
     const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics);

@@ -23,6 +23,16 @@ VGGRPO_HD uint32_t float_bits(float f) {
 #endif
 }
 
+VGGRPO_HD float float_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+#endif
+}
+
 template <typename T>
 VGGRPO_HD uint64_t zbuffer_key(T depth, int64_t index) {
   return (static_cast<uint64_t>(float_bits(static_cast<float>(depth))) << 32) |
@@ -33,6 +43,10 @@ VGGRPO_HD uint64_t zbuffer_key(T depth, int64_t index) {
 VGGRPO_HD int64_t zbuffer_winner(uint64_t key) {
   return key == kEmptyKey ? int64_t(-1) : static_cast<int64_t>(key & 0xffffffffu);
 }
+
+// The depth a key was made from, rounded to float32. For float32 inputs this is the winner's depth
+// exactly (float(z) == z), so the re-read needs no access to the point.
+VGGRPO_HD float zbuffer_depth(uint64_t key) { return float_from_bits(static_cast<uint32_t>(key >> 32)); }
 
 // Indices must fit the key's low 32 bits.
 constexpr int64_t kMaxPoints = int64_t(0xffffffff);
