@@ -31,8 +31,19 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _want_cuda(torch_mod, cuda_home) -> bool:
+def _want_cuda(torch_mod, cuda_home, cuda_sources) -> bool:
     if _truthy("VGGRPO_NO_CUDA"):
+        return False
+    if not cuda_sources:
+        # This version has no CUDA kernels (csrc/kernels/*.cu) yet: the CPU build is the build.
+        if _truthy("FORCE_CUDA"):
+            sys.exit(
+                "vggrpo: FORCE_CUDA=1, but this version of vggrpo has no CUDA kernels "
+                "(csrc/kernels/*.cu); unset FORCE_CUDA to build the CPU extension."
+            )
+        if torch_mod.version.cuda is not None:
+            print("vggrpo: this version has no CUDA kernels yet; building the CPU extension "
+                  "(CUDA tensors will get a clear 'built without CUDA' error).", file=sys.stderr)
         return False
     if _truthy("FORCE_CUDA"):
         if torch_mod.version.cuda is None:
@@ -54,8 +65,9 @@ def _extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
-    with_cuda = _want_cuda(torch, CUDA_HOME)
     csrc = os.path.join("csrc")
+    cuda_sources = sorted(glob.glob(os.path.join(csrc, "kernels", "*.cu")))
+    with_cuda = _want_cuda(torch, CUDA_HOME, cuda_sources)
     sources = sorted(glob.glob(os.path.join(csrc, "kernels", "*_cpu.cpp")))
     torch_glue = ["checks.cpp", "ops.cpp", "library.cpp", "register_cpu.cpp"]
     sources += [os.path.join(csrc, "torch", f) for f in torch_glue]
@@ -64,7 +76,7 @@ def _extensions():
     include_dirs = [os.path.join(HERE, csrc, "include"), os.path.join(HERE, csrc, "kernels")]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        sources += sorted(glob.glob(os.path.join(csrc, "kernels", "*.cu")))
+        sources += cuda_sources
         sources += [os.path.join(csrc, "torch", "register_cuda.cpp")]
         return [
             CUDAExtension(
