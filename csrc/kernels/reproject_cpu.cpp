@@ -17,7 +17,6 @@
 namespace vggrpo {
 namespace kernels {
 
-
 // The static mask of B*N points, in blocks.
 template <typename T>
 void static_mask(const T* pointmaps, const T* flow, T flow_threshold, int64_t count, bool* keep,
