@@ -67,6 +67,7 @@ SPECS = {
         "winner": (BVHW, "winner"),
         "points": (("B", "N", "3"), "float"),
         "extrinsics": (("B", "V", "3|4", "4"), "float"),
+        "intrinsics": (("B", "V", "3", "3"), "float"),
     },
     "view_depth_error": {
         "rendered": (BVHW, "float"),
@@ -101,6 +102,7 @@ SPECS = {
         "pointmaps": (BTHW3, "float"),
         "depths": (BTHW, "float"),
         "extrinsics": (("B", "T", "3|4", "4"), "float"),
+        "intrinsics": (("B", "T", "3", "3"), "float"),
     },
 }
 SO3_OPS = ("so3_log", "so3_log_backward")
@@ -842,9 +844,9 @@ def test_splat_depth_backward_ignores_out_of_range_winners(scene):
     n = points.shape[1]
     grad = torch.randn(depth.shape, generator=torch.Generator().manual_seed(1))
     forged, cleared = _forge(winner, _forged_values(n))
-    got = RAW.splat_depth_backward(grad, forged, points, s.extrinsics)
-    want = RAW.splat_depth_backward(grad, cleared, points, s.extrinsics)
-    real = RAW.splat_depth_backward(grad, winner, points, s.extrinsics)
+    got = RAW.splat_depth_backward(grad, forged, points, s.extrinsics, s.intrinsics)
+    want = RAW.splat_depth_backward(grad, cleared, points, s.extrinsics, s.intrinsics)
+    real = RAW.splat_depth_backward(grad, winner, points, s.extrinsics, s.intrinsics)
     for g, w, r in zip(got, want, real):
         assert torch.isfinite(g).all()
         assert torch.equal(g, w)
@@ -860,7 +862,7 @@ def test_reprojection_errors_backward_ignores_out_of_range_winners(scene):
     forged, cleared = _forge(winner, _forged_values(n))
     grad_err = torch.randn(count.shape, generator=torch.Generator().manual_seed(2))
     common = dict(grad_err=grad_err, count=count, valid=valid, pointmaps=s.pointmaps, depths=noisy,
-                  extrinsics=s.extrinsics)
+                  extrinsics=s.extrinsics, intrinsics=s.intrinsics)
     got = outputs(call("reprojection_errors_backward", winner=forged, **common))
     want = outputs(call("reprojection_errors_backward", winner=cleared, **common))
     real = outputs(call("reprojection_errors_backward", winner=winner, **common))
@@ -1265,7 +1267,7 @@ def test_an_error_leaves_nothing_behind(scene):
         lambda: RAW.reprojection_errors_backward(
             torch.ones(2, 4), torch.ones(2, 4, dtype=torch.int32),
             torch.zeros(2, 4, 12, 16, dtype=torch.int64),
-            torch.ones(2, 4, 12, 16, dtype=torch.bool), *args[:3]),
+            torch.ones(2, 4, 12, 16, dtype=torch.bool), *args[:4]),
     ]
     for bad in bad_calls:
         # a failing call inside a graph that requires grad, then the same good call again

@@ -36,7 +36,7 @@ def _samples():
         valid = torch.rand(2, 80, generator=g) > 0.2
         out.append((_ops.splat_depth, (pts.clone().requires_grad_(), valid, E.clone().requires_grad_(), K, 6, 7)))
         depth, winner = _ops.splat_depth(pts, valid, E, K, 6, 7)
-        out.append((_ops.splat_depth_backward, (torch.randn(2, 3, 6, 7, dtype=dtype), winner, pts, E)))
+        out.append((_ops.splat_depth_backward, (torch.randn(2, 3, 6, 7, dtype=dtype), winner, pts, E, K)))
 
         pixel_valid = valid.reshape(2, 80)[:, :1].expand(2, 3 * 6 * 7).reshape(2, 3, 6, 7).contiguous()
         out.append((_ops.view_depth_error, (depth.clone().requires_grad_(), depths.clone().requires_grad_(), None)))
@@ -51,7 +51,7 @@ def _samples():
         out.append((_ops.reprojection_errors, args))
         out.append((_ops.reprojection_errors, (pm, depths, E, K, None, 0.1, False)))
         err, count, winner, mask = _ops.reprojection_errors(pm, depths, E, K, flow, 0.1)
-        out.append((_ops.reprojection_errors_backward, (torch.randn(2, 3, dtype=dtype), count, winner, mask, pm, depths, E)))
+        out.append((_ops.reprojection_errors_backward, (torch.randn(2, 3, dtype=dtype), count, winner, mask, pm, depths, E, K)))
     return out
 
 

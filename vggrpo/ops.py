@@ -10,6 +10,12 @@ returned in float32; a call mixing float32 and float64 is computed in float64. N
 are an error. Inputs need not be contiguous. Gradients reach pointmaps, points, depths and
 extrinsics; integer and bool outputs (winners, counts, masks) are not differentiable, and
 intrinsics get no gradient (the z-buffer depends on them only piecewise-constantly).
+
+Determinism: every forward is deterministic on CPU and CUDA (the z-buffer key is a total order).
+Every CPU backward is too. On CUDA the point gradients of ``splat_depth`` and
+``reprojection_errors`` use float atomics (the last bits can vary between runs) unless
+``torch.use_deterministic_algorithms(True)`` is on, which selects a gather path with the CPU's
+summation order (docs/ops.md, "CUDA: schedule and determinism").
 """
 
 from __future__ import annotations
@@ -277,19 +283,19 @@ def _(points, valid, extrinsics, intrinsics, height, width):
 
 
 @torch.library.register_fake("vggrpo::splat_depth_backward")
-def _(grad_depth, winner, points, extrinsics):
+def _(grad_depth, winner, points, extrinsics, intrinsics):
     return points.new_empty(points.shape), extrinsics.new_empty(extrinsics.shape)
 
 
 def _splat_setup(ctx, inputs, output):
-    points, _, extrinsics = inputs[0], inputs[1], inputs[2]
-    ctx.save_for_backward(points, extrinsics, output[1])
+    points, extrinsics, intrinsics = inputs[0], inputs[2], inputs[3]
+    ctx.save_for_backward(points, extrinsics, intrinsics, output[1])
 
 
 def _splat_backward(ctx, grad_depth, grad_winner):
-    points, extrinsics, winner = ctx.saved_tensors
+    points, extrinsics, intrinsics, winner = ctx.saved_tensors
     grad_points, grad_extrinsics = _ops.splat_depth_backward(
-        grad_depth.contiguous(), winner, points, extrinsics
+        grad_depth.contiguous(), winner, points, extrinsics, intrinsics
     )
     return grad_points, None, grad_extrinsics, None, None, None
 
@@ -456,7 +462,7 @@ def _(pointmaps, depths, extrinsics, intrinsics, scene_flow, flow_threshold, nee
 
 
 @torch.library.register_fake("vggrpo::reprojection_errors_backward")
-def _(grad_err, count, winner, valid, pointmaps, depths, extrinsics):
+def _(grad_err, count, winner, valid, pointmaps, depths, extrinsics, intrinsics):
     return (
         pointmaps.new_empty(pointmaps.shape),
         depths.new_empty(depths.shape),
@@ -465,12 +471,12 @@ def _(grad_err, count, winner, valid, pointmaps, depths, extrinsics):
 
 
 def _reproject_setup(ctx, inputs, output):
-    pointmaps, depths, extrinsics = inputs[0], inputs[1], inputs[2]
-    ctx.save_for_backward(pointmaps, depths, extrinsics, output[1], output[2], output[3])
+    pointmaps, depths, extrinsics, intrinsics = inputs[0], inputs[1], inputs[2], inputs[3]
+    ctx.save_for_backward(pointmaps, depths, extrinsics, intrinsics, *output[1:])
 
 
 def _reproject_backward(ctx, grad_err, grad_count, grad_winner, grad_valid):
-    pointmaps, depths, extrinsics, count, winner, valid = ctx.saved_tensors
+    pointmaps, depths, extrinsics, intrinsics, count, winner, valid = ctx.saved_tensors
     if winner.dim() != 4:
         raise RuntimeError(
             "vggrpo.reprojection_errors: backward needs the winner map, but the forward ran with "
@@ -478,7 +484,7 @@ def _reproject_backward(ctx, grad_err, grad_count, grad_winner, grad_valid):
             "decides this from grad mode and requires_grad)"
         )
     grad_pm, grad_depths, grad_extrinsics = _ops.reprojection_errors_backward(
-        grad_err.contiguous(), count, winner, valid, pointmaps, depths, extrinsics
+        grad_err.contiguous(), count, winner, valid, pointmaps, depths, extrinsics, intrinsics
     )
     return grad_pm, grad_depths, grad_extrinsics, None, None, None, None
 

@@ -81,5 +81,66 @@ void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
                                       const T* pointmaps, const T* depths, const T* E, ViewGrid g,
                                       T* grad_pointmaps, T* grad_depths, T* grad_E, int threads);
 
+// ---- CUDA (csrc/kernels/*.cu; built only with CUDA) --------------------------------------------
+// Same arguments as the CPU variants, with the launch settings last instead of `threads`. Every
+// function enqueues its kernels on `stream` (a cudaStream_t, the caller's current stream) without
+// synchronising, allocates nothing, and returns a cudaError_t as int (0 = success).
+struct CudaExec {
+  void* stream;
+  // torch.use_deterministic_algorithms(True): backward scatters take their gather path (bitwise
+  // reproducible) instead of float atomics (whose summation order varies from run to run).
+  bool deterministic;
+};
+
+const char* cuda_error_string(int error);
+
+template <typename T>
+int so3_log_cuda(const T* R, int64_t n, T* omega, CudaExec ex);
+template <typename T>
+int so3_log_backward_cuda(const T* R, const T* grad_omega, int64_t n, T* grad_R, CudaExec ex);
+template <typename T>
+int motion_smoothness_cuda(const T* E, int64_t B, int64_t num_frames, T eps, T* e_trans, T* e_rot,
+                           CudaExec ex);
+template <typename T>
+int motion_smoothness_backward_cuda(const T* E, int64_t B, int64_t num_frames, T eps,
+                                    const T* grad_trans, const T* grad_rot, T* grad_E,
+                                    CudaExec ex);
+template <typename T>
+int static_points_cuda(const T* pointmaps, const T* flow, T flow_threshold, int64_t B, int64_t N,
+                       T* points, bool* valid, CudaExec ex);
+template <typename T>
+int splat_depth_cuda(const T* points, const bool* valid, const T* E, const T* K, int64_t N,
+                     ViewGrid g, T* depth, int64_t* winner, CudaExec ex);
+// K: the intrinsics, for the deterministic gather path (which re-projects points).
+template <typename T>
+int splat_depth_backward_cuda(const T* grad_depth, const int64_t* winner, const T* points,
+                              const T* E, const T* K, int64_t N, ViewGrid g, T* grad_points,
+                              T* grad_E, CudaExec ex);
+template <typename T>
+int view_depth_error_cuda(const T* rendered, const T* depths, const bool* valid, ViewGrid g,
+                          T* err, int64_t* count, CudaExec ex);
+template <typename T>
+int view_depth_error_backward_cuda(const T* grad_err, const T* rendered, const T* depths,
+                                   const bool* valid, const int64_t* count, ViewGrid g,
+                                   T* grad_rendered, T* grad_depths, CudaExec ex);
+template <typename T>
+int worst_k_mean_cuda(const T* err, const int64_t* count, int64_t B, int64_t V, int64_t k, T* out,
+                      CudaExec ex);
+template <typename T>
+int worst_k_mean_backward_cuda(const T* grad, const T* err, const int64_t* count, int64_t B,
+                               int64_t V, int64_t k, T* grad_err, CudaExec ex);
+// winner must not be null here: on CUDA it is also the z-buffer's memory (the glue passes a
+// scratch buffer when the caller wants no winners).
+template <typename T>
+int reprojection_errors_cuda(const T* pointmaps, const T* depths, const T* E, const T* K,
+                             const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
+                             int64_t* winner, bool* valid, CudaExec ex);
+template <typename T>
+int reprojection_errors_backward_cuda(const T* grad_err, const int64_t* count,
+                                      const int64_t* winner, const bool* valid,
+                                      const T* pointmaps, const T* depths, const T* E, const T* K,
+                                      ViewGrid g, T* grad_pointmaps, T* grad_depths, T* grad_E,
+                                      CudaExec ex);
+
 }  // namespace kernels
 }  // namespace vggrpo

@@ -25,8 +25,8 @@ TORCH_LIBRARY(vggrpo, m) {
       "int height, int width) -> (Tensor, Tensor)",
       tags);
   m.def(
-      "splat_depth_backward(Tensor grad_depth, Tensor winner, Tensor points, Tensor extrinsics) "
-      "-> (Tensor, Tensor)",
+      "splat_depth_backward(Tensor grad_depth, Tensor winner, Tensor points, Tensor extrinsics, "
+      "Tensor intrinsics) -> (Tensor, Tensor)",
       tags);
   m.def("view_depth_error(Tensor rendered, Tensor depths, Tensor? valid) -> (Tensor, Tensor)",
         tags);
@@ -43,7 +43,8 @@ TORCH_LIBRARY(vggrpo, m) {
       tags);
   m.def(
       "reprojection_errors_backward(Tensor grad_err, Tensor count, Tensor winner, Tensor valid, "
-      "Tensor pointmaps, Tensor depths, Tensor extrinsics) -> (Tensor, Tensor, Tensor)",
+      "Tensor pointmaps, Tensor depths, Tensor extrinsics, Tensor intrinsics) -> "
+      "(Tensor, Tensor, Tensor)",
       tags);
 }
 

@@ -25,12 +25,20 @@ struct Exec {
                    .native_handle();
     }
     threads = at::get_num_threads();
+    deterministic = at::globalContext().deterministicAlgorithms();
   }
+  kernels::CudaExec cuda_exec() const { return kernels::CudaExec{stream, deterministic}; }
   c10::DeviceGuard guard;
   bool cuda;
   void* stream = nullptr;
   int threads = 1;
+  bool deterministic = false;
 };
+
+[[maybe_unused]] void check_cuda(int error, const char* op) {
+  TORCH_CHECK(error == 0, "vggrpo.", op, ": CUDA kernel failed: ",
+              kernels::cuda_error_string(error));
+}
 
 }  // namespace
 
@@ -38,9 +46,7 @@ struct Exec {
 #define VGGRPO_LAUNCH(op, T, ex, ...)                                                     \
   do {                                                                                   \
     if ((ex).cuda) {                                                                     \
-      const int vggrpo_err = kernels::op##_cuda<T>(__VA_ARGS__, (ex).stream);            \
-      TORCH_CHECK(vggrpo_err == 0, "vggrpo." #op ": CUDA kernel failed: ",                \
-                  kernels::cuda_error_string(vggrpo_err));                               \
+      check_cuda(kernels::op##_cuda<T>(__VA_ARGS__, (ex).cuda_exec()), #op);             \
     } else {                                                                             \
       kernels::op##_cpu<T>(__VA_ARGS__, (ex).threads);                                   \
     }                                                                                    \
@@ -278,34 +284,48 @@ std::tuple<Tensor, Tensor> splat_depth(const Tensor& points, const OptTensor& va
 }
 
 std::tuple<Tensor, Tensor> splat_depth_backward(const Tensor& grad_depth, const Tensor& winner,
-                                                const Tensor& points, const Tensor& extrinsics) {
+                                                const Tensor& points, const Tensor& extrinsics,
+                                                const Tensor& intrinsics) {
   const char* op = "splat_depth_backward";
   ShapeCheck shapes(op);
   shapes("points", points, {"B", "N", "3"});
   check_floating(op, "points", points);
-  shapes("extrinsics", extrinsics, {"B", "V", "3|4", "4"});
+  check_cameras(op, shapes, "V", extrinsics, intrinsics);
   shapes("grad_depth", grad_depth, {"B", "V", "H", "W"});
   shapes("winner", winner, {"B", "V", "H", "W"});
   check_dtype(op, "winner", winner, at::kLong);
-  check_floating(op, "extrinsics", extrinsics);
   check_floating(op, "grad_depth", grad_depth);
   check_same_device_and_dtype(op, {{"grad_depth", grad_depth},
                                    {"winner", winner},
                                    {"points", points},
-                                   {"extrinsics", extrinsics}});
+                                   {"extrinsics", extrinsics},
+                                   {"intrinsics", intrinsics}});
   const kernels::ViewGrid g{shapes["B"], shapes["V"], shapes["H"], shapes["W"]};
   const int64_t N = shapes["N"];
   const Tensor gd = grad_depth.contiguous();
   const Tensor win = winner.contiguous();
   const Tensor pts = points.contiguous();
   const Tensor E = extrinsic_rows(extrinsics);
+  const Tensor K = intrinsics.contiguous();
   Tensor grad_points = at::empty({g.B, N, 3}, points.options());
   Tensor grad_E = at::empty({g.B, g.V, 3, 4}, points.options());
   Exec ex(points);
   AT_DISPATCH_FLOATING_TYPES(pts.scalar_type(), "vggrpo", [&] {
-    VGGRPO_LAUNCH(splat_depth_backward, scalar_t, ex, ptr<scalar_t>(gd), ptr<int64_t>(win),
-                  ptr<scalar_t>(pts), ptr<scalar_t>(E), N, g, ptr<scalar_t>(grad_points),
-                  ptr<scalar_t>(grad_E));
+#if defined(VGGRPO_WITH_CUDA)
+    if (ex.cuda) {
+      check_cuda(kernels::splat_depth_backward_cuda<scalar_t>(
+                     ptr<scalar_t>(gd), ptr<int64_t>(win), ptr<scalar_t>(pts), ptr<scalar_t>(E),
+                     ptr<scalar_t>(K), N, g, ptr<scalar_t>(grad_points), ptr<scalar_t>(grad_E),
+                     ex.cuda_exec()),
+                 op);
+      return;
+    }
+#endif
+    // The CPU backward is deterministic by construction and needs no intrinsics.
+    kernels::splat_depth_backward_cpu<scalar_t>(ptr<scalar_t>(gd), ptr<int64_t>(win),
+                                                ptr<scalar_t>(pts), ptr<scalar_t>(E), N, g,
+                                                ptr<scalar_t>(grad_points), ptr<scalar_t>(grad_E),
+                                                ex.threads);
   });
   return {grad_points, like_extrinsics(grad_E, extrinsics)};
 }
@@ -464,13 +484,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
   Tensor winner = need_winner
                       ? at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong))
                       : at::empty({0}, pointmaps.options().dtype(at::kLong));
+  // On CUDA the z-buffer is device memory the kernel cannot allocate: a scratch buffer stands in
+  // for the winner map that is not returned.
+  const Tensor keys = need_winner || !pointmaps.is_cuda()
+                          ? winner
+                          : at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong));
   Tensor valid = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kBool));
   Exec ex(pointmaps);
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
     VGGRPO_LAUNCH(reprojection_errors, scalar_t, ex, ptr<scalar_t>(pm), ptr<scalar_t>(d),
                   ptr<scalar_t>(E), ptr<scalar_t>(K), ptr<scalar_t>(flow),
                   static_cast<scalar_t>(flow_threshold), g, ptr<scalar_t>(err),
-                  ptr<int64_t>(count), need_winner ? ptr<int64_t>(winner) : nullptr,
+                  ptr<int64_t>(count), keys.numel() > 0 ? ptr<int64_t>(keys) : nullptr,
                   ptr<bool>(valid));
   });
   return {err, count, winner, valid};
@@ -478,12 +503,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
 
 std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
     const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& valid,
-    const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics) {
+    const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics,
+    const Tensor& intrinsics) {
   const char* op = "reprojection_errors_backward";
   ShapeCheck shapes(op);
   shapes("pointmaps", pointmaps, {"B", "T", "H", "W", "3"});
   shapes("depths", depths, {"B", "T", "H", "W"});
-  shapes("extrinsics", extrinsics, {"B", "T", "3|4", "4"});
+  check_cameras(op, shapes, "T", extrinsics, intrinsics);
   shapes("grad_err", grad_err, {"B", "T"});
   shapes("count", count, {"B", "T"});
   shapes("winner", winner, {"B", "T", "H", "W"});
@@ -491,7 +517,6 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
   check_dtype(op, "valid", valid, at::kBool);
   check_floating(op, "pointmaps", pointmaps);
   check_floating(op, "depths", depths);
-  check_floating(op, "extrinsics", extrinsics);
   check_floating(op, "grad_err", grad_err);
   check_dtype(op, "count", count, at::kLong);
   check_dtype(op, "winner", winner, at::kLong);
@@ -501,7 +526,8 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
                                    {"grad_err", grad_err},
                                    {"count", count},
                                    {"winner", winner},
-                                   {"valid", valid}});
+                                   {"valid", valid},
+                                   {"intrinsics", intrinsics}});
   const kernels::ViewGrid g{shapes["B"], shapes["T"], shapes["H"], shapes["W"]};
   const Tensor ge = grad_err.contiguous();
   const Tensor cnt = count.contiguous();
@@ -510,16 +536,28 @@ std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
   const Tensor pm = pointmaps.contiguous();
   const Tensor d = depths.contiguous();
   const Tensor E = extrinsic_rows(extrinsics);
+  const Tensor K = intrinsics.contiguous();
   Tensor grad_pm = at::empty_like(pm);
   Tensor grad_d = at::empty_like(d);
   Tensor grad_E = at::empty({g.B, g.V, 3, 4}, pointmaps.options());
   Exec ex(pointmaps);
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
-    VGGRPO_LAUNCH(reprojection_errors_backward, scalar_t, ex, ptr<scalar_t>(ge),
-                  ptr<int64_t>(cnt), ptr<int64_t>(win), ptr<bool>(keep), ptr<scalar_t>(pm),
-                  ptr<scalar_t>(d),
-                  ptr<scalar_t>(E), g, ptr<scalar_t>(grad_pm), ptr<scalar_t>(grad_d),
-                  ptr<scalar_t>(grad_E));
+#if defined(VGGRPO_WITH_CUDA)
+    if (ex.cuda) {
+      check_cuda(kernels::reprojection_errors_backward_cuda<scalar_t>(
+                     ptr<scalar_t>(ge), ptr<int64_t>(cnt), ptr<int64_t>(win), ptr<bool>(keep),
+                     ptr<scalar_t>(pm), ptr<scalar_t>(d), ptr<scalar_t>(E), ptr<scalar_t>(K), g,
+                     ptr<scalar_t>(grad_pm), ptr<scalar_t>(grad_d), ptr<scalar_t>(grad_E),
+                     ex.cuda_exec()),
+                 op);
+      return;
+    }
+#endif
+    // The CPU backward is deterministic by construction and needs no intrinsics.
+    kernels::reprojection_errors_backward_cpu<scalar_t>(
+        ptr<scalar_t>(ge), ptr<int64_t>(cnt), ptr<int64_t>(win), ptr<bool>(keep),
+        ptr<scalar_t>(pm), ptr<scalar_t>(d), ptr<scalar_t>(E), g, ptr<scalar_t>(grad_pm),
+        ptr<scalar_t>(grad_d), ptr<scalar_t>(grad_E), ex.threads);
   });
   return {grad_pm, grad_d, like_extrinsics(grad_E, extrinsics)};
 }

@@ -29,7 +29,8 @@ std::tuple<Tensor, Tensor> splat_depth(const Tensor& points, const OptTensor& va
                                        const Tensor& extrinsics, const Tensor& intrinsics,
                                        int64_t height, int64_t width);
 std::tuple<Tensor, Tensor> splat_depth_backward(const Tensor& grad_depth, const Tensor& winner,
-                                                const Tensor& points, const Tensor& extrinsics);
+                                                const Tensor& points, const Tensor& extrinsics,
+                                                const Tensor& intrinsics);
 
 std::tuple<Tensor, Tensor> view_depth_error(const Tensor& rendered, const Tensor& depths,
                                             const OptTensor& valid);
@@ -50,7 +51,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
                                                                bool need_winner);
 std::tuple<Tensor, Tensor, Tensor> reprojection_errors_backward(
     const Tensor& grad_err, const Tensor& count, const Tensor& winner, const Tensor& valid,
-    const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics);
+    const Tensor& pointmaps, const Tensor& depths, const Tensor& extrinsics,
+    const Tensor& intrinsics);
 
 }  // namespace glue
 }  // namespace vggrpo

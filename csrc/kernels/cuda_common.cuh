@@ -1,0 +1,58 @@
+// Launch helpers shared by the CUDA kernels (torch-free: cuda_runtime.h and our headers only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace vggrpo {
+namespace kernels {
+namespace cuda {
+
+constexpr int kThreads = 256;  // a power of two: block_sum's tree assumes it
+// Grid-stride loops cover any size with at most this many blocks per launch dimension.
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+constexpr int64_t kMaxGridY = 65535;
+
+inline cudaStream_t stream_of(CudaExec ex) { return static_cast<cudaStream_t>(ex.stream); }
+
+inline unsigned blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
+}
+
+inline unsigned grid_y_for(int64_t n) {
+  return static_cast<unsigned>(n < 1 ? 1 : (n > kMaxGridY ? kMaxGridY : n));
+}
+
+inline int last_error() { return static_cast<int>(cudaGetLastError()); }
+
+__device__ __forceinline__ int64_t global_thread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_stride() {
+  return static_cast<int64_t>(blockDim.x) * gridDim.x;
+}
+
+// Sum over the block in a fixed tree order (blockDim.x == kThreads): given the same per-thread
+// values it always returns the same bits, which keeps the per-view reductions deterministic.
+// Every thread gets the result.
+template <typename A>
+__device__ A block_sum(A value) {
+  __shared__ A partial[kThreads];
+  partial[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (static_cast<int>(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const A total = partial[0];
+  __syncthreads();
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace kernels
+}  // namespace vggrpo
