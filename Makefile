@@ -2,7 +2,8 @@
 #
 #   make test   create .venv, build the extension, run the C++ tests, compile the CUDA kernels
 #               (when nvcc is present), then pytest tests/ and a one-round pytest bench/
-#   make demo   the main job on the embedded defaults (see README)
+#   make demo   the rewards quickstart on synthetic scenes (examples/quickstart.py; the full
+#               GRPO demo comes with the CLI)
 #
 # Works on a fresh machine with Python 3.10+, a C++17 compiler, cmake and the package registry.
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define VGGRPO_HD __host__ __device__ __forceinline__
@@ -38,24 +39,16 @@ VGGRPO_HD bool depth_valid(T d) {
 // x where keep, +0 otherwise, for sums over masked pixels: x may be NaN where keep is false
 // (x * keep would then give NaN), and on the CPU a ?: here compiles to an unpredictable branch
 // (measured 3x slower), so the host version masks the bits.
-VGGRPO_HD float keep_or_zero(float x, bool keep) {
+template <typename T>
+VGGRPO_HD T keep_or_zero(T x, bool keep) {
 #if defined(__CUDA_ARCH__)
-  return keep ? x : 0.0f;
+  return keep ? x : T(0);
 #else
-  uint32_t u;
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "float or double");
+  using Bits = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  Bits u;
   std::memcpy(&u, &x, sizeof(u));
-  u &= 0u - static_cast<uint32_t>(keep);
-  std::memcpy(&x, &u, sizeof(u));
-  return x;
-#endif
-}
-VGGRPO_HD double keep_or_zero(double x, bool keep) {
-#if defined(__CUDA_ARCH__)
-  return keep ? x : 0.0;
-#else
-  uint64_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  u &= uint64_t(0) - static_cast<uint64_t>(keep);
+  u &= Bits(0) - static_cast<Bits>(keep);
   std::memcpy(&x, &u, sizeof(u));
   return x;
 #endif
