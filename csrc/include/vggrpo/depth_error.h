@@ -13,7 +13,7 @@ VGGRPO_HD bool pixel_counts(T rendered, T predicted, bool keep = true) {
 }
 
 // fabs, not a comparison: a branch on the sign of a random difference mispredicts half the time
-// (measured: 4x slower per-view error loops on the CPU).
+// (measured on the CPU: 1.8x slower per-view error loop, 0.90 ms against 0.49 ms).
 template <typename T>
 VGGRPO_HD T pixel_error(T rendered, T predicted) {
   return std::fabs(rendered - predicted);
