@@ -118,12 +118,16 @@ setup(
     description="World-consistent video generation: latent geometry rewards, fused CUDA/C++ "
     "ops, GRPO and reward guidance for diffusers video models.",
     packages=find_packages(include=["vggrpo", "vggrpo.*"]),
-    package_data={"vggrpo": ["py.typed"]},
+    # The embedded tiny models (a few MB of safetensors + JSON), loaded without any network.
+    package_data={"vggrpo": ["py.typed", "weights/*.json", "weights/*/*.json",
+                             "weights/*/*.safetensors"]},
     python_requires=">=3.10",
     # torch is not pinned here: the extension is built against the torch already installed
     # (see the module docstring); `make env` installs the tested versions.
-    install_requires=["torch>=2.4", "numpy"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "diffusers>=0.33",
+                      "peft>=0.14"],
+    # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
+    extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": _build_ext()},
     zip_safe=False,

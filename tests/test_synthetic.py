@@ -1,6 +1,7 @@
 """Tests of the procedural box-room scenes (vggrpo.data.synthetic): exact geometry, conventions,
-determinism, scene flow and trajectory smoothness."""
+determinism, scene flow, trajectory smoothness, the rendered RGB video and the torch Dataset."""
 
+import dataclasses
 import math
 import time
 
@@ -11,7 +12,9 @@ from vggrpo.data.synthetic import (
     DEFAULT_ROOM,
     TRAJECTORIES,
     Box,
+    BoxRoomSpec,
     SceneGeometry,
+    SyntheticSceneDataset,
     camera_centres,
     camera_trajectory,
     make_scene,
@@ -172,7 +175,8 @@ def test_shapes_and_dtypes(scene64):
     assert g.pointmaps.shape == (B, T, H, W, 3)
     assert g.scene_flow.shape == (B, T, H, W, 3)
     assert g.dynamic_mask.shape == (B, T, H, W) and g.dynamic_mask.dtype == torch.bool
-    for name in ("extrinsics", "intrinsics", "depths", "pointmaps", "scene_flow"):
+    assert g.video.shape == (B, T, 3, H, W)
+    for name in ("extrinsics", "intrinsics", "depths", "pointmaps", "scene_flow", "video"):
         assert getattr(g, name).dtype == torch.float64
     assert (g.batch, g.frames, g.height, g.width) == (B, T, H, W)
 
@@ -341,7 +345,8 @@ def test_render_rejects_bad_cameras():
 
 
 def _fields(g):
-    return (g.extrinsics, g.intrinsics, g.depths, g.pointmaps, g.scene_flow, g.dynamic_mask)
+    return (g.extrinsics, g.intrinsics, g.depths, g.pointmaps, g.scene_flow, g.dynamic_mask,
+            g.video)
 
 
 def test_same_seed_identical_different_seed_differs():
@@ -385,3 +390,365 @@ def test_default_size_is_fast():
         torch.set_num_threads(threads)
     assert g.depths.shape == (2, 8, 60, 104)
     assert best < 1.0, f"make_scene took {best:.3f} s"
+
+
+# --------------------------------------------------------------------------------------------------
+# RGB video
+# --------------------------------------------------------------------------------------------------
+
+
+def _face_ids(pointmaps, spec, tol=1e-9):
+    """Which face each pixel sees, from the exact point maps and the scene description alone:
+    ``2*axis + side`` (side 0 = lo plane, 1 = hi plane) for the room, ``6 + 6*j + 2*axis + side``
+    for box j (static boxes, then moving ones); -1 where the point is on no face or on several
+    (an edge)."""
+    f64 = torch.float64
+    T = pointmaps.shape[0]
+    ids = torch.full(pointmaps.shape[:-1], -1, dtype=torch.long)
+    count = torch.zeros(pointmaps.shape[:-1], dtype=torch.long)
+    room_lo, room_hi = torch.tensor(spec.room.lo, dtype=f64), torch.tensor(spec.room.hi, dtype=f64)
+    for a in range(3):
+        for side, plane in ((0, room_lo[a]), (1, room_hi[a])):
+            on = (pointmaps[..., a] - plane).abs() < tol
+            ids[on] = 2 * a + side
+            count += on
+    for j, box in enumerate(spec.static_boxes + spec.moving_boxes):
+        for t in range(T):
+            lo, hi = (torch.tensor(c, dtype=f64) for c in box.at(t if box.is_moving else 0))
+            q = pointmaps[t]
+            inside = ((q >= lo - tol) & (q <= hi + tol)).all(-1)
+            for a in range(3):
+                for side, plane in ((0, lo[a]), (1, hi[a])):
+                    on = inside & ((q[..., a] - plane).abs() < tol)
+                    ids[t][on] = 6 + 6 * j + 2 * a + side
+                    count[t] += on
+    ids[count != 1] = -1
+    return ids
+
+
+def _look_at(centres, targets):
+    """Camera-from-world [N,3,4] with camera z along target - centre (x right, y down in a world
+    whose +y is down)."""
+    f = targets - centres
+    f = f / f.norm(dim=-1, keepdim=True)
+    down = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(f)
+    r = torch.linalg.cross(down, f)
+    r = r / r.norm(dim=-1, keepdim=True)
+    d = torch.linalg.cross(f, r)
+    R = torch.stack([r, d, f], dim=-2)
+    t = -(R @ centres[..., None])
+    return torch.cat([R, t], dim=-1)
+
+
+def test_video_shape_dtype_range(scene64):
+    g = scene64
+    assert g.video.shape == (2, 6, 3, H, W) and g.video.dtype == torch.float64
+    assert torch.isfinite(g.video).all()
+    assert g.video.min() >= 0 and g.video.max() <= 1
+    # Real pictures: neither black nor saturated, and using a good part of the range.
+    assert g.video.max() > 0.5 and g.video.min() < 0.2
+    g32 = make_scene(1, 3, H, W, moving_objects=1, seed=2)
+    assert g32.video.shape == (1, 3, 3, H, W) and g32.video.dtype == torch.float32
+    assert g32.video.min() >= 0 and g32.video.max() <= 1
+    assert g32.video.is_contiguous()
+
+
+def test_video_deterministic_and_seed_dependent():
+    kw = dict(trajectory="pan", static_objects=3, moving_objects=1)
+    a = make_scene(2, 4, H, W, seed=21, **kw)
+    b = make_scene(2, 4, H, W, seed=21, **kw)
+    c = make_scene(2, 4, H, W, seed=22, **kw)
+    assert torch.equal(a.video, b.video)
+    assert not torch.equal(a.video, c.video)
+    assert not torch.equal(a.video[0], a.video[1])
+    # The texture seed alone changes the pictures and nothing else.
+    spec = sample_scene_specs(1, 4, H, W, seed=21, **kw)[0]
+    other = dataclasses.replace(spec, texture_seed=spec.texture_seed + 1).render(H, W)
+    same = spec.render(H, W)
+    assert torch.equal(same.video, a.video[:1])
+    assert torch.equal(other.depths, same.depths)
+    assert (other.video - same.video).abs().mean() > 0.01
+
+
+def test_video_batch_ops():
+    g = make_scene(3, 2, H, W, seed=4)
+    assert torch.equal(g[1].video, g.video[1:2])
+    assert torch.equal(g[-1].video, g.video[2:])
+    joined = SceneGeometry.cat([g[0], g[1:]])
+    assert torch.equal(joined.video, g.video)
+    assert g.to(dtype=torch.float64).video.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_static_texture_is_view_independent(dtype):
+    # World points seen in frame 0 are looked at again by cameras at other places, each through
+    # the centre of one pixel (principal point on that pixel's centre): where that ray hits the same
+    # point, the colour must be the same (texture fixed in the world, shading by face only).
+    spec = sample_scene_specs(1, 1, H, W, trajectory="dolly", static_objects=4, seed=31)[0]
+    g = spec.render(H, W, torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    n = 48
+    picks = torch.randperm(H * W, generator=gen)[:n]
+    targets = g.pointmaps[0, 0].reshape(-1, 3)[picks]
+    lo = torch.tensor(spec.room.lo, dtype=torch.float64) + 0.3
+    hi = torch.tensor(spec.room.hi, dtype=torch.float64) - 0.3
+    centres = lo + (hi - lo) * torch.rand(n, 3, generator=gen, dtype=torch.float64)
+    centres[:, 1] = -1.0 + torch.rand(n, generator=gen, dtype=torch.float64)  # above every box
+    E = _look_at(centres, targets)
+    x0, y0 = 17, 9
+    K = pinhole_intrinsics(H, W, dtype=torch.float64).clone()
+    K[0, 2], K[1, 2] = x0 + 0.5, y0 + 0.5
+    views = render_box_room(E[None].to(dtype), K.to(dtype), H, W, spec.room, spec.static_boxes,
+                            texture_seed=spec.texture_seed)
+    hit = views.pointmaps[0, :, y0, x0].double()
+    same_point = (hit - targets).norm(dim=-1) < (1e-9 if dtype == torch.float64 else 1e-4)
+    assert same_point.sum() >= n // 2  # most are not occluded from the new place
+    seen = views.video[0, :, :, y0, x0]
+    first = g.video[0, 0].reshape(3, -1)[:, picks].t().to(dtype)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert (seen[same_point] - first[same_point]).abs().max() < tol
+    # Not vacuous: the colours of different points differ.
+    assert first.std(dim=0).min() > 0.02
+    # A static scene rendered along a trajectory: a pixel that sees the same point in two frames
+    # (here: a camera sliding along that pixel's ray) keeps its colour.
+    E2 = torch.stack([E[0], E[0].clone()])
+    forward = E[0, 2, :3]
+    E2[1, :, 3] = E[0, :, 3] - E[0, :, :3] @ (0.3 * forward)  # centre moved 0.3 m along the ray
+    slide = render_box_room(E2[None], K, H, W, spec.room, spec.static_boxes,
+                            texture_seed=spec.texture_seed)
+    p = slide.pointmaps[0, :, y0, x0]
+    assert (p[0] - p[1]).norm() < 1e-9
+    assert (slide.video[0, 0, :, y0, x0] - slide.video[0, 1, :, y0, x0]).abs().max() < 1e-12
+    assert (slide.video[0, 0] - slide.video[0, 1]).abs().max() > 0.05  # other pixels change
+
+
+def test_moving_box_texture_moves_rigidly():
+    # The camera translates with the moving box: every pixel that sees the box sees the same
+    # box-local point in every frame, so its colour must not change, while the static room
+    # behind it does.
+    frames = 4
+    velocity = torch.tensor([0.2, 0.0, 0.05], dtype=torch.float64)
+    mover = Box((-0.8, 0.6, -1.8), (0.4, 1.5, -0.8), tuple(velocity.tolist()))
+    still = Box((1.5, 1.0, 2.5), (2.1, 1.5, 3.1))
+    base = camera_trajectory("dolly", 1, phase=0.5, dtype=torch.float64)[0]
+    C0 = camera_centres(base)
+    R = base[:, :3]
+    steps = torch.arange(frames, dtype=torch.float64)[:, None]
+    centres = C0 + steps * velocity
+    E = torch.cat([R.expand(frames, 3, 3), -(R @ centres[..., None])], dim=-1)
+    K = pinhole_intrinsics(H, W, dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+        g = render_box_room(E[None].to(dtype), K.to(dtype), H, W, DEFAULT_ROOM,
+                            static_boxes=[still], moving_boxes=[mover], texture_seed=5)
+        mask = g.dynamic_mask[0]
+        assert mask[0].sum() >= 50
+        p = g.pointmaps[0].double()
+        for t in range(1, frames):
+            both = mask[0] & mask[t]
+            assert both.sum() >= 50
+            # Independent check that these pixels see the same box-local point.
+            local_t = p[t][both] - t * velocity
+            assert (local_t - p[0][both]).abs().max() < (1e-9 if dtype == torch.float64 else 1e-5)
+            col0 = g.video[0, 0].permute(1, 2, 0)[both]
+            colt = g.video[0, t].permute(1, 2, 0)[both]
+            assert (col0 - colt).abs().max() < tol
+            static = ~mask[0] & ~mask[t]
+            diff = (g.video[0, 0] - g.video[0, t]).abs().amax(0)[static]
+            assert diff.max() > 0.05
+
+
+def test_moving_camera_frames_differ():
+    for kind in TRAJECTORIES:
+        g = make_scene(1, 5, H, W, trajectory=kind, static_objects=2, seed=3)
+        step = (g.video[0, 1:] - g.video[0, :-1]).abs().mean(dim=(1, 2, 3))
+        assert step.min() > 0.01, kind
+
+
+def test_every_surface_is_textured_and_distinct():
+    for seed in range(3):
+        spec = sample_scene_specs(1, 6, H, W, trajectory="orbit", static_objects=3,
+                                  moving_objects=2, seed=seed)[0]
+        g = spec.render(H, W, torch.float64)
+        faces = _face_ids(g.pointmaps[0], spec)
+        assert (faces >= 0).float().mean() > 0.95  # nearly every pixel sits on exactly one face
+        rgb = g.video[0].permute(0, 2, 3, 1)  # [T,H,W,3]
+        lum = rgb.mean(-1)
+        checked = 0
+        for face in faces.unique().tolist():
+            on = faces == face
+            if face < 0 or on.sum() < 100:
+                continue
+            # Real texture on every well-seen face: relative std of brightness.
+            assert lum[on].std() / lum[on].mean() > 0.05, (seed, face)
+            checked += 1
+        assert checked >= 3
+        # Texture and shading scale the base colour: one chromaticity per surface (faces of one
+        # box share it), and distinct surfaces have distinct ones.
+        surface = torch.where(faces < 6, faces, 6 + (faces - 6) // 6)
+        chroma = rgb / rgb.sum(-1, keepdim=True)
+        means = []
+        for s in surface.unique().tolist():
+            on = (surface == s) & (faces >= 0)
+            if s < 0 or on.sum() < 20:
+                continue
+            c = chroma[on]
+            assert (c - c[0]).abs().max() < 1e-9
+            means.append(c[0])
+        means = torch.stack(means)
+        dist = torch.cdist(means, means) + torch.eye(len(means))
+        assert len(means) >= 4 and dist.min() > 0.01
+
+
+def test_explicit_colours():
+    E = camera_trajectory("dolly", 2, phase=0.5, dtype=torch.float64)
+    K = pinhole_intrinsics(H, W, dtype=torch.float64)
+    room = Box(DEFAULT_ROOM.lo, DEFAULT_ROOM.hi, colour=(0.5, 0.5, 0.5))
+    box = Box((-0.8, 0.6, 0.0), (0.4, 1.5, 1.0), colour=(0.2, 0.4, 0.8))
+    spec = BoxRoomSpec(E, K, room, (box,), ())
+    g = spec.render(H, W, torch.float64)
+    rgb = g.video[0].permute(0, 2, 3, 1)
+    faces = _face_ids(g.pointmaps[0], spec)
+    on_box = faces >= 6
+    assert on_box.sum() > 50
+    grey = rgb[faces.lt(6) & faces.ge(0)]
+    assert (grey - grey[:, :1]).abs().max() < 1e-12  # r == g == b on a grey room
+    chroma = rgb[on_box] / rgb[on_box].sum(-1, keepdim=True)
+    expected = torch.tensor([0.2, 0.4, 0.8], dtype=torch.float64) / 1.4
+    assert (chroma - expected).abs().max() < 1e-12
+    # Faces of the box facing different ways are shaded differently (fixed light, by normal).
+    box_faces = [f for f in faces[on_box].unique().tolist() if (faces == f).sum() >= 10]
+    assert len(box_faces) >= 2
+    means = [rgb[faces == f].mean() for f in box_faces]
+    assert max(means) - min(means) > 0.02
+    for bad in [(0.1, 0.2), (0.0, 1.5, 0.0), (float("nan"), 0.0, 0.0)]:
+        with pytest.raises(ValueError, match="colour"):
+            Box((0, 0, 0), (1, 1, 1), colour=bad)
+
+
+def test_float32_video_matches_float64():
+    g64 = make_scene(1, 3, H, W, moving_objects=1, seed=9, dtype=torch.float64)
+    g32 = make_scene(1, 3, H, W, moving_objects=1, seed=9, dtype=torch.float32)
+    assert g64.video.dtype == torch.float64 and g32.video.dtype == torch.float32
+    assert torch.equal(g64.video.float(), g32.video)
+    assert (g64.video - g32.video.double()).abs().max() < 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------
+
+_ITEM_SHAPES = {
+    "video": (4, 3, H, W),
+    "extrinsics": (4, 3, 4),
+    "intrinsics": (4, 3, 3),
+    "depths": (4, H, W),
+    "pointmaps": (4, H, W, 3),
+    "scene_flow": (4, H, W, 3),
+    "dynamic_mask": (4, H, W),
+}
+
+
+def test_dataset_item_is_make_scene_element():
+    ds = SyntheticSceneDataset(5, 4, H, W, trajectory="mixed", jitter=0.1, static_objects=2,
+                               moving_objects=(0, 2), seed=13)
+    assert len(ds) == 5
+    for i in (0, 1, 2, 4):
+        item = ds[i]
+        assert set(item) == set(_ITEM_SHAPES)
+        kind = TRAJECTORIES[i % 3]  # "mixed" cycles through the kinds (documented)
+        moving = ds.moving_objects_of(i)
+        assert 0 <= moving <= 2 and len(ds.spec(i).moving_boxes) == moving
+        ref = make_scene(i + 1, 4, H, W, trajectory=kind, jitter=0.1, static_objects=2,
+                         moving_objects=moving, seed=13)[i]
+        for name, shape in _ITEM_SHAPES.items():
+            assert item[name].shape == shape, name
+            assert torch.equal(item[name], getattr(ref, name)[0]), name
+        assert item["video"].dtype == torch.float32 and item["dynamic_mask"].dtype == torch.bool
+    assert torch.equal(ds[-1]["video"], ds[4]["video"])
+    with pytest.raises(IndexError):
+        ds[5]
+
+
+def test_dataset_moving_objects_range_and_fixed_count():
+    ds = SyntheticSceneDataset(40, 2, 8, 12, moving_objects=(1, 3), seed=2)
+    counts = [ds.moving_objects_of(i) for i in range(len(ds))]
+    assert set(counts) == {1, 2, 3}
+    fixed = SyntheticSceneDataset(3, 2, 8, 12, moving_objects=2, static_objects=1, seed=2)
+    for i in range(3):
+        spec = fixed.spec(i)
+        assert len(spec.moving_boxes) == 2 and len(spec.static_boxes) == 1
+    single = SyntheticSceneDataset(6, 2, 8, 12, trajectory="orbit", seed=2)
+    assert {single.trajectory_of(i) for i in range(6)} == {"orbit"}
+
+
+def test_dataset_independent_of_order_and_global_rng():
+    ds = SyntheticSceneDataset(4, 3, 8, 12, trajectory="mixed", jitter=0.2, moving_objects=1,
+                               seed=5)
+    torch.manual_seed(0)
+    forward = [ds[i] for i in range(4)]
+    torch.manual_seed(1234)
+    torch.rand(10)
+    backward = [ds[i] for i in reversed(range(4))][::-1]
+    for a, b in zip(forward, backward):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(forward[0]["video"], forward[1]["video"])
+    other_seed = SyntheticSceneDataset(4, 3, 8, 12, trajectory="mixed", jitter=0.2,
+                                       moving_objects=1, seed=6)
+    assert not torch.equal(other_seed[0]["video"], forward[0]["video"])
+
+
+def test_dataloader_collate_and_workers():
+    ds = SyntheticSceneDataset(4, 4, H, W, moving_objects=1, seed=8)
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=2))
+    assert len(batches) == 2
+    for name, shape in _ITEM_SHAPES.items():
+        assert batches[0][name].shape == (2, *shape), name
+    assert batches[0]["dynamic_mask"].dtype == torch.bool
+    assert torch.equal(batches[1]["depths"][0], ds[2]["depths"])
+    in_workers = list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2))
+    for a, b in zip(batches, in_workers):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dataset_float64():
+    ds = SyntheticSceneDataset(2, 3, H, W, dtype=torch.float64, moving_objects=1, seed=3)
+    item = ds[1]
+    for name in ("video", "extrinsics", "intrinsics", "depths", "pointmaps", "scene_flow"):
+        assert item[name].dtype == torch.float64, name
+    ref = make_scene(2, 3, H, W, moving_objects=1, seed=3, dtype=torch.float64)
+    assert torch.equal(item["video"], ref.video[1])
+    assert torch.equal(item["pointmaps"], ref.pointmaps[1])
+    item32 = SyntheticSceneDataset(2, 3, H, W, moving_objects=1, seed=3)[1]
+    assert torch.equal(item["video"].float(), item32["video"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(length=0), "length"),
+        (dict(length=2.0), "length"),
+        (dict(frames=0), "frames"),
+        (dict(height=-1), "height"),
+        (dict(width=True), "width"),
+        (dict(trajectory="spiral"), "trajectory"),
+        (dict(jitter=-0.1), "jitter"),
+        (dict(jitter=float("inf")), "jitter"),
+        (dict(static_objects=-1), "static_objects"),
+        (dict(moving_objects=-2), "moving_objects"),
+        (dict(moving_objects=(3, 1)), "moving_objects"),
+        (dict(moving_objects=(0, 1, 2)), "moving_objects"),
+        (dict(seed="0"), "seed"),
+        (dict(dtype=torch.int64), "dtype"),
+        (dict(dtype=torch.float16), "dtype"),
+        (dict(fov_x_deg=180.0), "fov_x_deg"),
+    ],
+)
+def test_dataset_bad_arguments(kwargs, name):
+    args = dict(length=2, frames=2, height=8, width=12)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as info:
+        SyntheticSceneDataset(args.pop("length"), args.pop("frames"), args.pop("height"),
+                              args.pop("width"), **args)
+    message = str(info.value)
+    assert name in message and "must be" in message
+    assert repr(kwargs[name]) in message

@@ -8,12 +8,20 @@ Drop-in rewards::
                                                 scene_flow)                  # [B]
     adv = vggrpo.group_advantages({"motion": r_motion, "geo": r_geo}, group_size=8)
 
+Geometry from a video latent (the LGM; docs/lgm.md)::
+
+    from vggrpo.defaults import load_default_lgm      # the embedded tiny model, no network
+    geometry = load_default_lgm()(latents)             # latents [B,16,T',h,w] -> Geometry
+    rewards = geometry.rewards()                       # {"motion": [B], "geo": [B]}
+
 ``vggrpo.ops`` holds the fused C++/CUDA ops (with autograd), ``vggrpo.reference`` their
 plain-PyTorch twins, docs/ops.md the exact contract.
 """
 
 from . import ops, reference
 from ._ext import cuda_built, openmp
+from .geometry import Geometry
+from .lgm import LatentGeometryModel, LGMConfig
 from .rewards import (
     GeometryTerms,
     MotionTerms,
@@ -29,6 +37,9 @@ __all__ = [
     "geometry_reprojection_reward",
     "group_advantages",
     "MotionTerms",
+    "Geometry",
+    "LatentGeometryModel",
+    "LGMConfig",
     "GeometryTerms",
     "ops",
     "reference",

@@ -1,4 +1,7 @@
-"""Data for vggrpo: procedural synthetic scenes with exact geometry (see :mod:`vggrpo.data.synthetic`)."""
+"""Data for vggrpo: procedural synthetic scenes with exact geometry and rendered RGB video, and a
+torch Dataset of them (see :mod:`vggrpo.data.synthetic`); reading and writing user videos
+(:mod:`vggrpo.data.video`: mp4/webm through PyAV, imported only when a video file is touched, or
+folders of png/jpg frames)."""
 
 from vggrpo.data.synthetic import (
     DEFAULT_ROOM,
@@ -6,6 +9,7 @@ from vggrpo.data.synthetic import (
     Box,
     BoxRoomSpec,
     SceneGeometry,
+    SyntheticSceneDataset,
     camera_centres,
     camera_trajectory,
     make_scene,
@@ -15,6 +19,7 @@ from vggrpo.data.synthetic import (
     sample_scene_specs,
     unproject_depth,
 )
+from vggrpo.data.video import VideoFolderDataset, read_video, resize_video, write_video
 
 __all__ = [
     "Box",
@@ -30,4 +35,9 @@ __all__ = [
     "sample_box_layout",
     "sample_scene_specs",
     "make_scene",
+    "SyntheticSceneDataset",
+    "read_video",
+    "write_video",
+    "resize_video",
+    "VideoFolderDataset",
 ]

@@ -1,0 +1,295 @@
+"""The LGM: VAE side, connector, stitching training, files, LoRA, bad input."""
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vggrpo import _io
+from vggrpo.data.synthetic import make_scene
+from vggrpo.geometry import TinyVGGT, TinyVGGTConfig
+from vggrpo.lgm import LatentConnector, LatentGeometryModel, LGMConfig
+from vggrpo.stitching import StitchingConfig, stitching_targets, train_stitching, warmup_cosine
+from vggrpo.vae import (
+    TINY_WAN_VAE_CONFIG,
+    aligned_frames,
+    decode_latents,
+    encode_video,
+    latent_frame_count,
+)
+
+SMALL = TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1, aggregator_depth=1, head_channels=8)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).eval()
+
+
+def make_lgm(vae, seed=0):
+    torch.manual_seed(seed)
+    backbone = TinyVGGT(SMALL).eval().requires_grad_(False)
+    return LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim)).eval()
+
+
+def videos(n=2, frames=9, H=32, W=48, seed=0):
+    return make_scene(n, frames, H, W, trajectory="orbit", seed=seed).video
+
+
+class Videos(torch.utils.data.Dataset):
+    def __init__(self, v):
+        self.v = v
+
+    def __len__(self):
+        return self.v.shape[0]
+
+    def __getitem__(self, i):
+        return {"video": self.v[i]}
+
+
+# -- VAE side -------------------------------------------------------------------------------------
+
+def test_encode_shapes_and_frame_alignment(vae):
+    v = videos(1, 9)
+    with torch.no_grad():
+        z = encode_video(vae, v)
+    assert z.shape == (1, 16, 3, 4, 6) and latent_frame_count(9) == 3
+    assert torch.equal(aligned_frames(v), v[:, [0, 4, 8]])
+    # Latent frame k stands for RGB frames up to 4k: the VAE is causal, so changing frames after
+    # 4k leaves latent frames 0..k unchanged, and changing frame 4k changes latent frame k.
+    later = v.clone()
+    later[:, 5:] = torch.rand_like(later[:, 5:])
+    with torch.no_grad():
+        z_later = encode_video(vae, later)
+    assert torch.equal(z_later[:, :, :2], z[:, :, :2])
+    assert not torch.allclose(z_later[:, :, 2], z[:, :, 2])
+    at4 = v.clone()
+    at4[:, 4] = torch.rand_like(at4[:, 4])
+    with torch.no_grad():
+        z4 = encode_video(vae, at4)
+    assert torch.equal(z4[:, :, 0], z[:, :, 0]) and not torch.allclose(z4[:, :, 1], z[:, :, 1])
+
+
+def test_latents_are_normalised_like_the_pipeline(vae):
+    v = videos(1, 5)
+    with torch.no_grad():
+        raw = vae.encode(v.permute(0, 2, 1, 3, 4) * 2 - 1).latent_dist.mean
+        z = encode_video(vae, v)
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    assert torch.allclose(z, (raw - mean) / std, atol=1e-6)
+    with torch.no_grad():
+        back = decode_latents(vae, z)
+    assert back.shape == v.shape and float(back.min()) >= 0 and float(back.max()) <= 1
+
+
+@pytest.mark.parametrize("frames", [4, 8, 10])
+def test_video_frame_count_must_be_one_plus_4k(vae, frames):
+    with pytest.raises(ValueError, match=r"1 \+ 4k frames"):
+        encode_video(vae, torch.rand(1, frames, 3, 32, 48))
+
+
+def test_video_size_must_fit_the_vae(vae):
+    with pytest.raises(ValueError, match="multiples of the VAE's spatial factor 8"):
+        encode_video(vae, torch.rand(1, 5, 3, 30, 48))
+
+
+# -- connector and LGM ----------------------------------------------------------------------------
+
+def test_connector_is_the_papers_conv3d():
+    cfg = LGMConfig(latent_channels=16, token_dim=24)
+    conn = LatentConnector(cfg)
+    conv = conn.proj
+    assert isinstance(conv, torch.nn.Conv3d)
+    assert conv.kernel_size == (5, 5, 5) and conv.stride == (1, 2, 2) and conv.padding == (2, 2, 2)
+    z = torch.randn(2, 16, 3, 5, 7)
+    out = conn(z)
+    assert out.shape == (2, 3, 3, 4, 24)  # ceil(5/2), ceil(7/2)
+    ref = F.conv3d(z, conv.weight, conv.bias, stride=(1, 2, 2), padding=2).permute(0, 2, 3, 4, 1)
+    assert torch.allclose(out, ref)
+
+
+def test_config_from_vae_reads_channels_and_factors(vae):
+    assert LGMConfig.from_vae(vae, 32).to_dict()["latent_channels"] == 16
+    wan22 = types.SimpleNamespace(config=types.SimpleNamespace(
+        z_dim=48, scale_factor_spatial=16, scale_factor_temporal=4))
+    cfg = LGMConfig.from_vae(wan22, 64)
+    assert (cfg.latent_channels, cfg.spatial_factor, cfg.temporal_factor) == (48, 16, 4)
+
+
+def test_lgm_outputs_geometry_per_latent_frame(vae):
+    lgm = make_lgm(vae)
+    with torch.no_grad():
+        z = encode_video(vae, videos(2, 9))
+        g = lgm(z)
+    # Patch 16 = 2 x the VAE's factor 8: depth maps at the video's resolution.
+    assert g.depths.shape == (2, 3, 32, 48) and g.extrinsics.shape == (2, 3, 3, 4)
+    assert lgm.rgb_frame_of(2) == 8
+    r = g.rewards()
+    assert r["motion"].shape == r["geo"].shape == (2,)
+
+
+def test_lgm_is_differentiable_wrt_latents(vae):
+    lgm = make_lgm(vae)
+    z = encode_video(vae, videos(1, 9)).detach().requires_grad_(True)
+    grad = torch.autograd.grad(lgm(z).rewards()["geo"].sum(), z)[0]
+    assert grad.shape == z.shape and bool(torch.isfinite(grad).all())
+
+
+def test_bad_latents_are_clear_errors(vae):
+    lgm = make_lgm(vae)
+    with pytest.raises(ValueError, match=r"latents have 48 channels .* Wan2.1-style VAE"):
+        lgm(torch.randn(1, 48, 3, 4, 6))
+    with pytest.raises(ValueError, match=r"latents must be \[B,C,T,h,w\]"):
+        lgm(torch.randn(16, 3, 4, 6))
+    with pytest.raises(TypeError, match="floating point"):
+        lgm(torch.zeros(1, 16, 3, 4, 6, dtype=torch.int64))
+    with pytest.raises(ValueError, match="token_dim"):
+        LatentGeometryModel(lgm.backbone, LGMConfig(token_dim=33))
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+def test_save_load_round_trip(vae, tmp_path):
+    lgm = make_lgm(vae)
+    lgm.save_pretrained(tmp_path / "m")
+    loaded = LatentGeometryModel.from_pretrained(tmp_path / "m")
+    z = torch.randn(1, 16, 3, 4, 6)
+    with torch.no_grad():
+        a, b = lgm(z), loaded(z)
+    assert torch.equal(a.depths, b.depths) and torch.equal(a.extrinsics, b.extrinsics)
+    assert not any(p.requires_grad for p in loaded.backbone.parameters())
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "backbone.safetensors", "config.json", "connector.safetensors"]
+
+
+def test_missing_and_broken_files_are_clear_errors(vae, tmp_path):
+    with pytest.raises(FileNotFoundError, match="LGM folder not found"):
+        LatentGeometryModel.from_pretrained(tmp_path / "nope")
+    lgm = make_lgm(vae)
+    lgm.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "connector.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="connector weights not found"):
+        LatentGeometryModel.from_pretrained(tmp_path / "m")
+    lgm.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "connector.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        LatentGeometryModel.from_pretrained(tmp_path / "m")
+    other = LatentGeometryModel(lgm.backbone, LGMConfig(latent_channels=48, token_dim=32))
+    _io.save_tensors(tmp_path / "m" / "connector.safetensors", other.connector.state_dict())
+    with pytest.raises(ValueError, match="shape mismatch for proj.weight"):
+        LatentGeometryModel.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="is not an LGM config"):
+        LatentGeometryModel.from_pretrained(tmp_path / "m")
+
+
+def test_training_state_is_never_unpickled(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "state.pt")
+    with pytest.raises(ValueError, match="could not be loaded safely"):
+        _io.load_state(tmp_path / "state.pt")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    def boom(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        _io.atomic_write(tmp_path / "out.json", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- LoRA -----------------------------------------------------------------------------------------
+
+def test_lora_on_remaining_blocks(vae, tmp_path):
+    lgm = make_lgm(vae)
+    z = torch.randn(1, 16, 3, 4, 6)
+    with torch.no_grad():
+        before = lgm(z).extrinsics  # the dense head starts at zero; cameras do not
+    lgm.add_lora(rank=4, alpha=4.0)
+    trainable = [n for n, p in lgm.backbone.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and n.startswith("blocks.") for n in trainable)
+    with torch.no_grad():
+        assert torch.equal(lgm(z).extrinsics, before)  # LoRA B starts at zero
+        for p in lgm.lora_state_dict().values():
+            p.add_(0.05 * torch.randn_like(p))
+        changed = lgm(z).extrinsics
+    assert not torch.equal(changed, before)
+    lgm.save_pretrained(tmp_path / "m")
+    loaded = LatentGeometryModel.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(z).extrinsics, changed)
+    with pytest.raises(ValueError, match="match no nn.Linear"):
+        make_lgm(vae).add_lora(target_modules=("to_q",))
+
+
+# -- stitching ------------------------------------------------------------------------------------
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 100, 1000) == pytest.approx(0.01)
+    assert warmup_cosine(99, 100, 1000) == pytest.approx(1.0)
+    assert warmup_cosine(550, 100, 1000) == pytest.approx(0.5)
+    assert warmup_cosine(1000, 100, 1000) == pytest.approx(0.0)
+
+
+def test_stitching_targets_are_the_backbone_on_aligned_frames(vae):
+    lgm = make_lgm(vae)
+    v = videos(1, 9)
+    y = stitching_targets(lgm.backbone, v, (2, 3))
+    with torch.no_grad():
+        assert torch.equal(y, lgm.backbone.embed(v[:, ::4]))
+    # A grid the patch size does not tile the video into: frames are resized first.
+    y = stitching_targets(lgm.backbone, v, (1, 2))
+    assert y.shape == (1, 3, 1, 2, 32)
+
+
+def test_stitching_lowers_the_feature_loss(vae):
+    lgm = make_lgm(vae)
+    data = Videos(videos(4, 9, seed=3))
+    history = train_stitching(lgm, vae, data, StitchingConfig(epochs=15, batch_size=2, lr=3e-3,
+                                                              warmup_steps=4), progress=False)
+    assert len(history) == 30
+    first = sum(h["loss"] for h in history[:2]) / 2
+    last = sum(h["loss"] for h in history[-2:]) / 2
+    assert last < 0.5 * first, (first, last)
+    assert not any(p.requires_grad for p in lgm.backbone.parameters())
+
+
+def test_resume_reproduces_the_uninterrupted_run(vae, tmp_path):
+    data = Videos(videos(3, 9, seed=4))
+    cfg = StitchingConfig(epochs=4, batch_size=2, lr=1e-3, warmup_steps=2)
+    straight = make_lgm(vae)
+    h1 = train_stitching(straight, vae, data, cfg, out_dir=tmp_path / "a", progress=False)
+    resumed = make_lgm(vae)
+    train_stitching(resumed, vae, data, cfg, out_dir=tmp_path / "b", stop_after=2, progress=False)
+    assert len(list((tmp_path / "b" / "checkpoint").iterdir())) == 4
+    fresh = make_lgm(vae)  # a new process: same init, weights come from the checkpoint
+    h2 = train_stitching(fresh, vae, data, cfg, out_dir=tmp_path / "b", resume=True,
+                         progress=False)
+    assert [h["loss"] for h in h2] == [h["loss"] for h in h1]
+    for k, v in straight.connector.state_dict().items():
+        assert torch.equal(v, fresh.connector.state_dict()[k]), k
+    with pytest.raises(ValueError, match="cannot resume"):
+        train_stitching(make_lgm(vae), vae, data, StitchingConfig(epochs=5), out_dir=tmp_path / "b",
+                        resume=True, progress=False)
+
+
+def test_stitching_bad_input(vae):
+    lgm = make_lgm(vae)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        StitchingConfig(epochs=0)
+    with pytest.raises(ValueError, match="dataset items must be a video"):
+        train_stitching(lgm, vae, [torch.rand(9, 32, 48)], progress=False)
+    with pytest.raises(ValueError, match=r"1 \+ 4k frames"):
+        train_stitching(lgm, vae, Videos(torch.rand(1, 8, 3, 32, 48)), progress=False)
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        train_stitching(lgm, vae, Videos(videos(1, 5)), resume=True, progress=False)

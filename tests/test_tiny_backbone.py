@@ -1,0 +1,144 @@
+"""The tiny VGGT-like backbone, its protocol, and its supervised training on synthetic scenes."""
+
+import math
+
+import pytest
+import torch
+
+from vggrpo.data.synthetic import make_scene, unproject_depth
+from vggrpo.geometry import Geometry, GeometryBackbone, TinyVGGT, TinyVGGTConfig
+from vggrpo.geometry.cameras import cameras_to_pose_encoding
+from vggrpo.geometry.tiny import sincos_2d
+from vggrpo.geometry.training import (
+    BackboneTrainingConfig,
+    supervised_loss,
+    supervised_targets,
+    train_tiny_backbone,
+)
+
+SMALL = TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1, aggregator_depth=1, head_channels=8)
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return TinyVGGT(SMALL).eval()
+
+
+def test_protocol_and_split_forward():
+    model = small_model()
+    assert isinstance(model, GeometryBackbone)
+    assert model.stitch_layer == SMALL.encoder_depth and model.dim == 32
+    video = torch.rand(2, 3, 3, 32, 48)
+    with torch.no_grad():
+        whole = model(video)
+        tokens = model.embed(video)
+        split = model.forward_tokens(tokens)
+    assert tokens.shape == (2, 3, 2, 3, 32)
+    for name in ("extrinsics", "intrinsics", "depths", "pointmaps", "scene_flow"):
+        assert torch.equal(getattr(whole, name), getattr(split, name)), name
+
+
+@pytest.mark.parametrize("T,H,W", [(1, 16, 16), (3, 32, 48), (5, 48, 32)])
+def test_output_shapes_and_conventions(T, H, W):
+    model = small_model()
+    with torch.no_grad():
+        g = model(torch.rand(2, T, 3, H, W))
+    assert isinstance(g, Geometry)
+    assert g.depths.shape == (2, T, H, W)
+    assert g.pointmaps.shape == g.scene_flow.shape == (2, T, H, W, 3)
+    assert bool((g.depths > 0).all())
+    # World frame = the first camera: frame 0 is exactly the identity pose.
+    eye = torch.eye(3, 4).expand(2, 3, 4)
+    assert torch.equal(g.extrinsics[:, 0], eye)
+    # Centred cameras: principal point at (W/2, H/2) of the output maps.
+    assert torch.allclose(g.intrinsics[..., 0, 2], torch.tensor(W / 2))
+    assert torch.allclose(g.intrinsics[..., 1, 2], torch.tensor(H / 2))
+    R = g.extrinsics[..., :3]
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5)
+
+
+def test_bad_video_is_a_clear_error():
+    model = small_model()
+    with pytest.raises(ValueError, match=r"video must be \[B,T,3,H,W\]"):
+        model(torch.rand(1, 2, 4, 32, 32))
+    with pytest.raises(ValueError, match="multiples of the patch size 16"):
+        model(torch.rand(1, 2, 3, 30, 32))
+    with pytest.raises(ValueError, match="tokens must be"):
+        model.forward_tokens(torch.rand(1, 2, 2, 2, 31))
+
+
+def test_config_is_strict():
+    with pytest.raises(ValueError, match="unknown keys"):
+        TinyVGGTConfig.from_dict({"dim": 32, "depthh": 3})
+    with pytest.raises(ValueError, match="patch_size must be a multiple of 4"):
+        TinyVGGTConfig(patch_size=14)
+    with pytest.raises(ValueError, match="num_heads must be a positive int"):
+        TinyVGGTConfig(num_heads=0)
+    assert TinyVGGTConfig.from_dict(SMALL.to_dict()) == SMALL
+
+
+def test_positions_are_distinct():
+    pe = sincos_2d(4, 6, 32).reshape(24, 32)
+    d = torch.cdist(pe, pe) + torch.eye(24) * 10
+    assert float(d.min()) > 0.1
+
+
+def test_every_parameter_gets_a_gradient():
+    model = small_model().train()
+    g = model(torch.rand(1, 3, 3, 32, 32))
+    loss = (g.depths.mean() + g.pointmaps.square().mean() + g.scene_flow.square().mean()
+            + g.extrinsics[:, 1:].square().sum() + g.intrinsics.sum())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+
+
+def _scene_items(n, frames=9, H=32, W=48, seed=0):
+    s = make_scene(n, frames, H, W, trajectory="orbit", moving_objects=1, seed=seed)
+    keys = ("video", "extrinsics", "intrinsics", "depths", "pointmaps", "scene_flow")
+    return {k: getattr(s, k) for k in keys}
+
+
+def test_supervised_targets_are_first_camera_relative_and_consistent():
+    batch = _scene_items(2)
+    tgt = supervised_targets(batch, temporal=4)
+    gt = tgt["geometry"]
+    assert tgt["video"].shape[1] == gt.frames == 3  # frames 0, 4, 8
+    assert torch.equal(tgt["video"], batch["video"][:, ::4])
+    assert torch.allclose(gt.extrinsics[:, 0], torch.eye(3, 4).expand(2, 3, 4), atol=1e-6)
+    # The re-expressed point maps are still the unprojection of the depths (independent check).
+    pts = unproject_depth(gt.depths, gt.intrinsics, gt.extrinsics)
+    assert torch.allclose(pts, gt.pointmaps, atol=1e-4)
+    # Flow is per 4-frame step: 4x the per-frame flow, rotated into the first camera.
+    R0 = batch["extrinsics"][:, 0, :, :3]
+    flow = torch.einsum("bij,btHWj->btHWi", R0, batch["scene_flow"][:, ::4] * 4)
+    assert torch.allclose(gt.scene_flow, flow, atol=1e-5)
+
+
+def test_supervised_loss_is_zero_on_the_truth_and_positive_otherwise():
+    gt = supervised_targets(_scene_items(1))["geometry"]
+    terms = supervised_loss(gt, gt)
+    assert float(terms["loss"]) < 1e-5
+    worse = gt.replace(depths=gt.depths * 1.1)
+    assert abs(float(supervised_loss(worse, gt)["depth"]) - math.log(1.1)) < 1e-5
+    H, W = gt.image_size
+    enc = cameras_to_pose_encoding(gt.extrinsics, gt.intrinsics, H, W)
+    assert enc.shape == (1, 3, 9)
+
+
+def test_training_reduces_the_loss():
+    items = _scene_items(4)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {k: v[i] for k, v in items.items()}
+
+    model = small_model(1).train()
+    history = train_tiny_backbone(model, Data(), BackboneTrainingConfig(
+        steps=40, batch_size=2, lr=2e-3, warmup_steps=5), progress=False)
+    first = sum(h["loss"] for h in history[:5]) / 5
+    last = sum(h["loss"] for h in history[-5:]) / 5
+    assert last < 0.8 * first, (first, last)

@@ -1,0 +1,256 @@
+"""The Latent Geometry Model (paper Sec. 3.2): geometry straight from a video diffusion latent.
+
+The LGM is a geometry backbone whose first ``stitch_layer`` layers (those that read RGB) are
+replaced by a connector reading the video VAE's latent::
+
+    latents [B,C,T',h,w] --Conv3d(k=5, stride=(1,2,2), pad=2)--> tokens [B,T',h/2,w/2,D]
+            --> backbone.forward_tokens (the remaining blocks and the heads) --> Geometry
+
+* ``C`` (16 for Wan2.1, 48 for Wan2.2) comes from the VAE config; ``D`` is the backbone's token
+  width at the stitch point. With a spatial VAE factor ``s`` and backbone patch size ``p``, the
+  depth maps are ``(h/2)*p x (w/2)*p`` pixels (``H x W`` of the RGB video when ``p = 2s``, as for
+  the embedded tiny models: ``s = 8``, ``p = 16``).
+* Time: latent frame ``k`` stands for RGB frame ``4k`` (see :mod:`vggrpo.vae`); the Geometry has
+  one frame per latent frame, its scene flow is per latent frame step (4 RGB frames).
+* The connector is trained by feature stitching (:mod:`vggrpo.stitching`); the backbone stays
+  frozen, optionally with LoRA adapters on its remaining blocks (:meth:`add_lora`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import _io
+from .geometry.record import Geometry
+from .geometry.tiny import TinyVGGT, TinyVGGTConfig
+
+__all__ = ["LGMConfig", "LatentConnector", "LatentGeometryModel", "LGM_FORMAT"]
+
+LGM_FORMAT = "vggrpo-lgm"
+_CONNECTOR_FILE = "connector.safetensors"
+_BACKBONE_FILE = "backbone.safetensors"
+_LORA_FILE = "lora.safetensors"
+_CONFIG_FILE = "config.json"
+
+
+@dataclass
+class LGMConfig:
+    """Shape of the connector (the paper's Conv3d; kernel, stride and padding are fixed there).
+
+    ``latent_channels``/``spatial_factor``/``temporal_factor`` describe the VAE the LGM was
+    stitched to (:meth:`from_vae`); ``token_dim`` is the backbone's width at the stitch point.
+    """
+
+    latent_channels: int = 16
+    spatial_factor: int = 8
+    temporal_factor: int = 4
+    token_dim: int = 96
+    kernel_size: Tuple[int, int, int] = (5, 5, 5)
+    stride: Tuple[int, int, int] = (1, 2, 2)
+    padding: Tuple[int, int, int] = (2, 2, 2)
+
+    def __post_init__(self) -> None:
+        for name in ("latent_channels", "spatial_factor", "temporal_factor", "token_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LGMConfig.{name} must be a positive int, got {value!r}")
+        for name in ("kernel_size", "stride", "padding"):
+            value = tuple(getattr(self, name))
+            if len(value) != 3 or not all(isinstance(v, int) and v >= 0 for v in value):
+                raise ValueError(f"LGMConfig.{name} must be three non-negative ints, got {value!r}")
+            setattr(self, name, value)
+
+    @classmethod
+    def from_vae(cls, vae, token_dim: int) -> "LGMConfig":
+        """Channels and factors from a diffusers Wan VAE's config (16/8/4 Wan2.1, 48/16/4 Wan2.2)."""
+        from .vae import vae_factors
+
+        f = vae_factors(vae)
+        return cls(latent_channels=f["channels"], spatial_factor=f["spatial"],
+                   temporal_factor=f["temporal"], token_dim=token_dim)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "LGMConfig":
+        return _io.dataclass_from_dict(cls, data)
+
+
+class LatentConnector(nn.Module):
+    """``Conv3d(C, D, kernel 5, stride (1,2,2), padding 2)``: latents -> stitch-point tokens.
+
+    ``forward(latents [B,C,T',h,w]) -> [B,T',ceil(h/2),ceil(w/2),D]`` (same frame count).
+    """
+
+    def __init__(self, config: LGMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = nn.Conv3d(config.latent_channels, config.token_dim, config.kernel_size,
+                              stride=config.stride, padding=config.padding)
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.proj(latents).permute(0, 2, 3, 4, 1)
+
+
+def _check_latents(latents: Tensor, config: LGMConfig) -> None:
+    if not isinstance(latents, Tensor) or latents.dim() != 5:
+        shape = list(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be [B,C,T,h,w] (diffusers video latent layout), got {shape}")
+    C = latents.shape[1]
+    if C != config.latent_channels:
+        hint = {16: "a Wan2.1-style VAE (16 channels)", 48: "a Wan2.2-style VAE (48 channels)"}
+        raise ValueError(
+            f"latents have {C} channels but this LGM's connector was stitched to "
+            f"{hint.get(config.latent_channels, f'{config.latent_channels}-channel latents')}; "
+            f"use an LGM stitched to your VAE (vggrpo train-lgm)")
+    T, h, w = latents.shape[2:]
+    if T < 1 or h < 1 or w < 1:
+        raise ValueError(f"latents must have >= 1 frame and a non-empty grid, got {list(latents.shape)}")
+    if not latents.is_floating_point():
+        raise TypeError(f"latents must be floating point, got {latents.dtype}")
+
+
+class LatentGeometryModel(nn.Module):
+    """Latents ``[B,C,T',h,w]`` -> :class:`Geometry` with ``T'`` frames (see the module docstring).
+
+    Args:
+        backbone: a :class:`~vggrpo.geometry.GeometryBackbone` (frozen by the caller).
+        connector: the :class:`LatentConnector` (built from ``config`` when None).
+        config: the connector shape; ``token_dim`` must equal ``backbone.dim``.
+    """
+
+    def __init__(self, backbone: nn.Module, config: LGMConfig,
+                 connector: Optional[LatentConnector] = None) -> None:
+        super().__init__()
+        if config.token_dim != backbone.dim:
+            raise ValueError(f"LGMConfig.token_dim ({config.token_dim}) must equal the backbone's "
+                             f"token width at the stitch point ({backbone.dim})")
+        self.config = config
+        self.backbone = backbone
+        self.connector = connector if connector is not None else LatentConnector(config)
+        self.lora_config: Optional[Dict[str, Any]] = None
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
+
+    def rgb_frame_of(self, latent_frame: int) -> int:
+        """The RGB frame a latent frame stands for (``temporal_factor * k``)."""
+        return self.config.temporal_factor * latent_frame
+
+    def tokens(self, latents: Tensor) -> Tensor:
+        """The connector's stitch-point tokens ``[B,T',ceil(h/2),ceil(w/2),D]``."""
+        _check_latents(latents, self.config)
+        dtype = self.connector.proj.weight.dtype
+        return self.connector(latents.to(dtype))
+
+    def forward(self, latents: Tensor) -> Geometry:
+        return self.backbone.forward_tokens(self.tokens(latents))
+
+    # -- LoRA on the remaining blocks -------------------------------------------------------
+
+    def add_lora(self, rank: int = 16, alpha: float = 16.0,
+                 target_modules: Sequence[str] = ("qkv", "proj")) -> None:
+        """Put peft LoRA adapters on ``target_modules`` of the backbone's remaining blocks.
+
+        Only the backbone's ``blocks`` (after the stitch point) get adapters; the adapters are
+        trainable, everything else in the backbone is frozen by this call.
+        """
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if self.lora_config is not None:
+            raise ValueError("this LGM already has LoRA adapters")
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive int, got {rank!r}")
+        names = [n for n, m in self.backbone.blocks.named_modules()
+                 if isinstance(m, nn.Linear) and n.split(".")[-1] in set(target_modules)]
+        if not names:
+            raise ValueError(f"target_modules {list(target_modules)} match no nn.Linear in the "
+                             f"backbone's blocks")
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules))
+        inject_adapter_in_model(cfg, self.backbone.blocks)
+        self.lora_config = {"rank": rank, "alpha": float(alpha),
+                            "target_modules": list(target_modules)}
+
+    def lora_state_dict(self) -> Dict[str, Tensor]:
+        return {k: v for k, v in self.backbone.blocks.state_dict().items() if "lora_" in k}
+
+    # -- files --------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: Union[str, Path], *, dtype: torch.dtype = torch.float32
+                        ) -> Path:
+        """Write ``config.json``, ``connector.safetensors``, ``backbone.safetensors`` (tiny
+        backbones only: a real backbone's weights stay where the user keeps them) and
+        ``lora.safetensors`` (when adapters are present). Each file is written atomically.
+        """
+        directory = Path(directory)
+        config: Dict[str, Any] = {"format": LGM_FORMAT, "version": 1,
+                                  "lgm": self.config.to_dict(), "lora": self.lora_config}
+        cast = lambda sd: {k: v.to(dtype) for k, v in sd.items()}  # noqa: E731
+        _io.save_tensors(directory / _CONNECTOR_FILE, cast(self.connector.state_dict()))
+        if isinstance(self.backbone, TinyVGGT):
+            config["backbone"] = {"type": "tiny_vggt", "config": self.backbone.config.to_dict()}
+            # peft renames a wrapped layer's own weights to "<name>.base_layer.*": undo that so
+            # the file loads into a plain backbone.
+            base = {k.replace(".base_layer.", "."): v
+                    for k, v in self.backbone.state_dict().items() if "lora_" not in k}
+            _io.save_tensors(directory / _BACKBONE_FILE, cast(base))
+        else:
+            config["backbone"] = {"type": type(self.backbone).__name__}
+        if self.lora_config is not None:
+            _io.save_tensors(directory / _LORA_FILE, cast(self.lora_state_dict()))
+        _io.save_json(directory / _CONFIG_FILE, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, Path], backbone: Optional[nn.Module] = None
+                        ) -> "LatentGeometryModel":
+        """Load what :meth:`save_pretrained` wrote (local folder only; nothing is downloaded).
+
+        For a tiny backbone the weights come from the folder; for any other backbone pass the
+        loaded model as ``backbone``. Returns the model in eval mode, float32, backbone frozen.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"LGM folder not found: {directory} (expected a folder with "
+                                    f"{_CONFIG_FILE} and {_CONNECTOR_FILE})")
+        meta = _io.load_json(directory / _CONFIG_FILE, "LGM config")
+        if meta.get("format") != LGM_FORMAT:
+            raise ValueError(f"{directory / _CONFIG_FILE} is not an LGM config "
+                             f"(format {meta.get('format')!r}, expected {LGM_FORMAT!r})")
+        config = LGMConfig.from_dict(meta.get("lgm", {}))
+        if backbone is None:
+            spec = meta.get("backbone") or {}
+            if spec.get("type") != "tiny_vggt":
+                raise ValueError(f"the LGM in {directory} was stitched to a "
+                                 f"{spec.get('type', 'unknown')} backbone: pass it as backbone=")
+            backbone = TinyVGGT(TinyVGGTConfig.from_dict(spec.get("config", {})))
+            _io.load_state_dict_strict(
+                backbone, _io.load_tensors(directory / _BACKBONE_FILE, "backbone weights"),
+                f"backbone weights {directory / _BACKBONE_FILE}")
+        model = cls(backbone, config)
+        _io.load_state_dict_strict(
+            model.connector, _io.load_tensors(directory / _CONNECTOR_FILE, "connector weights"),
+            f"connector weights {directory / _CONNECTOR_FILE}")
+        lora = meta.get("lora")
+        if lora:
+            model.add_lora(lora["rank"], lora["alpha"], lora["target_modules"])
+            tensors = _io.load_tensors(directory / _LORA_FILE, "LoRA weights")
+            own = model.lora_state_dict()
+            if set(own) != set(tensors):
+                raise ValueError(f"LoRA weights {directory / _LORA_FILE} do not match the config's "
+                                 f"adapters")
+            model.backbone.blocks.load_state_dict(tensors, strict=False)
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return model.float().eval()

@@ -1,0 +1,314 @@
+"""Feature-stitching training of the LGM connector (paper Sec. 3.2).
+
+With the VAE encoder ``E`` and the geometry backbone frozen, the connector ``S`` is trained so
+that ``S(E(x))`` reproduces the backbone's own patch tokens at the stitch point on the aligned RGB
+frames (latent frame k <-> RGB frame 4k)::
+
+    loss = MSE( connector(encode_video(vae, x)),  backbone.embed(x[:, ::4]) )
+
+Optimiser and schedule (paper): AdamW without weight decay, linear warm-up over the first 100
+optimisation steps then cosine decay to 0, gradient-norm clip 1.0, 20 epochs by default. The
+learning rate is not in our paper notes; we default to 5e-4 (the connector is a single linear
+layer, which tolerates it; measured on the synthetic scenes).
+
+If the LGM has LoRA adapters (:meth:`~vggrpo.lgm.LatentGeometryModel.add_lora`), the feature loss
+cannot reach them (they sit after the stitch point), so a second term distils the backbone's
+RGB outputs into the LGM's: ``output_weight * (|log depth - log depth_rgb| + |pose enc - pose
+enc_rgb|)`` (means). It is 0 (off) without adapters.
+
+Checkpoints (``out_dir/checkpoint``): the LGM folder (:meth:`save_pretrained`: safetensors and
+config.json) plus ``trainer_state.pt`` (optimiser, schedule, RNG, epoch; loaded with
+``weights_only=True``), written atomically after every ``checkpoint_every`` epochs. ``resume=True``
+continues from it and reproduces the uninterrupted run (the batch order of each epoch depends only
+on ``(seed, epoch)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _io
+from .lgm import LatentGeometryModel
+from .vae import check_video_frames, encode_video
+
+__all__ = ["StitchingConfig", "train_stitching", "stitching_targets", "warmup_cosine"]
+
+_STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class StitchingConfig:
+    """Hyper-parameters of :func:`train_stitching` (paper defaults where the paper gives them)."""
+
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 1
+    output_weight: float = 1.0  # used only when the LGM has LoRA adapters
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"StitchingConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"StitchingConfig.warmup_steps must be an int >= 0, "
+                             f"got {self.warmup_steps!r}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"StitchingConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up ``(step+1)/warmup``, then cosine from 1 to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def _video_of(item: Any) -> Tensor:
+    video = item["video"] if isinstance(item, dict) else item
+    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[1] != 3:
+        shape = list(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"dataset items must be a video [T,3,H,W] in [0,1] (or a dict with "
+                         f"'video'), got {shape}")
+    return video
+
+
+@torch.no_grad()
+def stitching_targets(backbone, video: Tensor, grid, temporal: int = 4) -> Tensor:
+    """The backbone's stitch-point tokens on the aligned RGB frames.
+
+    ``video`` ``[B,T,3,H,W]`` (``T = 1 + 4k``) -> ``[B,1+k,h,w,D]`` with ``grid = (h, w)`` the
+    connector's token grid; frames are resized (bilinear, antialiased) to ``(h*p, w*p)`` when the
+    backbone's patch size ``p`` does not tile the video exactly into that grid.
+    """
+    check_video_frames(video.shape[1], temporal)
+    frames = video[:, ::temporal]
+    B, T, _, H, W = frames.shape
+    p = backbone.patch_size
+    size = (grid[0] * p, grid[1] * p)
+    if (H, W) != size:
+        frames = F.interpolate(frames.reshape(B * T, 3, H, W), size=size, mode="bilinear",
+                               antialias=True, align_corners=False).reshape(B, T, 3, *size)
+    return backbone.embed(frames)
+
+
+def _pose_encoding(geometry):
+    from .geometry.cameras import cameras_to_pose_encoding
+
+    H, W = geometry.image_size
+    return cameras_to_pose_encoding(geometry.extrinsics, geometry.intrinsics, H, W)
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state()}
+
+
+def train_stitching(
+    lgm: LatentGeometryModel,
+    vae,
+    dataset,
+    config: StitchingConfig = StitchingConfig(),
+    *,
+    out_dir: Optional[Union[str, Path]] = None,
+    resume: bool = False,
+    stop_after: Optional[int] = None,
+    progress: bool = True,
+) -> List[Dict[str, float]]:
+    """Train the connector (and LoRA adapters, if any) of ``lgm`` by feature stitching.
+
+    Args:
+        lgm: the model; its backbone and ``vae`` are frozen here (``requires_grad_(False)``).
+        vae: the diffusers Wan VAE the LGM reads latents of.
+        dataset: items are videos ``[T,3,H,W]`` in [0,1] with ``T = 1 + 4k`` (or dicts with a
+            ``"video"``), e.g. :class:`vggrpo.data.SyntheticSceneDataset` or
+            :class:`vggrpo.data.video.VideoFolderDataset`. Encoded latents and targets are
+            computed once (both models are frozen) and kept in memory.
+        config: :class:`StitchingConfig`.
+        out_dir: where checkpoints go (none written when None).
+        resume: continue from ``out_dir/checkpoint`` when it exists.
+        stop_after: end this call after that many epochs (a checkpoint is written), e.g. for a
+            time-limited job; a later call with ``resume=True`` finishes the schedule.
+        progress: show a tqdm progress bar.
+    Returns:
+        One dict per optimisation step: ``step``, ``epoch``, ``loss``, ``feature_loss``, ``lr``.
+    """
+    from tqdm.auto import tqdm
+
+    if len(dataset) < 1:
+        raise ValueError("dataset is empty")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir")
+    if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
+        raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
+    vae.requires_grad_(False).eval()
+    for name, p in lgm.backbone.named_parameters():
+        p.requires_grad_("lora_" in name)
+    lgm.connector.requires_grad_(True)
+    use_lora = lgm.lora_config is not None
+    temporal = lgm.config.temporal_factor
+
+    # Frozen models: encode once. Targets depend only on the data, never on the weights trained.
+    latents, targets, rgb_geometry = [], [], []
+    with torch.no_grad():
+        order = range(0, len(dataset), config.batch_size)
+        for start in tqdm(order, desc="encode", disable=not progress, leave=False):
+            videos = torch.stack([_video_of(dataset[i])
+                                  for i in range(start, min(start + config.batch_size,
+                                                            len(dataset)))]).float()
+            z = encode_video(vae, videos).float()
+            grid = lgm.connector(z[:1]).shape[2:4]
+            latents.append(z)
+            targets.append(stitching_targets(lgm.backbone, videos, grid, temporal))
+            if use_lora:
+                g = lgm.backbone.forward_tokens(targets[-1])
+                rgb_geometry.append((g.depths.log(), _pose_encoding(g)))
+    Z = torch.cat(latents)
+    Y = torch.cat(targets)
+    if use_lora:
+        D_rgb = torch.cat([d for d, _ in rgb_geometry])
+        P_rgb = torch.cat([p for _, p in rgb_geometry])
+
+    n = Z.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    params = [p for p in lgm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, config.warmup_steps, total))
+
+    start_epoch = 0
+    history: List[Dict[str, float]] = []
+    ckpt = None if out_dir is None else Path(out_dir) / "checkpoint"
+    if resume and ckpt is not None and (ckpt / _STATE_FILE).is_file():
+        state = _io.load_state(ckpt / _STATE_FILE)
+        if state.get("config") != dataclasses.asdict(config):
+            raise ValueError(f"cannot resume {ckpt}: it was trained with config "
+                             f"{state.get('config')}, not {dataclasses.asdict(config)}")
+        _io.load_state_dict_strict(
+            lgm.connector, _io.load_tensors(ckpt / "connector.safetensors", "connector weights"),
+            f"connector weights in {ckpt}")
+        if use_lora:
+            lgm.backbone.blocks.load_state_dict(
+                _io.load_tensors(ckpt / "lora.safetensors", "LoRA weights"), strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch = int(state["epoch"])
+        history = list(state["history"])
+
+    lgm.train()
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="stitching",
+               disable=not progress)
+    end_epoch = config.epochs if stop_after is None else min(config.epochs,
+                                                             start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        gen = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+            pred = lgm.tokens(Z[idx])
+            feature_loss = F.mse_loss(pred, Y[idx])
+            loss = feature_loss
+            if use_lora:
+                g = lgm.backbone.forward_tokens(pred)
+                loss = loss + config.output_weight * (
+                    (g.depths.log() - D_rgb[idx]).abs().mean()
+                    + (_pose_encoding(g) - P_rgb[idx]).abs().mean())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+            history.append({"step": len(history), "epoch": epoch, "loss": float(loss.detach()),
+                            "feature_loss": float(feature_loss.detach()), "lr": lr})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4g}")
+            bar.update(1)
+        if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0
+                                 or epoch + 1 == end_epoch):
+            lgm.save_pretrained(ckpt)
+            _io.save_state(ckpt / _STATE_FILE, {
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "rng": _rng_state(), "epoch": epoch + 1, "history": history,
+                "config": dataclasses.asdict(config)})
+    bar.close()
+    lgm.eval()
+    return history
+
+
+def main(argv=None) -> int:
+    """``python -m vggrpo.stitching``: stitch a connector to a local VAE (see --help)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m vggrpo.stitching",
+        description="Train an LGM connector by feature stitching: frozen Wan VAE + frozen tiny "
+                    "backbone, videos from a folder (mp4/png frames) or synthetic scenes.")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", help="folder of videos / frame folders (each clip >= --frames)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic scenes")
+    parser.add_argument("--vae", default="tiny", help="local diffusers AutoencoderKLWan folder, or "
+                        "'tiny' for the embedded tiny VAE (default)")
+    parser.add_argument("--backbone", default="default", help="LGM folder whose tiny backbone to "
+                        "stitch to, or 'default' for the embedded one")
+    parser.add_argument("--out", required=True, help="output folder (LGM + checkpoint)")
+    parser.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k")
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=160)
+    for f in dataclasses.fields(StitchingConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
+                            default=f.default)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    from .defaults import DefaultsRecipe, load_default_lgm, load_tiny_wan_vae, scene_pool
+    from .lgm import LGMConfig
+
+    try:
+        if args.vae == "tiny":
+            vae = load_tiny_wan_vae()
+        else:
+            from diffusers import AutoencoderKLWan
+
+            if not Path(args.vae).is_dir():
+                raise FileNotFoundError(f"VAE folder not found: {args.vae}")
+            vae = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True).eval()
+        base = load_default_lgm(None if args.backbone == "default" else args.backbone)
+        backbone = base.backbone
+        if args.videos:
+            from .data.video import VideoFolderDataset
+
+            data = VideoFolderDataset(args.videos, args.frames, args.height, args.width)
+        else:
+            recipe = DefaultsRecipe(height=args.height, width=args.width, frames=args.frames)
+            data = scene_pool(args.synthetic, recipe, seed=0, progress=True)
+        torch.manual_seed(args.seed)
+        lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim))
+        config = StitchingConfig(**{f.name: getattr(args, f.name)
+                                    for f in dataclasses.fields(StitchingConfig)})
+        history = train_stitching(lgm, vae, data, config, out_dir=args.out, resume=args.resume)
+        lgm.save_pretrained(Path(args.out) / "lgm")
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"final loss {history[-1]['loss']:.5g}; LGM written to {Path(args.out) / 'lgm'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
