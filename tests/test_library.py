@@ -6,7 +6,6 @@ import torch
 
 import vggrpo
 from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
-from vggrpo import ops
 
 _ops = torch.ops.vggrpo
 

@@ -128,7 +128,7 @@ def test_frame_folder_errors(tmp_path):
     bad.mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(bad / "0.png")
     (bad / "1.png").write_bytes(b"this is not a png")
-    with pytest.raises(ValueError, match=f"cannot read frame .*1.png"):
+    with pytest.raises(ValueError, match="cannot read frame .*1.png"):
         read_video(bad)
     mixed = tmp_path / "mixed"
     mixed.mkdir()

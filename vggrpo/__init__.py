@@ -21,6 +21,7 @@ plain-PyTorch twins, docs/ops.md the exact contract.
 from . import ops, reference
 from ._ext import cuda_built, openmp
 from .geometry import Geometry
+from .latent_reward import LatentGeometryReward
 from .lgm import LatentGeometryModel, LGMConfig
 from .rewards import (
     GeometryTerms,
@@ -40,6 +41,7 @@ __all__ = [
     "Geometry",
     "LatentGeometryModel",
     "LGMConfig",
+    "LatentGeometryReward",
     "GeometryTerms",
     "ops",
     "reference",

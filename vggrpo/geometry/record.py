@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor
 
 __all__ = ["Geometry"]
