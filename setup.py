@@ -127,7 +127,8 @@ setup(
     install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "diffusers>=0.33",
                       "peft>=0.14"],
     # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
-    extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"]},
+    extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"],
+                    "nvtx": ["nvtx"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": _build_ext()},
     zip_safe=False,

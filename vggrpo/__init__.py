@@ -21,6 +21,7 @@ plain-PyTorch twins, docs/ops.md the exact contract.
 from . import ops, reference
 from ._ext import cuda_built, openmp
 from .geometry import Geometry
+from .baseline import RGBGeometryReward
 from .latent_reward import LatentGeometryReward
 from .lgm import LatentGeometryModel, LGMConfig
 from .rewards import (
@@ -42,6 +43,7 @@ __all__ = [
     "LatentGeometryModel",
     "LGMConfig",
     "LatentGeometryReward",
+    "RGBGeometryReward",
     "GeometryTerms",
     "ops",
     "reference",

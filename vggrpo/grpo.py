@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from . import _io
+from ._nvtx import nvtx_range
 from .rewards import group_advantages
 from .sampling import sample, scheduler_sigmas, sde_step, wan_velocity
 
@@ -281,13 +282,15 @@ class GRPOTrainer:
     def train_step(self) -> Dict[str, float]:
         """One GRPO step (rollout, reward, update); returns the logged numbers."""
         t0 = time.perf_counter()
-        ro = self.rollout(self.step_index)
+        with nvtx_range("vggrpo.rollout"):
+            ro = self.rollout(self.step_index)
         t1 = time.perf_counter()
-        with torch.no_grad():
+        with nvtx_range("vggrpo.reward"), torch.no_grad():
             rewards = self.reward(ro["latents"][-1])
-        adv, gathered = self.advantages(rewards)
+            adv, gathered = self.advantages(rewards)
         t2 = time.perf_counter()
-        log = self.update(ro, adv)
+        with nvtx_range("vggrpo.update"):
+            log = self.update(ro, adv)
         t3 = time.perf_counter()
         log.update({
             "step": self.step_index,

@@ -1,4 +1,9 @@
-"""``LatentGeometryReward``: the two paper rewards of a video latent, through the LGM (no decode)."""
+"""``LatentGeometryReward``: the two paper rewards of a video latent, through the LGM (no decode).
+
+:class:`GeometryReward` is the shared part (weights, ``topk``, ``flow_threshold``, the rewards of
+a Geometry); :class:`LatentGeometryReward` reads the geometry with the LGM, and
+:class:`vggrpo.baseline.RGBGeometryReward` (the path the paper replaces) decodes first.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,23 @@ from typing import Dict, Mapping, Optional
 
 from torch import Tensor, nn
 
-__all__ = ["LatentGeometryReward"]
+__all__ = ["GeometryReward", "LatentGeometryReward", "REWARD_NAMES"]
 
 REWARD_NAMES = ("motion", "geo")
 
 
-class LatentGeometryReward(nn.Module):
+class GeometryReward(nn.Module):
     """Latents ``[B,C,T',h,w]`` -> ``{"motion": [B], "geo": [B]}`` (float32, higher is better).
 
-    ``lgm(latents)`` gives a :class:`~vggrpo.geometry.Geometry`; ``"motion"`` is
-    :func:`vggrpo.camera_motion_reward` of its cameras, ``"geo"`` is
-    :func:`vggrpo.geometry_reprojection_reward` (``topk`` worst views, pixels whose scene flow
-    norm exceeds ``flow_threshold`` are dynamic). Differentiable with respect to the latents (for
-    reward guidance); under ``torch.no_grad`` nothing is kept for backward (for rollouts). The
-    LGM is frozen here (its parameters get no gradient).
-
-    Args:
-        lgm: a :class:`~vggrpo.lgm.LatentGeometryModel` (or any module latents -> Geometry).
-        weights: ``{"motion": w_m, "geo": w_g}`` used by :meth:`weighted` (default 1 and 1).
-        topk, flow_threshold: of the geometry reward.
+    Subclasses implement :meth:`geometry` (latents -> :class:`~vggrpo.geometry.Geometry`).
+    ``"motion"`` is :func:`vggrpo.camera_motion_reward` of its cameras, ``"geo"`` is
+    :func:`vggrpo.geometry_reprojection_reward` (``topk`` worst views; pixels whose scene-flow
+    norm exceeds ``flow_threshold`` are dynamic). :meth:`weighted` sums them with ``weights``
+    (default 1 and 1).
     """
 
-    def __init__(self, lgm: nn.Module, weights: Optional[Mapping[str, float]] = None, *,
-                 topk: int = 3, flow_threshold: float = 0.1) -> None:
+    def __init__(self, weights: Optional[Mapping[str, float]] = None, *, topk: int = 3,
+                 flow_threshold: float = 0.1) -> None:
         super().__init__()
         weights = dict(weights) if weights is not None else {"motion": 1.0, "geo": 1.0}
         unknown = sorted(set(weights) - set(REWARD_NAMES))
@@ -39,16 +38,38 @@ class LatentGeometryReward(nn.Module):
             raise ValueError(f"topk must be a positive int, got {topk!r}")
         if not flow_threshold >= 0:
             raise ValueError(f"flow_threshold must be >= 0, got {flow_threshold!r}")
-        self.lgm = lgm.requires_grad_(False).eval()
         self.weights = weights
         self.topk = topk
         self.flow_threshold = float(flow_threshold)
 
+    def geometry(self, latents: Tensor):
+        raise NotImplementedError
+
     def forward(self, latents: Tensor) -> Dict[str, Tensor]:
-        geometry = self.lgm(latents)
-        rewards = geometry.rewards(flow_threshold=self.flow_threshold, topk=self.topk)
+        rewards = self.geometry(latents).rewards(flow_threshold=self.flow_threshold,
+                                                 topk=self.topk)
         return {k: v.float() for k, v in rewards.items()}
 
     def weighted(self, rewards: Mapping[str, Tensor]) -> Tensor:
         """``sum_k weights[k] * rewards[k]`` ``[B]``."""
         return sum(w * rewards[k] for k, w in self.weights.items())
+
+
+class LatentGeometryReward(GeometryReward):
+    """The rewards of the LGM's geometry of the latents (paper Sec. 3.5; no VAE decode).
+
+    Differentiable with respect to the latents (for reward guidance); under ``torch.no_grad``
+    nothing is kept for backward (for rollouts). The LGM is frozen here.
+
+    Args:
+        lgm: a :class:`~vggrpo.lgm.LatentGeometryModel` (or any module latents -> Geometry).
+        weights, topk, flow_threshold: see :class:`GeometryReward`.
+    """
+
+    def __init__(self, lgm: nn.Module, weights: Optional[Mapping[str, float]] = None, *,
+                 topk: int = 3, flow_threshold: float = 0.1) -> None:
+        super().__init__(weights, topk=topk, flow_threshold=flow_threshold)
+        self.lgm = lgm.requires_grad_(False).eval()
+
+    def geometry(self, latents: Tensor):
+        return self.lgm(latents)

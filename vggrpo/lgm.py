@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _io
+from ._nvtx import nvtx_range
 from .geometry.record import Geometry
 from .geometry.tiny import TinyVGGT, TinyVGGTConfig
 
@@ -153,7 +154,8 @@ class LatentGeometryModel(nn.Module):
         return self.connector(latents.to(dtype))
 
     def forward(self, latents: Tensor) -> Geometry:
-        return self.backbone.forward_tokens(self.tokens(latents))
+        with nvtx_range("vggrpo.lgm"):
+            return self.backbone.forward_tokens(self.tokens(latents))
 
     # -- LoRA on the remaining blocks -------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._nvtx import annotated
 from . import _ext  # noqa: F401  (loads vggrpo._C, which defines torch.ops.vggrpo)
 
 __all__ = [
@@ -101,6 +102,7 @@ def _float_arg(op: str, name: str, value) -> float:
 # ---- so3_log ---------------------------------------------------------------------------------
 
 
+@annotated("vggrpo.so3_log")
 def so3_log(R: Tensor) -> Tensor:
     """Rotation vectors of rotation matrices (the SO(3) logarithm).
 
@@ -141,6 +143,7 @@ torch.library.register_autograd(
 # ---- motion_smoothness ------------------------------------------------------------------------
 
 
+@annotated("vggrpo.motion_smoothness")
 def motion_smoothness(extrinsics: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     """Translational and rotational jerkiness of each video's camera trajectory.
 
@@ -190,6 +193,7 @@ torch.library.register_autograd(
 # ---- static_points ----------------------------------------------------------------------------
 
 
+@annotated("vggrpo.static_points")
 def static_points(
     pointmaps: Tensor, scene_flow: Optional[Tensor] = None, flow_threshold: float = 0.1
 ) -> tuple[Tensor, Tensor]:
@@ -239,6 +243,7 @@ torch.library.register_autograd(
 # ---- splat_depth ------------------------------------------------------------------------------
 
 
+@annotated("vggrpo.splat_depth")
 def splat_depth(
     points: Tensor,
     valid: Optional[Tensor],
@@ -306,6 +311,7 @@ torch.library.register_autograd("vggrpo::splat_depth", _splat_backward, setup_co
 # ---- view_depth_error ---------------------------------------------------------------------------
 
 
+@annotated("vggrpo.view_depth_error")
 def view_depth_error(
     rendered: Tensor, depths: Tensor, valid: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor]:
@@ -358,6 +364,7 @@ torch.library.register_autograd(
 # ---- worst_k_mean -------------------------------------------------------------------------------
 
 
+@annotated("vggrpo.worst_k_mean")
 def worst_k_mean(err: Tensor, count: Tensor, k: int = 3) -> Tensor:
     """Mean of the ``k`` largest per-view errors, over views that have a count.
 
@@ -404,6 +411,7 @@ torch.library.register_autograd(
 # ---- reprojection_errors (fused) --------------------------------------------------------------
 
 
+@annotated("vggrpo.reprojection_errors")
 def reprojection_errors(
     pointmaps: Tensor,
     depths: Tensor,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from ._nvtx import annotated
 
 
 class MotionTerms(NamedTuple):
@@ -34,6 +35,7 @@ class GeometryTerms(NamedTuple):
     view_counts: Tensor
 
 
+@annotated("vggrpo.camera_motion_reward")
 def camera_motion_reward(
     extrinsics: Tensor, *, eps: float = 1e-8, return_terms: bool = False
 ) -> Union[Tensor, tuple[Tensor, MotionTerms]]:
@@ -58,6 +60,7 @@ def camera_motion_reward(
     return reward
 
 
+@annotated("vggrpo.geometry_reprojection_reward")
 def geometry_reprojection_reward(
     pointmaps: Tensor,
     depths: Tensor,
