@@ -125,6 +125,7 @@ class Case:
     impl: str
     size: str
     fixture: Any
+    label: Optional[str] = None
     stats: Any = None
     memory: Optional[int] = None
     other_cpu_share: Optional[float] = None
@@ -143,6 +144,7 @@ class _SessionState:
     memory_error: Optional[str] = None
     targets: Optional[dict] = None
     results_path: Optional[Path] = None
+    chart_path: Optional[Path] = None
     summary: list = dataclasses.field(default_factory=list)
 
 
@@ -479,7 +481,13 @@ def forward_backward(fn: Callable, grad_argnums: tuple[int, ...]) -> Callable:
 
 @pytest.fixture
 def bench_case(benchmark, request):
-    """``bench_case(fn, *args, pair=..., impl="fused"|"reference", size=..., grad_argnums=None)``.
+    """``bench_case(fn, *args, pair=..., impl="fused"|"reference", size=..., grad_argnums=None,
+    shape=None, label=None)``.
+
+    ``impl`` is the role in the pair: ``"fused"`` is ours, ``"reference"`` the baseline the ratio
+    divides by it (for latent vs RGB: the latent reward and the RGB reward); ``label`` names the
+    implementation in the results (default: ``impl``); ``shape`` ``(B,T,H,W)`` describes inputs
+    that are not one of :data:`SIZES`.
 
     Times ``fn(*args)`` under ``torch.no_grad`` (``grad_argnums=None``: a rollout-style forward)
     or ``fn(*args).sum()`` plus ``torch.autograd.grad`` w.r.t. the arguments at ``grad_argnums``
@@ -491,7 +499,8 @@ def bench_case(benchmark, request):
     state: _SessionState = request.config._vggrpo_bench
 
     def run(fn: Callable, *args, pair: str, impl: str, size: str,
-            grad_argnums: Optional[tuple[int, ...]] = None):
+            grad_argnums: Optional[tuple[int, ...]] = None,
+            shape: Optional[tuple[int, int, int, int]] = None, label: Optional[str] = None):
         wrapped = no_grad(fn) if grad_argnums is None else forward_backward(fn, grad_argnums)
         nodeid = request.node.nodeid
         if state.memory_pass:
@@ -499,12 +508,12 @@ def bench_case(benchmark, request):
             state.memory[nodeid] = peak_extra_memory(wrapped, *args, repeats=_MEMORY_REPEATS)
             return result
         benchmark.group = f"{pair} [{size}]"
-        B, T, H, W = SIZES[size]
+        B, T, H, W = shape if shape is not None else SIZES[size]
         benchmark.extra_info.update(
             pair=pair, impl=impl, size=size, shape=dict(B=B, T=T, H=H, W=W),
-            backward=grad_argnums is not None,
+            backward=grad_argnums is not None, label=label or impl,
         )
-        case = Case(nodeid, pair, impl, size, benchmark)
+        case = Case(nodeid, pair, impl, size, benchmark, label=label or impl)
         state.cases.append(case)
         # No extra warm-up call: pytest-benchmark's calibration always calls the function at
         # least once, untimed, before the timed rounds (also with --benchmark-max-time=0).
@@ -911,6 +920,7 @@ def pytest_sessionfinish(session, exitstatus):
                 "group": c.fixture.group,
                 "pair": c.pair,
                 "impl": c.impl,
+                "label": c.label,
                 "size": c.size,
                 "shape": c.fixture.extra_info.get("shape"),
                 "median_s": _stat(c.stats, "median"),
@@ -935,6 +945,8 @@ def pytest_sessionfinish(session, exitstatus):
             {
                 "pair": pair,
                 "size": size,
+                "fused_label": fused["label"],
+                "reference_label": ref["label"],
                 "fused_median_s": fused["median_s"],
                 "reference_median_s": ref["median_s"],
                 "time_ratio_median": _ratio(ref["median_s"], fused["median_s"]),
@@ -985,8 +997,56 @@ def pytest_sessionfinish(session, exitstatus):
     }
     path = RESULTS_DIR / f"cpu-{machine_slug()}{'-quick' if quick else ''}.json"
     _atomic_write_json(path, _clean(payload))
+    state.chart_path = write_chart(pairs, path.with_suffix(".png"), payload["machine"])
     state.results_path = path
     state.summary = pairs
+
+
+def write_chart(pairs: list, path: Path, machine: dict) -> Optional[Path]:
+    """A PNG of every pair's time and memory ratio (baseline / ours), written atomically.
+    Returns None (and writes nothing) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return None
+    labels = [f"{p['pair']} [{p['size']}]" for p in pairs]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(pairs) + 1.6), sharey=True)
+    for ax, key, title in ((axes[0], "time_ratio_median", "time: baseline / ours (median)"),
+                           (axes[1], "memory_ratio", "peak extra memory: baseline / ours")):
+        values = [p[key] if p[key] is not None else 0.0 for p in pairs]
+        ax.barh(range(len(pairs)), values, color="#4a7ab5")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.3g}x" if v else " -", va="center", fontsize=8)
+    axes[0].set_yticks(range(len(pairs)))
+    axes[0].set_yticklabels(labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"vggrpo benchmarks, same run: {machine.get('cpu_model', '')}, "
+                 f"torch {machine.get('torch', torch.__version__)}", fontsize=10)
+    fig.tight_layout()
+
+    def save(tmp: str) -> None:
+        fig.savefig(tmp, format="png", dpi=110)
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -1001,11 +1061,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"background: other processes used {100 * state.other_cpu_share:.0f}% of "
                       "the machine's CPU time during the timings (timings are noisy above a few %)")
     if state.summary:
-        tr.write_line(f"{'pair':<24}{'size':<11}{'fused':>11}{'reference':>12}{'time x':>9}"
+        pw = max(24, 2 + max(len(p["pair"]) for p in state.summary))
+        sw = max(11, 2 + max(len(p["size"]) for p in state.summary))
+        tr.write_line(f"{'pair':<{pw}}{'size':<{sw}}{'fused':>11}{'reference':>12}{'time x':>9}"
                       f"{'(min) x':>9}{'fused mem':>12}{'ref mem':>12}{'mem x':>9}")
         for p in state.summary:
             tr.write_line(
-                f"{p['pair']:<24}{p['size']:<11}{_fmt_time(p['fused_median_s']):>11}"
+                f"{p['pair']:<{pw}}{p['size']:<{sw}}{_fmt_time(p['fused_median_s']):>11}"
                 f"{_fmt_time(p['reference_median_s']):>12}{_fmt_ratio(p['time_ratio_median']):>9}"
                 f"{_fmt_ratio(p['time_ratio_min']):>9}"
                 f"{_fmt_mem(p['fused_peak_extra_bytes']):>12}"
@@ -1025,3 +1087,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(state.targets["message"])
     if state.results_path is not None:
         tr.write_line(f"results: {state.results_path}")
+    if state.chart_path is not None:
+        tr.write_line(f"chart: {state.chart_path}")
