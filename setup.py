@@ -128,7 +128,7 @@ setup(
                       "peft>=0.14"],
     # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
     extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"],
-                    "nvtx": ["nvtx"]},
+                    "nvtx": ["nvtx"], "metrics": ["opencv-python-headless"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": _build_ext()},
     zip_safe=False,
