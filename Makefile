@@ -2,8 +2,8 @@
 #
 #   make test   create .venv, build the extension, run the C++ tests, compile the CUDA kernels
 #               (when nvcc is present), then pytest tests/ and a one-round pytest bench/
-#   make demo   the rewards quickstart on synthetic scenes (examples/quickstart.py; the full
-#               GRPO demo comes with the CLI)
+#   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
+#               with LoRA on the tiny Wan model, guided sampling, latent-vs-RGB timing
 #
 # Works on a fresh machine with Python 3.10+, a C++17 compiler, cmake and the package registry.
 
@@ -65,8 +65,11 @@ bench-check: build
 
 test: build cpp-test cuda-compile pytest bench-quick
 
+# The main job on the embedded tiny models (about a minute on 2 cores): synthetic scenes, the
+# embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided vs unguided samples, the
+# latent-vs-RGB reward timing; writes out/demo/{summary.json, reward_curve.png, lora/}.
 demo: build
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/vggrpo demo --out out/demo
 
 clean:
 	rm -rf build $(VENV) vggrpo/_C*.so *.egg-info

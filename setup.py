@@ -129,6 +129,7 @@ setup(
     # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
     extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"],
                     "nvtx": ["nvtx"], "metrics": ["opencv-python-headless"]},
+    entry_points={"console_scripts": ["vggrpo=vggrpo.cli:main"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": _build_ext()},
     zip_safe=False,

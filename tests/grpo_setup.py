@@ -2,18 +2,8 @@
 
 import torch
 
-# diffusers' own test size of the Wan transformer, with Wan2.1's 16 latent channels.
-TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                in_channels=16, out_channels=16, text_dim=16, freq_dim=256, ffn_dim=32,
-                num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                rope_max_seq_len=32)
-
-
-def tiny_transformer(seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(**TINY_WAN)
+from vggrpo.defaults import TINY_WAN_TRANSFORMER_CONFIG as TINY_WAN  # noqa: F401 (re-export)
+from vggrpo.defaults import tiny_wan_transformer as tiny_transformer
 
 
 def prompt_embeds(P: int = 2, seed: int = 0):

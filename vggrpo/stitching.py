@@ -250,13 +250,13 @@ def train_stitching(
     return history
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
     """``python -m vggrpo.stitching``: stitch a connector to a local VAE (see --help)."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m vggrpo.stitching",
+        prog=prog,
         description="Train an LGM connector by feature stitching: frozen Wan VAE + frozen tiny "
                     "backbone, videos from a folder (mp4/png frames) or synthetic scenes.")
     src = parser.add_mutually_exclusive_group(required=True)

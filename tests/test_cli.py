@@ -1,0 +1,116 @@
+"""The ``vggrpo`` command: every subcommand's help, the main jobs, and the one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vggrpo.cli import main
+from vggrpo.data import make_scene, write_video
+
+SUBCOMMANDS = ["demo", "reward", "train", "sample", "eval", "bench"]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help(sub, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([sub, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: vggrpo {sub}" in capsys.readouterr().out
+
+
+def test_console_script_and_train_lgm_help():
+    out = subprocess.run([sys.executable, "-m", "vggrpo", "train-lgm", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "feature stitching" in out.stdout
+
+
+def test_demo(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--rounds", "1"]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert len(summary["grpo"]["history"]) == 2
+    assert set(summary["latent_vs_rgb"]) >= {"a_median_s", "b_median_s", "ratio"}
+    assert (tmp_path / "demo" / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "demo" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_reward_on_latents_and_videos(tmp_path, capsys):
+    save_file({"latents": torch.randn(2, 16, 5, 12, 20)}, str(tmp_path / "z.safetensors"))
+    write_video(tmp_path / "clip", make_scene(1, 17, 96, 160, seed=2).video[0])
+    code = main(["reward", str(tmp_path / "z.safetensors"), str(tmp_path / "clip"), "--out",
+                 str(tmp_path / "scores.json")])
+    assert code == 0
+    rows = json.loads((tmp_path / "scores.json").read_text())["rows"]
+    assert [(r["input"], r["index"]) for r in rows] == [("z.safetensors", 0),
+                                                        ("z.safetensors", 1), ("clip", 0)]
+    assert all(0 < r["motion"] <= 1 and r["geo"] <= 0 for r in rows)
+
+
+def test_train_sample_eval_bench(tmp_path):
+    config = tmp_path / "grpo.toml"
+    config.write_text('model = "tiny"\nlgm = "default"\n\n[grpo]\ngroup_size = 2\n'
+                      'prompts_per_step = 2\nnum_inference_steps = 3\nsde_window = [0, 2]\n'
+                      'steps = 2\nlora_rank = 2\nlora_alpha = 2.0\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    lora = tmp_path / "run" / "pytorch_lora_weights.safetensors"
+    assert lora.is_file() and len(json.loads(
+        (tmp_path / "run" / "history.json").read_text())["history"]) == 2
+    assert main(["sample", "--lora", str(lora), "--steps", "3", "--out",
+                 str(tmp_path / "s.safetensors")]) == 0
+    assert load_file(tmp_path / "s.safetensors")["latents"].shape == (1, 16, 5, 12, 20)
+    videos = tmp_path / "videos"
+    write_video(videos / "a", make_scene(1, 9, 96, 160, static_objects=3, seed=1).video[0])
+    assert main(["eval", str(videos), "--out", str(tmp_path / "eval"), "--frames", "9"]) == 0
+    assert (tmp_path / "eval" / "metrics.csv").is_file()
+    assert main(["bench", "--rounds", "1", "--out", str(tmp_path / "bench.json")]) == 0
+    assert "latent_vs_rgb_reward_b4" in json.loads((tmp_path / "bench.json").read_text())
+
+
+def _one_line_error(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+
+
+def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(f'model = "{tmp_path / "no-such-model"}"\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o1")],
+                    "model folder not found")
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "transformer").mkdir()
+    config.write_text(f'model = "{tmp_path / "wrong"}"\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o2")],
+                    "does not have the diffusers Wan layout: missing model_index.json")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x01 this is not a video")
+    _one_line_error(capsys, ["reward", str(tmp_path / "broken.mp4")], "broken.mp4")
+    _one_line_error(capsys, ["reward", str(tmp_path / "absent.mp4")], "input not found")
+    config.write_text('model = "tiny"\nbogus = 1\n')
+    _one_line_error(capsys, ["train", "--config", str(config)], "unknown keys ['bogus']")
+    config.write_text('model = "tiny"\n[grpo]\ngroup_size = 1\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o3")],
+                    "group_size must be an int >= 2")
+    _one_line_error(capsys, ["reward", str(tmp_path / "broken.mp4"), "--lgm",
+                             str(tmp_path / "no-lgm")], "LGM folder not found")
+    assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
+
+
+def test_train_under_torchrun_with_two_gloo_processes(tmp_path):
+    config = tmp_path / "grpo.toml"
+    config.write_text('model = "tiny"\n\n[grpo]\ngroup_size = 2\nprompts_per_step = 2\n'
+                      'num_inference_steps = 3\nsde_window = [0, 2]\nsteps = 1\nlora_rank = 2\n'
+                      'lora_alpha = 2.0\n')
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         str(29700 + os.getpid() % 200), "-m", "vggrpo", "train", "--config", str(config),
+         "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["world_size"] == 2 and len(history["history"]) == 1
+    assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()

@@ -1,0 +1,527 @@
+"""The ``vggrpo`` command: ``vggrpo <subcommand> --help`` for each.
+
+Subcommands:
+
+* ``demo``: the main job on the embedded tiny models. It renders synthetic scenes and reads their
+  latents with the embedded LGM, runs a short GRPO run on the tiny Wan model with LoRA, compares
+  guided and unguided samples, and times the latent reward against the RGB reward. It writes
+  ``reward_curve.png``, ``summary.json`` and the LoRA to ``--out``.
+* ``reward``: score videos (files or frame folders) or saved latents (``.safetensors`` with a
+  ``latents`` tensor ``[B,C,T,h,w]``).
+* ``train-lgm``: stitch an LGM connector (the options of ``python -m vggrpo.stitching``).
+* ``train``: GRPO from a TOML or YAML config, with a model from a local diffusers folder.
+* ``sample``: sampling with reward guidance; writes latents, and a video with ``--decode``.
+* ``eval``: the Sampson epipolar error and the rewards of a folder of videos, as a CSV and a
+  summary.
+* ``bench``: the latent reward against the RGB reward, and the fused geometry reward against its
+  plain-PyTorch reference, timed on this machine; writes JSON.
+
+Errors (a missing folder, a wrong layout, an unreadable video, a bad config) print one line,
+``error: ...``, and exit with code 2. Every output is written atomically, so nothing is left
+half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from . import _io
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A problem with what the user gave us: reported as one line, exit code 2."""
+
+
+# -- loading what the user points at ------------------------------------------------------------
+
+def _load_lgm(spec: str):
+    from .defaults import load_default_lgm
+
+    return load_default_lgm(None if spec == "default" else spec)
+
+
+def _load_vae(spec: str):
+    from .defaults import load_tiny_wan_vae
+
+    if spec == "tiny":
+        return load_tiny_wan_vae()
+    from diffusers import AutoencoderKLWan
+
+    folder = Path(spec)
+    sub = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
+    if not (sub / "config.json").is_file():
+        raise UsageError(f"{folder} is not a diffusers VAE folder: expected config.json (or "
+                         f"vae/config.json in a pipeline folder)")
+    return AutoencoderKLWan.from_pretrained(str(sub), local_files_only=True).eval()
+
+
+def _check_pipeline_layout(folder: Path) -> None:
+    """A local diffusers Wan folder (Wan2.1 T2V-1.3B or Wan2.2 TI2V-5B layout)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    need = ["model_index.json", "transformer/config.json", "vae/config.json"]
+    missing = [n for n in need if not (folder / n).is_file()]
+    if missing:
+        raise UsageError(f"{folder} does not have the diffusers Wan layout: missing "
+                         f"{', '.join(missing)} (expected e.g. Wan2.1-T2V-1.3B-Diffusers or "
+                         f"Wan2.2-TI2V-5B-Diffusers)")
+
+
+def _load_transformer(spec: str, dtype: torch.dtype):
+    from diffusers import WanTransformer3DModel
+
+    from .defaults import tiny_wan_transformer
+
+    if spec == "tiny":
+        model = tiny_wan_transformer(0)
+        return model if dtype == torch.float32 else model.to(dtype)
+    folder = Path(spec)
+    _check_pipeline_layout(folder)
+    return WanTransformer3DModel.from_pretrained(str(folder / "transformer"), torch_dtype=dtype,
+                                                 local_files_only=True)
+
+
+def _load_embeds(path: Optional[str], transformer, count: int = 2):
+    """``(prompt_embeds [P,L,D], negative or None)`` from a safetensors file, or seeded random
+    embeddings for the tiny model."""
+    if path is None:
+        dim = int(transformer.config.text_dim)
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(count, 8, dim, generator=gen), None
+    tensors = _io.load_tensors(path, "prompt embeddings")
+    if "prompt_embeds" not in tensors:
+        raise UsageError(f"{path} must hold a 'prompt_embeds' tensor [P,L,D] (and optionally "
+                         f"'negative_prompt_embeds'); it has {sorted(tensors)}")
+    return tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
+
+
+def _read_config(path: str) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise UsageError("YAML configs need PyYAML (pip install pyyaml); or use TOML") \
+                    from None
+            data = yaml.safe_load(text)  # data only: never executes anything
+        else:
+            raise UsageError(f"config {p} must be .toml, .yaml or .yml")
+    except UsageError:
+        raise
+    except Exception as err:  # parser errors of either format
+        raise UsageError(f"config {p} could not be parsed: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config {p} must hold a table/mapping at the top level")
+    return data
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    return out
+
+
+# -- subcommands ------------------------------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    """The main job on the embedded tiny models: synthetic scenes read by the LGM, a short GRPO
+    run on the tiny Wan model with LoRA, guided vs unguided samples, latent vs RGB reward
+    timing. Writes reward_curve.png, summary.json and the LoRA to --out."""
+    from .baseline import RGBGeometryReward
+    from .data.synthetic import make_scene
+    from .defaults import load_default_lgm, load_tiny_wan_vae, tiny_wan_transformer
+    from .grpo import GRPOConfig, GRPOTrainer
+    from .latent_reward import LatentGeometryReward
+    from .rewards import camera_motion_reward, geometry_reprojection_reward
+    from .sampling import RewardGuidance, sample, wan_velocity
+    from .vae import encode_video
+
+    out = _out_dir(args.out)
+    summary: Dict[str, Any] = {"steps": args.steps}
+    t_start = time.perf_counter()
+
+    # 1. Synthetic scenes: exact geometry scores, and the LGM reading their latents.
+    print("[1/5] synthetic scenes and the embedded LGM")
+    scene = make_scene(2, 17, 96, 160, trajectory="orbit", moving_objects=1, seed=args.seed)
+    shaky = make_scene(2, 17, 96, 160, trajectory="orbit", moving_objects=1, seed=args.seed,
+                       jitter=2.0)
+    lgm, vae = load_default_lgm(), load_tiny_wan_vae()
+    latent_reward = LatentGeometryReward(lgm)
+    with torch.no_grad():
+        lgm_scores = latent_reward(encode_video(vae, scene.video))
+    summary["synthetic"] = {
+        "true_motion_smooth": camera_motion_reward(scene.extrinsics).tolist(),
+        "true_motion_shaky": camera_motion_reward(shaky.extrinsics).tolist(),
+        "true_geo": geometry_reprojection_reward(scene.pointmaps, scene.depths, scene.extrinsics,
+                                                 scene.intrinsics, scene.scene_flow).tolist(),
+        "lgm_motion": lgm_scores["motion"].tolist(), "lgm_geo": lgm_scores["geo"].tolist(),
+    }
+
+    # 2. GRPO on the tiny Wan transformer with LoRA, scored on latents.
+    print(f"[2/5] GRPO: {args.steps} steps on the tiny Wan model with LoRA")
+    transformer = tiny_wan_transformer(0)
+    gen = torch.Generator().manual_seed(0)
+    embeds = torch.randn(2, 8, 16, generator=gen)
+    torch.manual_seed(1)
+    trainer = GRPOTrainer(transformer, latent_reward, embeds, GRPOConfig(
+        group_size=8, prompts_per_step=2, num_inference_steps=6, sde_window=(0, 3),
+        steps=args.steps, lr=2e-2, lora_rank=4, lora_alpha=4.0, seed=1))
+    before = trainer.evaluate()
+    history = trainer.train(progress=True)
+    after = trainer.evaluate()
+    summary["grpo"] = {"eval_before": before, "eval_after": after,
+                       "history": [{k: h[k] for k in ("step", "reward_motion", "reward_geo",
+                                                      "kl", "time_rollout_s", "time_reward_s",
+                                                      "time_update_s")} for h in history]}
+
+    # 3. Guided vs unguided from the same noise.
+    print("[3/5] reward guidance vs none, same noise")
+    noise = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(7))
+    vel = wan_velocity(transformer, embeds[[0, 0, 1, 1]])
+    plain = sample(vel, noise, trainer.sigmas).final
+    guided = sample(vel, noise, trainer.sigmas, guidance=RewardGuidance(
+        latent_reward, scale=2.0, steps=(1, 5), weights={"geo": 1.0})).final
+    with torch.no_grad():
+        summary["guidance"] = {"unguided_geo": latent_reward(plain)["geo"].tolist(),
+                               "guided_geo": latent_reward(guided)["geo"].tolist()}
+
+    # 4. Latent reward vs the RGB reward on the same latents (batch 4).
+    print("[4/5] latent reward vs RGB reward timing (batch 4)")
+    rgb_reward = RGBGeometryReward(vae, lgm.backbone)
+    z = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(3))
+    summary["latent_vs_rgb"] = _time_pair(lambda: latent_reward(z), lambda: rgb_reward(z),
+                                          rounds=args.rounds)
+
+    # 5. Files.
+    print("[5/5] writing outputs")
+    trainer.save_checkpoint(out / "lora")
+    _reward_curve(history, before, after, out / "reward_curve.png")
+    summary["wall_s"] = round(time.perf_counter() - t_start, 1)
+    _io.save_json(out / "summary.json", summary)
+    g = summary["guidance"]
+    lv = summary["latent_vs_rgb"]
+    print(f"GRPO eval reward: motion {before['motion']:.4f} -> {after['motion']:.4f}, "
+          f"geo {before['geo']:.4f} -> {after['geo']:.4f}")
+    print(f"guidance: geo {sum(g['unguided_geo']) / 4:.4f} -> {sum(g['guided_geo']) / 4:.4f}")
+    print(f"latent reward {lv['a_median_s'] * 1e3:.1f} ms vs RGB {lv['b_median_s'] * 1e3:.1f} ms"
+          f" (latent / RGB = {lv['ratio']:.3f})")
+    print(f"wrote {out / 'summary.json'}, {out / 'reward_curve.png'}, {out / 'lora'} "
+          f"({summary['wall_s']} s)")
+    return 0
+
+
+def _time_pair(a, b, rounds: int) -> Dict[str, float]:
+    """Median wall time of ``a()`` and ``b()`` called alternately under no_grad."""
+    ta, tb = [], []
+    with torch.no_grad():
+        a(), b()  # warm-up
+        for _ in range(rounds):
+            for fn, acc in ((a, ta), (b, tb)):
+                t0 = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t0)
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    return {"a_median_s": ma, "b_median_s": mb, "ratio": ma / mb, "rounds": rounds}
+
+
+def _reward_curve(history, before, after, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, name in ((axes[0], "reward_motion", "motion"), (axes[1], "reward_geo", "geo")):
+        ax.plot(steps, [h[key] for h in history], marker="o", ms=3, label="rollout mean")
+        ax.axhline(before[name], color="grey", ls="--", lw=1, label="eval before")
+        ax.axhline(after[name], color="tab:green", ls="--", lw=1, label="eval after")
+        ax.set_xlabel("GRPO step")
+        ax.set_title(f"{name} reward (LGM, latents)")
+        ax.legend(fontsize=8)
+    fig.suptitle("vggrpo demo: GRPO on the tiny Wan model, rewards from the embedded LGM")
+    fig.tight_layout()
+    _io.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def cmd_reward(args) -> int:
+    from .data.video import read_video
+    from .latent_reward import LatentGeometryReward
+    from .vae import encode_video
+
+    lgm = _load_lgm(args.lgm)
+    reward = LatentGeometryReward(lgm, topk=args.topk, flow_threshold=args.flow_threshold)
+    vae = None
+    rows: List[Dict[str, Any]] = []
+    for item in args.inputs:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}")
+        if path.suffix == ".safetensors":
+            tensors = _io.load_tensors(path, "latents")
+            if "latents" not in tensors:
+                raise UsageError(f"{path} must hold a 'latents' tensor [B,C,T,h,w]; it has "
+                                 f"{sorted(tensors)}")
+            latents = tensors["latents"].float()
+        else:
+            vae = vae if vae is not None else _load_vae(args.vae)
+            video = read_video(path, frames=args.frames, height=args.height, width=args.width)
+            latents = encode_video(vae, video[None])
+        with torch.no_grad():
+            r = reward(latents)
+        for b in range(latents.shape[0]):
+            rows.append({"input": path.name, "index": b, "motion": float(r["motion"][b]),
+                         "geo": float(r["geo"][b])})
+    for row in rows:
+        print(f"{row['input']}[{row['index']}]  motion {row['motion']:.4f}  geo {row['geo']:.4f}")
+    if args.out:
+        _io.save_json(args.out, {"rows": rows})
+    return 0
+
+
+def _init_distributed() -> torch.device:
+    """Under torchrun (RANK/WORLD_SIZE set): join the process group (NCCL on GPUs, gloo on CPUs)
+    and pick this rank's GPU. Returns the device to train on."""
+    import os
+
+    cuda = torch.cuda.is_available()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def cmd_train(args) -> int:
+    from .grpo import GRPOConfig, GRPOTrainer
+    from .latent_reward import LatentGeometryReward
+
+    cfg = _read_config(args.config)
+    known = {"model", "lgm", "prompt_embeds", "out", "dtype", "checkpoint_every", "grpo",
+             "reward"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise UsageError(f"config {args.config}: unknown keys {unknown}; expected {sorted(known)}")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16}.get(cfg.get("dtype", "float32"))
+    if dtype is None:
+        raise UsageError(f"config dtype must be float32, bfloat16 or float16, got "
+                         f"{cfg.get('dtype')!r}")
+    out = _out_dir(args.out or cfg.get("out", "runs/grpo"))
+    device = _init_distributed()
+    transformer = _load_transformer(cfg.get("model", "tiny"), dtype).to(device)
+    embeds, negative = _load_embeds(cfg.get("prompt_embeds"), transformer)
+    grpo = dict(cfg.get("grpo", {}))
+    try:
+        config = GRPOConfig(**grpo)
+    except TypeError as err:
+        raise UsageError(f"config [grpo]: {err}") from None
+    rcfg = dict(cfg.get("reward", {}))
+    lgm = _load_lgm(cfg.get("lgm", "default"))
+    if lgm.config.latent_channels != int(transformer.config.in_channels):
+        raise UsageError(f"the LGM reads {lgm.config.latent_channels}-channel latents but the "
+                         f"model makes {transformer.config.in_channels}-channel ones: stitch an "
+                         f"LGM to this model's VAE (vggrpo train-lgm)")
+    reward = LatentGeometryReward(lgm.to(device), rcfg.get("weights"), topk=rcfg.get("topk", 3),
+                                  flow_threshold=rcfg.get("flow_threshold", 0.1))
+    trainer = GRPOTrainer(transformer, reward, embeds, config, negative_prompt_embeds=negative)
+    if args.resume and (out / "trainer_state.pt").is_file():
+        trainer.load_checkpoint(out)
+    history = trainer.train(out_dir=out, checkpoint_every=int(cfg.get("checkpoint_every", 50)))
+    if trainer.rank == 0:
+        _io.save_json(out / "history.json", {"history": history, "world_size": trainer.world})
+        print(f"trained {len(history)} steps; LoRA in {out}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .data.video import write_video
+    from .latent_reward import LatentGeometryReward
+    from .sampling import RewardGuidance, sample, scheduler_sigmas, wan_velocity
+    from .vae import decode_latents
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    transformer = _load_transformer(args.model, torch.float32)
+    if args.lora:
+        transformer.load_lora_adapter(args.lora, prefix="transformer")
+    embeds, negative = _load_embeds(args.prompt_embeds, transformer, count=1)
+    reward = LatentGeometryReward(_load_lgm(args.lgm), {"motion": args.w_motion,
+                                                        "geo": args.w_geo})
+    C = int(transformer.config.in_channels)
+    shape = (embeds.shape[0], C, args.latent_frames, args.latent_height, args.latent_width)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    sigmas = scheduler_sigmas(FlowMatchEulerDiscreteScheduler(shift=args.shift), args.steps)
+    vel = wan_velocity(transformer, embeds, negative_prompt_embeds=negative,
+                       guidance_scale=args.cfg)
+    guidance = None
+    if args.guidance_scale > 0:
+        end = args.guidance_end if args.guidance_end is not None else args.steps
+        guidance = RewardGuidance(reward, args.guidance_scale, (args.guidance_start, end),
+                                  reward.weights)
+    final = sample(vel, noise, sigmas, guidance=guidance).final
+    with torch.no_grad():
+        r = reward(final)
+    out = Path(args.out)
+    _io.save_tensors(out, {"latents": final},
+                     metadata={"rewards": json.dumps({k: v.tolist() for k, v in r.items()})})
+    print(f"wrote {out}: motion {r['motion'].tolist()}, geo {r['geo'].tolist()}")
+    if args.decode:
+        vae = _load_vae(args.vae)
+        with torch.no_grad():
+            video = decode_latents(vae, final)
+        for b in range(video.shape[0]):
+            write_video(out.with_name(f"{out.stem}-{b}.mp4"), video[b])
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .metrics import evaluate_folder
+
+    summary = evaluate_folder(args.folder, _out_dir(args.out), frames=args.frames,
+                              height=args.height, width=args.width)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .baseline import RGBGeometryReward
+    from .data.synthetic import make_scene
+    from .defaults import load_default_lgm, load_tiny_wan_vae
+    from .latent_reward import LatentGeometryReward
+    from . import reference
+    from .rewards import geometry_reprojection_reward
+
+    lgm, vae = load_default_lgm(), load_tiny_wan_vae()
+    z = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(0))
+    lat, rgb = LatentGeometryReward(lgm), RGBGeometryReward(vae, lgm.backbone)
+    s = make_scene(2, 8, 60, 104, moving_objects=2, seed=0)
+    geo_args = (s.pointmaps, s.depths * 1.02, s.extrinsics, s.intrinsics, s.scene_flow)
+    result = {
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "latent_vs_rgb_reward_b4": _time_pair(lambda: lat(z), lambda: rgb(z), args.rounds),
+        "fused_vs_reference_geometry_b2_t8_60x104": _time_pair(
+            lambda: geometry_reprojection_reward(*geo_args),
+            lambda: reference.geometry_reprojection_reward(*geo_args), args.rounds),
+        "notes": "a = ours (latent reward / fused op), b = baseline; ratio = a / b of medians. "
+                 "The full suite with memory: pytest bench/ in the repository.",
+    }
+    _io.save_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# -- the parser -------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vggrpo", description="World-consistent video generation "
+                                "with latent geometry rewards (VGGRPO).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    d = sub.add_parser("demo", help="the main job on the embedded tiny models",
+                       description=cmd_demo.__doc__)
+    d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    d.add_argument("--steps", type=int, default=30, help="GRPO steps (default 30)")
+    d.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("reward", help="score videos or saved latents with the LGM rewards")
+    r.add_argument("inputs", nargs="+", help="video files, frame folders, or .safetensors latents")
+    r.add_argument("--lgm", default="default", help="LGM folder or 'default' (embedded)")
+    r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) or 'tiny'")
+    r.add_argument("--frames", type=int, default=17, help="frames read per video (1 + 4k)")
+    r.add_argument("--height", type=int, default=96)
+    r.add_argument("--width", type=int, default=160)
+    r.add_argument("--topk", type=int, default=3)
+    r.add_argument("--flow-threshold", type=float, default=0.1)
+    r.add_argument("--out", help="write the scores to this JSON file")
+    r.set_defaults(fn=cmd_reward)
+
+    # Listed for --help; main() hands "train-lgm ..." to vggrpo.stitching's own parser.
+    sub.add_parser("train-lgm", help="stitch an LGM connector to a VAE (vggrpo train-lgm --help)")
+
+    g = sub.add_parser("train", help="GRPO from a TOML/YAML config")
+    g.add_argument("--config", required=True, help="TOML or YAML: model, lgm, prompt_embeds, out, "
+                   "dtype, checkpoint_every, [grpo] (GRPOConfig fields), [reward]")
+    g.add_argument("--out", help="output folder (overrides the config's)")
+    g.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    g.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="sampling with latent reward guidance")
+    s.add_argument("--model", default="tiny", help="diffusers Wan folder or 'tiny'")
+    s.add_argument("--lora", help="a pytorch_lora_weights.safetensors to load")
+    s.add_argument("--prompt-embeds", help="safetensors with prompt_embeds [P,L,D]")
+    s.add_argument("--lgm", default="default")
+    s.add_argument("--vae", default="tiny")
+    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--shift", type=float, default=3.0)
+    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--guidance-scale", type=float, default=2.0, help="reward guidance (0: off)")
+    s.add_argument("--guidance-start", type=int, default=1)
+    s.add_argument("--guidance-end", type=int)
+    s.add_argument("--w-motion", type=float, default=1.0)
+    s.add_argument("--w-geo", type=float, default=1.0)
+    s.add_argument("--latent-frames", type=int, default=5)
+    s.add_argument("--latent-height", type=int, default=12)
+    s.add_argument("--latent-width", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--decode", action="store_true", help="also write decoded mp4s")
+    s.add_argument("--out", required=True, help="latents .safetensors to write")
+    s.set_defaults(fn=cmd_sample)
+
+    e = sub.add_parser("eval", help="Sampson epipolar error and rewards of a folder of videos")
+    e.add_argument("folder")
+    e.add_argument("--out", required=True, help="folder for metrics.csv and summary.json")
+    e.add_argument("--frames", type=int, default=17)
+    e.add_argument("--height", type=int, default=96)
+    e.add_argument("--width", type=int, default=160)
+    e.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("bench", help="time the latent vs RGB reward and fused vs reference")
+    b.add_argument("--rounds", type=int, default=5)
+    b.add_argument("--out", default="out/bench.json")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-lgm"]:  # its own parser, so its --help is the full one
+        from .stitching import main as stitching_main
+
+        return stitching_main(argv[1:], prog="vggrpo train-lgm")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (UsageError, FileNotFoundError, NotADirectoryError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
