@@ -6,13 +6,23 @@
 #
 #   OUT=/some/dir scripts/gpu_check.sh            # PYTHON=python3, MAX_JOBS=16 by default
 #
-# Needs torch (CUDA build), nvcc, ninja, numpy, pytest, pytest-benchmark; fetches nothing.
+# Needs torch (CUDA build), nvcc, ninja, numpy, pytest, pytest-benchmark; fetches nothing. The
+# models side (LGM, sampler, GRPO, rewards bench, full test suite) also needs diffusers, peft,
+# transformers, accelerate, huggingface_hub, safetensors, tqdm, pyyaml, av,
+# opencv-python-headless, matplotlib, nvtx: on a machine without a registry, carry them as
+# wheels in .whl/ (see the device tool's README); they are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/vggrpo-gpu-check}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 status=0
+
+if ls .whl/*.whl > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl > "$OUT/wheels.log" 2>&1 || { tail -20 "$OUT/wheels.log"; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -41,6 +51,11 @@ echo "== full test suite on this machine"
 
 echo "== GPU benchmarks"
 "$PY" -m pytest bench/test_bench_cuda.py -q -s -p no:cacheprovider 2>&1 | tee "$OUT/bench_cuda.log" | tail -30
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== latent vs RGB reward on CUDA (batch 4, embedded tiny models)"
+"$PY" -m pytest bench/test_bench_rewards.py -q -k cuda --benchmark-min-rounds=10 \
+  -p no:cacheprovider 2>&1 | tee "$OUT/bench_rewards.log" | tail -20
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 cp bench/results/gpu-*.json "$OUT/" 2>/dev/null || true
 exit $status

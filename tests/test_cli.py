@@ -114,3 +114,12 @@ def test_train_under_torchrun_with_two_gloo_processes(tmp_path):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["world_size"] == 2 and len(history["history"]) == 1
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_train_from_yaml(tmp_path):
+    config = tmp_path / "grpo.yaml"
+    config.write_text("model: tiny\ngrpo:\n  group_size: 2\n  prompts_per_step: 1\n"
+                      "  num_inference_steps: 3\n  sde_window: [0, 1]\n  steps: 1\n"
+                      "  lora_rank: 2\n  lora_alpha: 2.0\nreward:\n  weights: {geo: 1.0}\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())["history"]) == 1
