@@ -160,3 +160,22 @@ def test_bfloat16_model_keeps_the_ratio_exactly_one():
     log = trainer.train_step()
     assert log["ratio_min"] == log["ratio_max"] == 1.0 and log["kl"] == 0.0
     assert log["grad_norm"] > 0
+
+
+def test_several_updates_per_rollout_are_clipped():
+    """The second update on the same rollout is off-policy: its ratios leave 1 and, with a small
+    clip range, some are clipped (the clip zeroes their gradient)."""
+    trainer = make_trainer(updates_per_rollout=1, lr=5e-2, clip_eps=1e-4)
+    ro = trainer.rollout(0)
+    with torch.no_grad():
+        rewards = trainer.reward(ro["latents"][-1])
+    adv, _ = trainer.advantages(rewards)
+    first = trainer.update(ro, adv)
+    second = trainer.update(ro, adv)
+    assert first["ratio_min"] == first["ratio_max"] == 1.0 and first["clip_fraction"] == 0.0
+    assert second["ratio_max"] > 1.0 or second["ratio_min"] < 1.0
+    assert second["clip_fraction"] > 0.0
+    log = make_trainer(updates_per_rollout=2).train_step()
+    assert log["ratio_max"] != 1.0 or log["ratio_min"] != 1.0
+    with pytest.raises(ValueError, match="updates_per_rollout must be a positive int"):
+        GRPOConfig(updates_per_rollout=0)

@@ -60,6 +60,8 @@ class GRPOConfig:
     ``prompts_per_step`` prompt groups of ``group_size`` videos per optimisation step (across all
     ranks); ``num_inference_steps`` sampling steps with a flow-matching schedule of ``shift``;
     ``sde_window`` = ``(start, end)`` step indices trained (SDE there, ODE elsewhere).
+    ``updates_per_rollout`` optimiser steps reuse each rollout (1: fully on-policy, the ratio is
+    exactly 1 at the update; more: the clipped ratio limits how far the policy moves).
     """
 
     group_size: int = 4
@@ -79,6 +81,7 @@ class GRPOConfig:
     steps: int = 100
     seed: int = 0
     same_noise_per_group: bool = True
+    updates_per_rollout: int = 1
     guidance_scale: float = 1.0
     latent_shape: Tuple[int, int, int, int] = (16, 5, 12, 20)
 
@@ -89,7 +92,8 @@ class GRPOConfig:
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (a group of one has no relative "
                              f"advantage), got {self.group_size!r}")
-        for name in ("prompts_per_step", "num_inference_steps", "lora_rank", "steps"):
+        for name in ("prompts_per_step", "num_inference_steps", "lora_rank", "steps",
+                     "updates_per_rollout"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GRPOConfig.{name} must be a positive int, got {value!r}")
@@ -290,7 +294,10 @@ class GRPOTrainer:
             adv, gathered = self.advantages(rewards)
         t2 = time.perf_counter()
         with nvtx_range("vggrpo.update"):
-            log = self.update(ro, adv)
+            # Further updates on the same rollout are off-policy: there the ratio moves away
+            # from 1 and the clip does its work. The log reports the last update's statistics.
+            for _ in range(self.config.updates_per_rollout):
+                log = self.update(ro, adv)
         t3 = time.perf_counter()
         log.update({
             "step": self.step_index,
