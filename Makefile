@@ -65,9 +65,10 @@ bench-check: build
 
 test: build cpp-test cuda-compile pytest bench-quick
 
-# The main job on the embedded tiny models (about a minute on 2 cores): synthetic scenes, the
-# embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided vs unguided samples, the
-# latent-vs-RGB reward timing; writes out/demo/{summary.json, reward_curve.png, lora/}.
+# The main job on the embedded tiny models (measured: 32-34 s on 2 cores, once built):
+# synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided
+# vs unguided samples, the latent-vs-RGB reward timing; writes out/demo/{summary.json,
+# reward_curve.png, lora/}.
 demo: build
 	$(VENV)/bin/vggrpo demo --out out/demo
 

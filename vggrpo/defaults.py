@@ -10,7 +10,7 @@ Shipped inside the package (``vggrpo/weights``), loaded without any network:
   box-room scenes, and the LGM connector stitched to the tiny VAE (:mod:`vggrpo.stitching`).
 * ``quality.json`` — the held-out evaluation written by the build (README "LGM quality").
 
-Reproduce (about 15 minutes on 2 CPU cores)::
+Reproduce (measured: 11.6 minutes on the 2-core dev VM, which other jobs shared)::
 
     python -m vggrpo.defaults --out vggrpo/weights
 

@@ -8,8 +8,8 @@ frames (latent frame k <-> RGB frame 4k)::
 
 Optimiser and schedule (paper): AdamW without weight decay, linear warm-up over the first 100
 optimisation steps then cosine decay to 0, gradient-norm clip 1.0, 20 epochs by default. The
-learning rate is not in our paper notes; we default to 5e-4 (the connector is a single linear
-layer, which tolerates it; measured on the synthetic scenes).
+learning rate is not in our paper notes; 5e-4 is our untuned choice (with it, the embedded
+default's build took the loss from 31.7 to 22.2 over its 20 epochs; no other value was compared).
 
 If the LGM has LoRA adapters (:meth:`~vggrpo.lgm.LatentGeometryModel.add_lora`), the feature loss
 cannot reach them (they sit after the stitch point), so a second term distils the backbone's
