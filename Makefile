@@ -1,7 +1,8 @@
 # The README's two commands, and what they stand on.
 #
-#   make test   create .venv, build the extension, run the C++ tests, compile the CUDA kernels
-#               (when nvcc is present), then pytest tests/ and a one-round pytest bench/
+#   make test   create .venv, build the extension, run the C++ tests (the CUDA kernels too, under
+#               a CPU emulation), compile the CUDA kernels (when nvcc is present), then pytest
+#               tests/ and a one-round pytest bench/
 #   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
 #               with LoRA on the tiny Wan model, guided sampling, latent-vs-RGB timing
 #

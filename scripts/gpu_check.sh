@@ -9,8 +9,13 @@
 # Needs torch (CUDA build), nvcc, ninja, numpy, pytest, pytest-benchmark; fetches nothing. The
 # models side (LGM, sampler, GRPO, rewards bench, full test suite) also needs diffusers, peft,
 # transformers, accelerate, huggingface_hub, safetensors, tqdm, pyyaml, av,
-# opencv-python-headless, matplotlib, nvtx: on a machine without a registry, carry them as
-# wheels in .whl/ (see the device tool's README); they are installed into /tmp/site first.
+# opencv-python-headless, matplotlib, nvtx. The lent H100/H200 image has all but diffusers (and
+# its importlib_metadata), nvtx and av: on a machine without a registry, carry those as wheels in
+# .whl/ (Python 3.12, manylinux x86_64; see the device tool's README), e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     diffusers==0.42.1 importlib_metadata nvtx==0.2.17 av==18.1.0
+# They are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/vggrpo-gpu-check}

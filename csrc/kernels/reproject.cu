@@ -98,8 +98,10 @@ __global__ void scatter_points_kernel(const T* grad_pixel, T sign, const int64_t
     const T g = sign * grad_pixel[i];
     if (w < 0 || w >= N || g == T(0)) continue;
     const int64_t bv = i / P;
+    T d[3] = {T(0), T(0), T(0)};  // 0 + g * E[8 + c]: exactly camera_z_vjp's product
+    camera_z_vjp(E + 12 * bv, static_cast<const T*>(nullptr), g, d, static_cast<T*>(nullptr));
     T* gp = grad_points + 3 * (N * (bv / V) + w);
-    for (int c = 0; c < 3; ++c) atomicAdd(gp + c, g * E[12 * bv + 8 + c]);
+    for (int c = 0; c < 3; ++c) atomicAdd(gp + c, d[c]);
   }
 }
 
@@ -214,7 +216,7 @@ __global__ void view_error_backward_kernel(const T* grad_err, const T* rendered,
     const T scale = count[bv] > 0 ? grad_err[bv] / static_cast<T>(count[bv]) : T(0);
     const T g = counts ? scale * pixel_error_grad(r, depths[j]) : T(0);
     if (grad_rendered != nullptr) grad_rendered[j] = g;
-    grad_depths[j] = -g;
+    grad_depths[j] = T(0) - g;  // +0 where nothing counts, as on the CPU
   }
 }
 

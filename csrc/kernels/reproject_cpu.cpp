@@ -123,7 +123,7 @@ void view_depth_error_backward_cpu(const T* grad_err, const T* rendered, const T
       const bool counts = pixel_counts(r[i], d[i], keep == nullptr || keep[i]);
       const T gi = counts ? scale * pixel_error_grad(r[i], d[i]) : T(0);
       gr[i] = gi;
-      gd[i] = -gi;
+      gd[i] = T(0) - gi;  // +0, not -0, where nothing counts: the same bits on every path
     }
   });
 }
@@ -227,7 +227,7 @@ void reprojection_errors_backward_cpu(const T* grad_err, const int64_t* count,
         const T z = camera_z(Ev, p);
         if (!pixel_counts(z, d[i], own[i])) continue;
         const T gi = scale * pixel_error_grad(z, d[i]);
-        gd[i] = -gi;
+        gd[i] = T(0) - gi;
         camera_z_vjp(Ev, p, gi, gp + 3 * win[i], gE);
       }
     }
