@@ -11,10 +11,20 @@ namespace vggrpo {
 namespace kernels {
 namespace cuda {
 
+// Grid-stride loops cover any size with at most this many blocks per launch dimension. The
+// macros exist only so that the emulated tests (csrc/tests/cuda_emu) can shrink the grids and make
+// every grid-stride and block-stride loop take several turns on small inputs.
+#ifndef VGGRPO_CUDA_MAX_BLOCKS
+#define VGGRPO_CUDA_MAX_BLOCKS (int64_t(1) << 20)
+#endif
+#ifndef VGGRPO_CUDA_MAX_GRID_Y
+#define VGGRPO_CUDA_MAX_GRID_Y 65535  // the hardware limit of gridDim.y
+#endif
+
 constexpr int kThreads = 256;  // a power of two: block_sum's tree assumes it
-// Grid-stride loops cover any size with at most this many blocks per launch dimension.
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kMaxBlocks = VGGRPO_CUDA_MAX_BLOCKS;
+constexpr int64_t kMaxGridY = VGGRPO_CUDA_MAX_GRID_Y;
+static_assert(kMaxBlocks >= 1 && kMaxGridY >= 1 && kMaxGridY <= 65535, "launch grid caps");
 
 inline cudaStream_t stream_of(CudaExec ex) { return static_cast<cudaStream_t>(ex.stream); }
 

@@ -11,6 +11,9 @@
 // Every CUDA result is also checked to be the same under shuffled block and thread schedules.
 //
 // This checks the kernels' logic, not the GPU: see cuda_runtime.h for what is not emulated.
+// CMake builds it twice: test_cuda_emulated with the real grid caps, and
+// test_cuda_emulated_asan with ASan/UBSan and grids capped at 2 blocks (3 along y), so that every
+// grid-stride and block-stride loop runs several turns.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -176,6 +179,16 @@ TEST(emulator_rejects_what_the_hardware_rejects) {
   };
   CHECK_EQ(static_cast<int>(cudaGetLastError()), static_cast<int>(cudaErrorLaunchFailure));
   CHECK_EQ(static_cast<int>(cudaGetLastError()), 0);  // read once, then cleared
+}
+
+TEST(grid_caps_of_this_build) {
+  // The sizes below need several blocks per launch; with the test caps each block loops.
+  CHECK(kn::cuda::kMaxBlocks == VGGRPO_CUDA_MAX_BLOCKS);
+  CHECK(kn::cuda::blocks_for(3000) == (kn::cuda::kMaxBlocks < 12 ? kn::cuda::kMaxBlocks : 12));
+  CHECK(kn::cuda::grid_y_for(70000) == kn::cuda::kMaxGridY);
+  std::printf("grid caps: %lld blocks, %lld along y\n",
+              static_cast<long long>(kn::cuda::kMaxBlocks),
+              static_cast<long long>(kn::cuda::kMaxGridY));
 }
 
 // ---- so3_log, motion_smoothness --------------------------------------------------------------
