@@ -2,7 +2,8 @@
 #
 #   make test   create .venv, build the extension, run the C++ tests (the CUDA kernels too, under
 #               a CPU emulation), compile the CUDA kernels (when nvcc is present), then pytest
-#               tests/ and a one-round pytest bench/
+#               tests/, the op tests again through the glue's CUDA branch on the emulated
+#               kernels, and a one-round pytest bench/
 #   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
 #               with LoRA on the tiny Wan model, guided sampling, latent-vs-RGB timing
 #
@@ -21,7 +22,7 @@ CSRC := $(shell find csrc -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu
 ENV_STAMP := $(VENV)/.vggrpo-env
 EXT_STAMP := build/.vggrpo-ext
 
-.PHONY: env build cpp-test cuda-compile pytest bench-quick bench bench-check test demo clean
+.PHONY: env build cpp-test cuda-compile cuda-emulated pytest bench-quick bench bench-check test demo clean
 
 env: $(ENV_STAMP)
 $(ENV_STAMP): requirements-dev.txt
@@ -52,6 +53,11 @@ cuda-compile:
 pytest: build
 	$(PY) -m pytest tests -q
 
+# The op tests again on a test-only build whose every call takes the glue's CUDA branch, with the
+# CUDA kernels compiled against the CPU emulation of the CUDA runtime (docs/ops.md).
+cuda-emulated: build
+	MAX_JOBS=$(JOBS) $(PY) csrc/tests/cuda_emu/run_torch_tests.py
+
 # One round per benchmark: checks the suite runs and reports the targets; `make bench` measures.
 bench-quick: build
 	$(PY) -m pytest bench -q --benchmark-min-rounds=1 --benchmark-max-time=0
@@ -64,7 +70,7 @@ bench: build
 bench-check: build
 	$(PY) -m pytest bench -q --benchmark-min-rounds=10 --vggrpo-check-targets
 
-test: build cpp-test cuda-compile pytest bench-quick
+test: build cpp-test cuda-compile pytest cuda-emulated bench-quick
 
 # The main job on the embedded tiny models (measured: 32-34 s on 2 cores, once built):
 # synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided

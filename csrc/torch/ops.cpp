@@ -16,11 +16,20 @@ namespace glue {
 
 namespace {
 
+#if defined(VGGRPO_EMULATED_CUDA)
+// Test builds only (csrc/tests/cuda_emu/run_torch_tests.py): every call takes the CUDA branch,
+// whose kernels are the CUDA sources compiled against the CPU emulation of the CUDA runtime, on
+// host memory. Never defined by setup.py.
+constexpr bool kEmulatedCuda = true;
+#else
+constexpr bool kEmulatedCuda = false;
+#endif
+
 // Where and how a kernel runs: the caller's device (guarded for the call), its current CUDA
 // stream, or torch's CPU thread count (so torch.set_num_threads governs our OpenMP loops too).
 struct Exec {
-  explicit Exec(const Tensor& t) : guard(t.device()), cuda(t.is_cuda()) {
-    if (cuda) {
+  explicit Exec(const Tensor& t) : guard(t.device()), cuda(t.is_cuda() || kEmulatedCuda) {
+    if (t.is_cuda()) {
       stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(t.device())
                    .native_handle();
     }
@@ -484,13 +493,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
   Tensor winner = need_winner
                       ? at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong))
                       : at::empty({0}, pointmaps.options().dtype(at::kLong));
+  Exec ex(pointmaps);
   // On CUDA the z-buffer is device memory the kernel cannot allocate: a scratch buffer stands in
   // for the winner map that is not returned.
-  const Tensor keys = need_winner || !pointmaps.is_cuda()
+  const Tensor keys = need_winner || !ex.cuda
                           ? winner
                           : at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong));
   Tensor valid = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kBool));
-  Exec ex(pointmaps);
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
     VGGRPO_LAUNCH(reprojection_errors, scalar_t, ex, ptr<scalar_t>(pm), ptr<scalar_t>(d),
                   ptr<scalar_t>(E), ptr<scalar_t>(K), ptr<scalar_t>(flow),

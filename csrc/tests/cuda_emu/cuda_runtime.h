@@ -8,7 +8,8 @@
 // Execution model: a launch runs its blocks one after another; the threads of a block are fibers
 // (ucontext) on one OS thread, switched at __syncthreads(), so a barrier means what it means on
 // the GPU: every thread of the block reaches it before any passes it. Because only one block runs
-// at a time, a function-local `static` (what __shared__ becomes) is that block's shared memory.
+// at a time, a function-local `static thread_local` (what __shared__ becomes) is that block's
+// shared memory. All state is per OS thread, so separate threads may launch concurrently.
 // Atomics are plain read-modify-writes: nothing is interleaved inside one.
 //
 // Schedules: set_schedule(seed) with seed != 0 shuffles the order of the blocks and, at every
@@ -38,7 +39,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static thread_local
 
 struct dim3 {
   unsigned x, y, z;
@@ -55,11 +56,12 @@ enum cudaError_t : int {
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
-// The built-in variables, set by the emulator before it runs (or resumes) a thread.
-inline dim3 threadIdx;
-inline dim3 blockIdx;
-inline dim3 blockDim;
-inline dim3 gridDim;
+// The built-in variables, set by the emulator before it runs (or resumes) a thread. Per OS
+// thread, like the whole emulator state: torch may run ops from several threads at once.
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
 
 namespace vggrpo_emu {
 
@@ -96,7 +98,7 @@ struct Runtime {
 };
 
 inline Runtime& runtime() {
-  static Runtime r;
+  thread_local Runtime r;
   return r;
 }
 
