@@ -37,17 +37,7 @@ struct Cameras {
 
 Cameras make_cameras(vt::Rng& rng, int64_t B, int64_t V, int64_t H, int64_t W) {
   Cameras c;
-  for (int64_t i = 0; i < B * V; ++i) {
-    const vt::Mat3 R = vt::rodrigues({0.1 * rng.normal(), 0.1 * rng.normal(), 0.1 * rng.normal()});
-    const auto e = vt::extrinsic(R, {0.3 * rng.normal(), 0.3 * rng.normal(), 0.3 * rng.normal()});
-    c.E.insert(c.E.end(), e.begin(), e.end());
-    const double f = rng.uniform(0.8, 1.2) * double(W);
-    const double k[9] = {f, 0, W / 2.0, 0, f * rng.uniform(0.9, 1.1), H / 2.0, 0, 0, 1};
-    c.K.insert(c.K.end(), k, k + 9);
-  }
-  // Float32-representable, so the float64 and float32 tests see the same cameras.
-  for (double& x : c.E) x = double(float(x));
-  for (double& x : c.K) x = double(float(x));
+  vt::append_random_cameras(rng, B * V, H, W, &c.E, &c.K);
   return c;
 }
 

@@ -92,6 +92,21 @@ inline std::array<double, 12> extrinsic(const Mat3& R, const Vec3& C) {
   return E;
 }
 
+// `count` cameras near the origin looking roughly along +z (rotations of about 0.1 rad, centres
+// within about 0.3) with centred pinhole intrinsics (focal about W), appended to E [count, 12]
+// and K [count, 9], rounded to float32 so float64 and float32 tests see the same cameras.
+inline void append_random_cameras(Rng& rng, int64_t count, int64_t H, int64_t W,
+                                  std::vector<double>* E, std::vector<double>* K) {
+  for (int64_t i = 0; i < count; ++i) {
+    const Mat3 R = rodrigues({0.1 * rng.normal(), 0.1 * rng.normal(), 0.1 * rng.normal()});
+    const auto e = extrinsic(R, {0.3 * rng.normal(), 0.3 * rng.normal(), 0.3 * rng.normal()});
+    for (double x : e) E->push_back(double(float(x)));
+    const double f = rng.uniform(0.8, 1.2) * double(W);
+    const double k[9] = {f, 0, W / 2.0, 0, f * rng.uniform(0.9, 1.1), H / 2.0, 0, 0, 1};
+    for (double x : k) K->push_back(double(float(x)));
+  }
+}
+
 template <typename T, typename S>
 std::vector<T> cast(const std::vector<S>& x) {
   return std::vector<T>(x.begin(), x.end());

@@ -86,20 +86,13 @@ struct Scene {
   ViewGrid grid() const { return ViewGrid{B, V, H, W}; }
 };
 
-// Cameras near the origin looking along +z; a cloud mostly in their frusta, with 4% behind them,
+// Cameras of vt::append_random_cameras; a cloud mostly in their frusta, with 4% behind them,
 // 2% NaN, 6% exact duplicates of earlier points (equal depths: ties to the smaller index) and 6%
 // far outside every image; points are float32-representable.
 Scene make_scene(uint64_t seed, int64_t B, int64_t V, int64_t H, int64_t W, int64_t N) {
   vt::Rng rng(seed);
   Scene s{B, V, H, W, N, {}, {}, {}, {}};
-  for (int64_t i = 0; i < B * V; ++i) {
-    const vt::Mat3 R = vt::rodrigues({0.1 * rng.normal(), 0.1 * rng.normal(), 0.1 * rng.normal()});
-    const auto e = vt::extrinsic(R, {0.3 * rng.normal(), 0.3 * rng.normal(), 0.3 * rng.normal()});
-    s.E.insert(s.E.end(), e.begin(), e.end());
-    const double f = rng.uniform(0.8, 1.2) * double(W);
-    const double k[9] = {f, 0, W / 2.0, 0, f * rng.uniform(0.9, 1.1), H / 2.0, 0, 0, 1};
-    s.K.insert(s.K.end(), k, k + 9);
-  }
+  vt::append_random_cameras(rng, B * V, H, W, &s.E, &s.K);
   s.points.resize(sz(3 * B * N));
   for (int64_t i = 0; i < B * N; ++i) {
     double* p = &s.points[sz(3 * i)];
@@ -119,8 +112,6 @@ Scene make_scene(uint64_t seed, int64_t B, int64_t V, int64_t H, int64_t W, int6
       p[0] = 50.0 * z;
     }
   }
-  for (double& x : s.E) x = double(float(x));
-  for (double& x : s.K) x = double(float(x));
   for (double& x : s.points) x = double(float(x));
   s.valid.resize(sz(B * N));
   for (int64_t i = 0; i < B * N; ++i) s.valid[sz(i)] = rng.uniform() < 0.85;
