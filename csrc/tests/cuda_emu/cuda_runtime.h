@@ -73,10 +73,7 @@ constexpr size_t kMaxStaticShared = 48 * 1024;
 constexpr size_t kFiberStack = 256 * 1024;
 
 struct Stats {
-  int64_t launches = 0;
-  int64_t blocks = 0;
-  int64_t threads = 0;
-  int64_t barriers = 0;  // barrier rounds completed (block-wide __syncthreads)
+  int64_t launches = 0;  // launches that ran (a rejected configuration does not count)
 };
 
 enum class FiberState : unsigned char { kNew, kRunning, kBarrier, kDone };
@@ -176,7 +173,6 @@ inline bool run_block(unsigned n) {
                    n - done, n, blockIdx.x, blockIdx.y, blockIdx.z);
       return false;
     }
-    ++r.stats.barriers;
   }
 }
 
@@ -218,8 +214,6 @@ class Launch {
       blockIdx = dim3(static_cast<unsigned>(linear % grid_.x),
                       static_cast<unsigned>((linear / grid_.x) % grid_.y),
                       static_cast<unsigned>(linear / (uint64_t(grid_.x) * grid_.y)));
-      ++r.stats.blocks;
-      r.stats.threads += static_cast<int64_t>(threads);
       if (!run_block(static_cast<unsigned>(threads))) {
         r.last_error = cudaErrorLaunchFailure;
         return;

@@ -74,11 +74,15 @@ def main(argv: list[str]) -> int:
     if "<<<" in text and launches == 0:
         print(f"{src}: no launch rewritten", file=sys.stderr)
         return 1
+    text_out = f'#line 1 "{os.path.abspath(src)}"\n' + body
+    if os.path.exists(dst):
+        with open(dst, encoding="utf-8") as f:
+            if f.read() == text_out:
+                return 0  # unchanged: keep the mtime, so builds do not recompile it
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f'#line 1 "{os.path.abspath(src)}"\n')
-            f.write(body)
+            f.write(text_out)
         os.replace(tmp, dst)
     except BaseException:
         os.unlink(tmp)

@@ -53,9 +53,11 @@ def build():
         )
         emu_sources.append(str(out))
     csrc = ROOT / "csrc"
+    # The glue as setup.py builds it, minus the CUDA-key registrations (no CUDA tensors here).
     sources = [
-        str(csrc / "torch" / name)
-        for name in ("library.cpp", "checks.cpp", "ops.cpp", "register_cpu.cpp")
+        str(p)
+        for p in sorted((csrc / "torch").glob("*.cpp"))
+        if p.name not in ("register_cuda.cpp", "no_cuda.cpp")
     ]
     sources += [str(p) for p in sorted((csrc / "kernels").glob("*_cpu.cpp"))]
     sources += emu_sources

@@ -174,7 +174,6 @@ TEST(emulator_rejects_what_the_hardware_rejects) {
 
 TEST(grid_caps_of_this_build) {
   // The sizes below need several blocks per launch; with the test caps each block loops.
-  CHECK(kn::cuda::kMaxBlocks == VGGRPO_CUDA_MAX_BLOCKS);
   CHECK(kn::cuda::blocks_for(3000) == (kn::cuda::kMaxBlocks < 12 ? kn::cuda::kMaxBlocks : 12));
   CHECK(kn::cuda::grid_y_for(70000) == kn::cuda::kMaxGridY);
   std::printf("grid caps: %lld blocks, %lld along y\n",
