@@ -426,7 +426,8 @@ def reprojection_errors(
     ``points, valid = static_points(...)``: a frame's own dynamic or non-finite pixels are left
     out of its comparison as well as out of the cloud (docs/ops.md#reprojection_errors says why).
     It never materialises a ``[B, T, N]`` projection or a copy of the points: one 64-bit z-buffer
-    per view and one byte per point is all the memory it takes.
+    per view and one byte per point is all the memory it takes (under ``torch.no_grad``, float32:
+    a 32-bit depth-only z-buffer, on CPU and CUDA alike).
 
     Args:
         pointmaps: ``[B, T, H, W, 3]`` world-frame points.

@@ -43,10 +43,10 @@ struct ZKey<uint64_t> {
 };
 template <>
 struct ZKey<uint32_t> {
-  static constexpr uint32_t kEmpty = ~uint32_t(0);  // a NaN pattern: no valid depth has it
+  static constexpr uint32_t kEmpty = kEmptyDepthKey;
   template <typename T>
   static uint32_t make(T z, uint64_t) {
-    return float_bits(static_cast<float>(z));
+    return zbuffer_depth_key(z);
   }
 };
 
@@ -192,7 +192,7 @@ void splat_views_serial(const T* points, const bool* keep, const T* E, const T* 
 // keys' depth bits are a NaN), by re-reading the point for float64 (the key holds only a float32
 // rounding).
 inline float winner_depth(uint64_t key, const float*, const float*) { return zbuffer_depth(key); }
-inline float winner_depth(uint32_t key, const float*, const float*) { return float_from_bits(key); }
+inline float winner_depth(uint32_t key, const float*, const float*) { return zbuffer_depth(key); }
 inline double winner_depth(uint64_t key, const double* E, const double* points) {
   const bool empty = key == kEmptyKey;
   const double z = camera_z(E, points + 3 * (empty ? 0 : zbuffer_winner(key)));

@@ -21,10 +21,19 @@ namespace cuda {
 #define VGGRPO_CUDA_MAX_GRID_Y 65535  // the hardware limit of gridDim.y
 #endif
 
+// The z-buffer splat gives each thread several views of one point when there are points enough
+// to keep at least this many threads busy (about four waves of a 132-SM GPU at 2048 threads per
+// SM); the emulated ASan test lowers it so that its small inputs take the several-views path.
+#ifndef VGGRPO_CUDA_SPLAT_MIN_THREADS
+#define VGGRPO_CUDA_SPLAT_MIN_THREADS (int64_t(1) << 20)
+#endif
+
 constexpr int kThreads = 256;  // a power of two: block_sum's tree assumes it
 constexpr int64_t kMaxBlocks = VGGRPO_CUDA_MAX_BLOCKS;
 constexpr int64_t kMaxGridY = VGGRPO_CUDA_MAX_GRID_Y;
+constexpr int64_t kSplatMinThreads = VGGRPO_CUDA_SPLAT_MIN_THREADS;
 static_assert(kMaxBlocks >= 1 && kMaxGridY >= 1 && kMaxGridY <= 65535, "launch grid caps");
+static_assert(kSplatMinThreads >= 1, "splat thread floor");
 
 inline cudaStream_t stream_of(CudaExec ex) { return static_cast<cudaStream_t>(ex.stream); }
 
@@ -35,6 +44,16 @@ inline unsigned blocks_for(int64_t n) {
 
 inline unsigned grid_y_for(int64_t n) {
   return static_cast<unsigned>(n < 1 ? 1 : (n > kMaxGridY ? kMaxGridY : n));
+}
+
+// Views per splat thread (reproject.cu): all V when there are points enough to fill the GPU, else
+// halved until the (points x view chunks) threads reach kSplatMinThreads or a thread has one view.
+inline int64_t splat_views_per_thread(int64_t points, int64_t V) {
+  int64_t views = V < 1 ? 1 : V;
+  while (views > 1 && points * ((V + views - 1) / views) < kSplatMinThreads) {
+    views = (views + 1) / 2;
+  }
+  return views;
 }
 
 inline int last_error() { return static_cast<int>(cudaGetLastError()); }

@@ -129,12 +129,14 @@ int worst_k_mean_cuda(const T* err, const int64_t* count, int64_t B, int64_t V, 
 template <typename T>
 int worst_k_mean_backward_cuda(const T* grad, const T* err, const int64_t* count, int64_t B,
                                int64_t V, int64_t k, T* grad_err, CudaExec ex);
-// winner must not be null here: on CUDA it is also the z-buffer's memory (the glue passes a
-// scratch buffer when the caller wants no winners).
+// The kernel cannot allocate its z-buffer, so the caller passes exactly one of: winner
+// [B, V, H, W] int64 (the packed z-buffer, then the winner indices; also a scratch for float64
+// without winners), or depth_keys [B, V, H, W] uint32 scratch (the depth-only z-buffer, float32
+// without winners: half the memory). Anything else returns cudaErrorInvalidValue.
 template <typename T>
 int reprojection_errors_cuda(const T* pointmaps, const T* depths, const T* E, const T* K,
                              const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
-                             int64_t* winner, bool* valid, CudaExec ex);
+                             int64_t* winner, uint32_t* depth_keys, bool* valid, CudaExec ex);
 template <typename T>
 int reprojection_errors_backward_cuda(const T* grad_err, const int64_t* count,
                                       const int64_t* winner, const bool* valid,

@@ -4,9 +4,12 @@
 //
 // * the z-buffer is one 64-bit atomicMin per projection on (float32 depth bits << 32 | index),
 //   after a plain read that skips hopeless writes (a stale read is an older, larger key, so it
-//   can only let a useless atomic through, never skip a needed one). The key order is total, so
+//   can only let a useless atomic through, never skip a needed one); a thread takes one point
+//   into a chunk of views (all of them when the points fill the GPU). The key order is total, so
 //   the winners equal the CPU's whatever order the atomics land in; with --fmad=false the
-//   projections round exactly as on the CPU, so the same pixels are hit;
+//   projections round exactly as on the CPU, so the same pixels are hit. The fused forward with
+//   no winners to keep (no gradient to come) on float32 splats 32-bit depth-only keys instead,
+//   as the CPU does: the nearest depth is all it needs, at half the memory and traffic;
 // * per-view sums (errors, counts, extrinsic gradients) are block reductions in a fixed tree
 //   order: deterministic, and equal to the CPU's up to the summation order of a double sum;
 // * gradients that several views scatter into one point use float atomics (run-to-run
@@ -26,8 +29,12 @@ namespace kernels {
 
 namespace {
 
+// The two z-buffer key types, as CUDA's atomicMin overloads name them: the packed (depth | index)
+// key, and the depth-only key of the fused forward that keeps no winners (float32).
 using Key = unsigned long long;
+using DepthKey = unsigned int;
 static_assert(sizeof(Key) == sizeof(uint64_t), "64-bit z-buffer keys");
+static_assert(sizeof(DepthKey) == sizeof(uint32_t), "32-bit depth-only keys");
 
 // ---- static_points ---------------------------------------------------------------------------
 
@@ -46,24 +53,38 @@ __global__ void static_mask_kernel(const T* pointmaps, const T* flow, T threshol
 
 // ---- the z-buffer ------------------------------------------------------------------------------
 
-// Grid: x over the N points of a video, y over the B*V (video, view) pairs.
-template <typename T>
+// Grid: x over the B*N points, y over chunks of `views` consecutive views. A thread loads its
+// point (and mask byte) once and splats it into each view of its chunk in turn: with a chunk of
+// all V views, V times less point traffic than a thread per (point, view). The cameras, read by
+// every thread, stay in cache. Z is Key or DepthKey.
+template <typename T, typename Z>
 __global__ void splat_kernel(const T* points, const bool* keep, const T* E, const T* K, int64_t N,
-                             int64_t BV, int64_t V, int64_t H, int64_t W, Key* keys) {
+                             int64_t total, int64_t V, int64_t views, int64_t H, int64_t W,
+                             Z* keys) {
   const int64_t P = H * W;
-  for (int64_t bv = blockIdx.y; bv < BV; bv += gridDim.y) {
-    const int64_t b = bv / V;
-    const T* Ev = E + 12 * bv;
-    const T* Kv = K + 9 * bv;
-    Key* view_keys = keys + P * bv;
-    for (int64_t n = cuda::global_thread(); n < N; n += cuda::grid_stride()) {
-      if (keep != nullptr && !keep[N * b + n]) continue;
-      T z;
-      int64_t pixel;
-      if (!project_to_pixel(Ev, Kv, points + 3 * (N * b + n), H, W, &z, &pixel)) continue;
-      const Key key = zbuffer_key(z, n);
-      Key* slot = view_keys + pixel;
-      if (key < *slot) atomicMin(slot, key);
+  const int64_t chunks = (V + views - 1) / views;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+    const int64_t v0 = c * views;
+    const int64_t v1 = v0 + views < V ? v0 + views : V;
+    for (int64_t i = cuda::global_thread(); i < total; i += cuda::grid_stride()) {
+      if (keep != nullptr && !keep[i]) continue;
+      const int64_t b = i / N;
+      const int64_t n = i - b * N;
+      const T p[3] = {points[3 * i], points[3 * i + 1], points[3 * i + 2]};
+      for (int64_t v = v0; v < v1; ++v) {
+        const int64_t bv = b * V + v;
+        T z;
+        int64_t pixel;
+        if (!project_to_pixel(E + 12 * bv, K + 9 * bv, p, H, W, &z, &pixel)) continue;
+        Z key;
+        if constexpr (sizeof(Z) == sizeof(Key)) {
+          key = zbuffer_key(z, n);
+        } else {
+          key = zbuffer_depth_key(z);
+        }
+        Z* slot = keys + P * bv + pixel;
+        if (key < *slot) atomicMin(slot, key);
+      }
     }
   }
 }
@@ -155,13 +176,15 @@ __global__ void extrinsics_grad_kernel(const T* grad_pixel, T sign, const int64_
 
 // ---- per-view depth error -------------------------------------------------------------------
 
-// One block per (video, view). With `keys` (the z-buffer, as int64_t), the rendered depth is the
-// winner's (float32: from the key; float64: re-read), and each key is turned into its winner
-// index in place after it is read.
+// One block per (video, view). The rendered depth comes from one of three places: `rendered`
+// (view_depth_error); `keys`, the packed z-buffer as int64_t, where it is the winner's (float32:
+// from the key; float64: re-read) and each key is turned into its winner index in place after it
+// is read; or `depth_keys`, the depth-only z-buffer (float32, no winners kept).
 template <typename T>
-__global__ void view_error_kernel(const T* rendered, int64_t* keys, const T* points, const T* E,
-                                  const T* depths, const bool* own, int64_t N, int64_t V,
-                                  int64_t P, int64_t BV, T* err, int64_t* count) {
+__global__ void view_error_kernel(const T* rendered, int64_t* keys, const DepthKey* depth_keys,
+                                  const T* points, const T* E, const T* depths, const bool* own,
+                                  int64_t N, int64_t V, int64_t P, int64_t BV, T* err,
+                                  int64_t* count) {
   for (int64_t bv = blockIdx.x; bv < BV; bv += gridDim.x) {
     const int64_t b = bv / V;
     acc_t sum = 0;
@@ -179,6 +202,8 @@ __global__ void view_error_kernel(const T* rendered, int64_t* keys, const T* poi
                      : static_cast<T>(zbuffer_depth(kEmptyKey));  // NaN
         }
         keys[j] = w;  // read above through the same pointer
+      } else if (depth_keys != nullptr) {
+        r = static_cast<T>(zbuffer_depth(static_cast<uint32_t>(depth_keys[j])));  // NaN when empty
       } else {
         r = rendered[j];
       }
@@ -251,13 +276,18 @@ __global__ void worst_k_backward_kernel(const T* grad, const T* err, const int64
 }
 
 // Launch helpers.
-template <typename T>
+template <typename T, typename Z>
 int splat_into(const T* points, const bool* keep, const T* E, const T* K, int64_t N, ViewGrid g,
-               Key* keys, cudaStream_t stream) {
+               Z* keys, cudaStream_t stream) {
   const int64_t BV = g.B * g.V;
-  cudaMemsetAsync(keys, 0xff, sizeof(Key) * BV * g.pixels(), stream);  // every key kEmptyKey
-  const dim3 grid(cuda::blocks_for(N), cuda::grid_y_for(BV));
-  splat_kernel<<<grid, cuda::kThreads, 0, stream>>>(points, keep, E, K, N, BV, g.V, g.H, g.W, keys);
+  // All bits set: every key kEmptyKey (or kEmptyDepthKey).
+  cudaMemsetAsync(keys, 0xff, sizeof(Z) * BV * g.pixels(), stream);
+  const int64_t total = g.B * N;
+  if (total == 0) return cuda::last_error();
+  const int64_t views = cuda::splat_views_per_thread(total, g.V);
+  const dim3 grid(cuda::blocks_for(total), cuda::grid_y_for((g.V + views - 1) / views));
+  splat_kernel<<<grid, cuda::kThreads, 0, stream>>>(points, keep, E, K, N, total, g.V, views, g.H,
+                                                    g.W, keys);
   return cuda::last_error();
 }
 
@@ -328,7 +358,8 @@ int view_depth_error_cuda(const T* rendered, const T* depths, const bool* valid,
   const int64_t BV = g.B * g.V;
   if (BV == 0) return 0;
   view_error_kernel<<<blocks_per_view(BV), cuda::kThreads, 0, cuda::stream_of(ex)>>>(
-      rendered, static_cast<int64_t*>(nullptr), static_cast<const T*>(nullptr),
+      rendered, static_cast<int64_t*>(nullptr), static_cast<const DepthKey*>(nullptr),
+      static_cast<const T*>(nullptr),
       static_cast<const T*>(nullptr), depths, valid, 0, g.V, g.pixels(), BV, err, count);
   return cuda::last_error();
 }
@@ -367,21 +398,33 @@ int worst_k_mean_backward_cuda(const T* grad, const T* err, const int64_t* count
 template <typename T>
 int reprojection_errors_cuda(const T* pointmaps, const T* depths, const T* E, const T* K,
                              const T* flow, T flow_threshold, ViewGrid g, T* err, int64_t* count,
-                             int64_t* winner, bool* valid, CudaExec ex) {
+                             int64_t* winner, uint32_t* depth_keys, bool* valid, CudaExec ex) {
   const int64_t N = g.V * g.pixels();
   const int64_t BV = g.B * g.V;
   if (BV == 0) return 0;
+  // Exactly one z-buffer (images of no pixels need none: an empty tensor's data pointer may be
+  // null); the depth-only one holds a float32 depth, which is exact for float32 inputs only
+  // (float64 re-reads the winner's depth, so it needs the winners).
+  if (g.pixels() > 0 && (winner == nullptr) == (depth_keys == nullptr)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (depth_keys != nullptr && sizeof(T) != sizeof(float)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
   const cudaStream_t stream = cuda::stream_of(ex);
   if (g.B * N > 0) {
     static_mask_kernel<<<cuda::blocks_for(g.B * N), cuda::kThreads, 0, stream>>>(
         pointmaps, flow, flow_threshold, g.B * N, valid, static_cast<T*>(nullptr));
   }
-  const int e = splat_into(pointmaps, valid, E, K, N, g, reinterpret_cast<Key*>(winner), stream);
+  DepthKey* dkeys = reinterpret_cast<DepthKey*>(depth_keys);
+  const int e = winner != nullptr
+                    ? splat_into(pointmaps, valid, E, K, N, g, reinterpret_cast<Key*>(winner), stream)
+                    : splat_into(pointmaps, valid, E, K, N, g, dkeys, stream);
   if (e != 0) return e;
   // The frames are the views: view v's own pixels are frame v's points, valid[b, v*P + i].
   view_error_kernel<<<blocks_per_view(BV), cuda::kThreads, 0, stream>>>(
-      static_cast<const T*>(nullptr), winner, pointmaps, E, depths, valid, N, g.V, g.pixels(), BV,
-      err, count);
+      static_cast<const T*>(nullptr), winner, dkeys, pointmaps, E, depths, valid, N, g.V,
+      g.pixels(), BV, err, count);
   return cuda::last_error();
 }
 
@@ -420,7 +463,8 @@ int reprojection_errors_backward_cuda(const T* grad_err, const int64_t* count,
   template int worst_k_mean_backward_cuda<T>(const T*, const T*, const int64_t*, int64_t,        \
                                              int64_t, int64_t, T*, CudaExec);                    \
   template int reprojection_errors_cuda<T>(const T*, const T*, const T*, const T*, const T*, T,  \
-                                           ViewGrid, T*, int64_t*, int64_t*, bool*, CudaExec);   \
+                                           ViewGrid, T*, int64_t*, int64_t*, uint32_t*, bool*,   \
+                                           CudaExec);                                            \
   template int reprojection_errors_backward_cuda<T>(const T*, const int64_t*, const int64_t*,    \
                                                     const bool*, const T*, const T*, const T*,   \
                                                     const T*, ViewGrid, T*, T*, T*, CudaExec);

@@ -6,6 +6,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "checks.h"
 #include "kernels.h"
@@ -494,18 +495,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> reprojection_errors(const Tensor& poi
                       ? at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong))
                       : at::empty({0}, pointmaps.options().dtype(at::kLong));
   Exec ex(pointmaps);
-  // On CUDA the z-buffer is device memory the kernel cannot allocate: a scratch buffer stands in
-  // for the winner map that is not returned.
-  const Tensor keys = need_winner || !ex.cuda
-                          ? winner
-                          : at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kLong));
   Tensor valid = at::empty({g.B, g.V, g.H, g.W}, pointmaps.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(pm.scalar_type(), "vggrpo", [&] {
-    VGGRPO_LAUNCH(reprojection_errors, scalar_t, ex, ptr<scalar_t>(pm), ptr<scalar_t>(d),
-                  ptr<scalar_t>(E), ptr<scalar_t>(K), ptr<scalar_t>(flow),
-                  static_cast<scalar_t>(flow_threshold), g, ptr<scalar_t>(err),
-                  ptr<int64_t>(count), keys.numel() > 0 ? ptr<int64_t>(keys) : nullptr,
-                  ptr<bool>(valid));
+    const scalar_t threshold = static_cast<scalar_t>(flow_threshold);
+    int64_t* winner_ptr = need_winner ? ptr<int64_t>(winner) : nullptr;
+#ifdef VGGRPO_WITH_CUDA
+    if (ex.cuda) {
+      // The kernel cannot allocate its z-buffer. Without winners to keep, a scratch stands in:
+      // 32-bit depth-only keys for float32, 64-bit keys for float64 (which re-reads the winner's
+      // depth, so it needs the index).
+      const bool depth_only = !need_winner && std::is_same_v<scalar_t, float>;
+      const Tensor scratch =
+          need_winner ? Tensor()
+                      : at::empty({g.B, g.V, g.H, g.W},
+                                  pointmaps.options().dtype(depth_only ? at::kInt : at::kLong));
+      if (!need_winner && !depth_only) winner_ptr = ptr<int64_t>(scratch);
+      uint32_t* depth_keys =
+          depth_only ? reinterpret_cast<uint32_t*>(ptr<int32_t>(scratch)) : nullptr;
+      check_cuda(kernels::reprojection_errors_cuda<scalar_t>(
+                     ptr<scalar_t>(pm), ptr<scalar_t>(d), ptr<scalar_t>(E), ptr<scalar_t>(K),
+                     ptr<scalar_t>(flow), threshold, g, ptr<scalar_t>(err), ptr<int64_t>(count),
+                     winner_ptr, depth_keys, ptr<bool>(valid), ex.cuda_exec()),
+                 op);
+      return;
+    }
+#endif
+    TORCH_INTERNAL_ASSERT(!ex.cuda, "CUDA tensor reached a CPU-only build of vggrpo");
+    kernels::reprojection_errors_cpu<scalar_t>(
+        ptr<scalar_t>(pm), ptr<scalar_t>(d), ptr<scalar_t>(E), ptr<scalar_t>(K),
+        ptr<scalar_t>(flow), threshold, g, ptr<scalar_t>(err), ptr<int64_t>(count), winner_ptr,
+        ptr<bool>(valid), ex.threads);
   });
   return {err, count, winner, valid};
 }

@@ -237,6 +237,12 @@ inline unsigned long long atomicMin(unsigned long long* address, unsigned long l
   return old;
 }
 
+inline unsigned int atomicMin(unsigned int* address, unsigned int value) {
+  const unsigned int old = *address;
+  if (value < old) *address = value;
+  return old;
+}
+
 inline float atomicAdd(float* address, float value) {
   const float old = *address;
   *address = old + value;
@@ -251,7 +257,8 @@ inline double atomicAdd(double* address, double value) {
 
 inline cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream = nullptr) {
   (void)stream;
-  std::memset(ptr, value, bytes);
+  // CUDA accepts a null pointer for zero bytes; std::memset does not.
+  if (bytes > 0) std::memset(ptr, value, bytes);
   return cudaSuccess;
 }
 

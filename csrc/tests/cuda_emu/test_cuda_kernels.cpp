@@ -13,17 +13,21 @@
 // This checks the kernels' logic, not the GPU: see cuda_runtime.h for what is not emulated.
 // CMake builds it twice: test_cuda_emulated with the real grid caps, and
 // test_cuda_emulated_asan with ASan/UBSan and grids capped at 2 blocks (3 along y), so that every
-// grid-stride and block-stride loop runs several turns.
+// grid-stride and block-stride loop runs several turns, and a splat thread floor of 7000, so that
+// the z-buffer splat takes its several-views-per-thread path on the small inputs.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "check.h"
 #include "cuda_common.cuh"
 #include "kernels.h"
 #include "test_util.h"
+#include "vggrpo/camera.h"
+#include "vggrpo/zbuffer.h"
 
 namespace kn = vggrpo::kernels;
 using kn::CudaExec;
@@ -176,9 +180,15 @@ TEST(grid_caps_of_this_build) {
   // The sizes below need several blocks per launch; with the test caps each block loops.
   CHECK(kn::cuda::blocks_for(3000) == (kn::cuda::kMaxBlocks < 12 ? kn::cuda::kMaxBlocks : 12));
   CHECK(kn::cuda::grid_y_for(70000) == kn::cuda::kMaxGridY);
-  std::printf("grid caps: %lld blocks, %lld along y\n",
+  // Splat views per thread: all while the points alone fill the floor, else halved.
+  const int64_t min_threads = kn::cuda::kSplatMinThreads;
+  CHECK_EQ(kn::cuda::splat_views_per_thread(min_threads, 21), 21);
+  CHECK_EQ(kn::cuda::splat_views_per_thread(min_threads / 4, 21), 6);  // 4 chunks of 6, 6, 6, 3
+  CHECK_EQ(kn::cuda::splat_views_per_thread(1, 21), 1);
+  CHECK_EQ(kn::cuda::splat_views_per_thread(min_threads, 0), 1);
+  std::printf("grid caps: %lld blocks, %lld along y; splat thread floor %lld\n",
               static_cast<long long>(kn::cuda::kMaxBlocks),
-              static_cast<long long>(kn::cuda::kMaxGridY));
+              static_cast<long long>(kn::cuda::kMaxGridY), static_cast<long long>(min_threads));
 }
 
 // ---- so3_log, motion_smoothness --------------------------------------------------------------
@@ -486,7 +496,8 @@ void check_reprojection() {
     Mask keep(std::vector<bool>(sz(B * N)));
     CHECK_EQ(kn::reprojection_errors_cuda(p.data(), dt.data(), E.data(), K.data(), fl.data(),
                                           threshold, g, err.data(), cnt.data(), win.data(),
-                                          keep.data.get(), exec(false)),
+                                          static_cast<uint32_t*>(nullptr), keep.data.get(),
+                                          exec(false)),
              0);
     same_bits(win, win_cpu, "fused winners");
     same_bits(cnt, cnt_cpu, "fused counts");
@@ -496,6 +507,33 @@ void check_reprojection() {
     CHECK(keep_same);
     near_bound(err, err_cpu, err_cpu, 4.0, "fused errors");
     near_bound(err, err_nowin, err_nowin, 4.0, "fused errors vs the no-winner CPU path");
+    if constexpr (std::is_same_v<T, float>) {
+      // No winners kept: the 32-bit depth-only z-buffer, which the CPU's no-winner path also uses.
+      std::vector<T> err_dk(sz(B * V), T(-7));
+      std::vector<int64_t> cnt_dk(sz(B * V), -7);
+      std::vector<uint32_t> depth_keys(sz(total), 7u);
+      Mask keep_dk(std::vector<bool>(sz(B * N)));
+      CHECK_EQ(kn::reprojection_errors_cuda(p.data(), dt.data(), E.data(), K.data(), fl.data(),
+                                            threshold, g, err_dk.data(), cnt_dk.data(),
+                                            static_cast<int64_t*>(nullptr), depth_keys.data(),
+                                            keep_dk.data.get(), exec(false)),
+               0);
+      same_bits(cnt_dk, cnt_nowin, "fused counts, depth-only keys");
+      // The same per-pixel terms as the packed-key launch, summed in the same tree order.
+      same_bits(err_dk, err, "fused errors, depth-only vs packed keys");
+      near_bound(err_dk, err_nowin, err_nowin, 4.0, "fused errors, depth-only keys vs the CPU");
+      // The z-buffer holds the float32 bits of each winner's depth (all bits set where empty).
+      bool keys_match = true;
+      for (int64_t j = 0; j < total; ++j) {
+        const int64_t w = win_cpu[sz(j)], bv = j / P;
+        const uint32_t expect =
+            w < 0 ? ~uint32_t(0)
+                  : vggrpo::float_bits(static_cast<float>(vggrpo::camera_z(
+                        &E[sz(12 * bv)], &p[sz(3 * (N * (bv / V) + w))])));
+        keys_match &= depth_keys[sz(j)] == expect;
+      }
+      CHECK(keys_match);
+    }
     for (bool deterministic : {true, false}) {
       std::vector<T> gp(p.size(), T(-7)), gd(sz(total), T(-7)), gE(E.size(), T(-7));
       CHECK_EQ(kn::reprojection_errors_backward_cuda(
@@ -516,6 +554,44 @@ void check_reprojection() {
 TEST(reprojection_errors_matches_cpu_float) { check_reprojection<float>(); }
 TEST(reprojection_errors_matches_cpu_double) { check_reprojection<double>(); }
 
+// ---- the fused forward's z-buffer arguments -----------------------------------------------------
+
+TEST(reprojection_errors_rejects_a_wrong_zbuffer) {
+  const int64_t before = vggrpo_emu::stats().launches;
+  const ViewGrid g{1, 2, 3, 4};
+  std::vector<float> f(100, 1.0f);
+  std::vector<double> d(100, 1.0);
+  std::vector<int64_t> c(8), w(24);
+  std::vector<uint32_t> k(24);
+  Mask m(std::vector<bool>(24));
+  const auto fused_f = [&](int64_t* winner, uint32_t* keys) {
+    return kn::reprojection_errors_cuda(f.data(), f.data(), f.data(), f.data(),
+                                        static_cast<const float*>(nullptr), 0.1f, g, f.data(),
+                                        c.data(), winner, keys, m.data.get(), exec(false));
+  };
+  CHECK_EQ(fused_f(nullptr, nullptr), static_cast<int>(cudaErrorInvalidValue));  // no z-buffer
+  CHECK_EQ(fused_f(w.data(), k.data()), static_cast<int>(cudaErrorInvalidValue));  // two
+  // float64 needs the winners to re-read its depths: no depth-only z-buffer.
+  CHECK_EQ(kn::reprojection_errors_cuda(d.data(), d.data(), d.data(), d.data(),
+                                        static_cast<const double*>(nullptr), 0.1, g, d.data(),
+                                        c.data(), static_cast<int64_t*>(nullptr), k.data(),
+                                        m.data.get(), exec(false)),
+           static_cast<int>(cudaErrorInvalidValue));
+  CHECK_EQ(vggrpo_emu::stats().launches, before);
+  // Images of no pixels need no z-buffer (an empty tensor's pointer may be null): every view
+  // still gets its error and count, both 0.
+  const ViewGrid no_pixels{1, 2, 0, 4};
+  std::vector<float> err = {-7.0f, -7.0f};
+  c.assign(2, -7);
+  CHECK_EQ(kn::reprojection_errors_cuda(f.data(), f.data(), f.data(), f.data(),
+                                        static_cast<const float*>(nullptr), 0.1f, no_pixels,
+                                        err.data(), c.data(), static_cast<int64_t*>(nullptr),
+                                        static_cast<uint32_t*>(nullptr), m.data.get(),
+                                        exec(false)),
+           0);
+  CHECK(err[0] == 0.0f && err[1] == 0.0f && c[0] == 0 && c[1] == 0);
+}
+
 // ---- sizes of zero launch nothing ----------------------------------------------------------------
 
 TEST(empty_inputs_launch_nothing) {
@@ -533,7 +609,8 @@ TEST(empty_inputs_launch_nothing) {
   CHECK_EQ(kn::view_depth_error_cuda(&x, &x, &m, empty, &x, &c, exec(false)), 0);
   CHECK_EQ(kn::worst_k_mean_cuda(&x, &c, 0, 3, 1, &x, exec(false)), 0);
   CHECK_EQ(kn::reprojection_errors_cuda(&x, &x, &x, &x, static_cast<const float*>(nullptr), 0.1f,
-                                        empty, &x, &c, &c, &m, exec(false)),
+                                        empty, &x, &c, &c, static_cast<uint32_t*>(nullptr), &m,
+                                        exec(false)),
            0);
   CHECK_EQ(vggrpo_emu::stats().launches, before);
 }
