@@ -7,7 +7,9 @@
 * z-buffer throughput (projections per second of vggrpo.ops.splat_depth) next to a measured
   ceiling: a bare 64-bit atomicMin microbenchmark on the same GPU with as many atomics into a
   buffer of the same size (compiled here with torch.utils.cpp_extension.load_inline); target >=
-  50% of the ceiling.
+  50% of the ceiling;
+* where the fused reward's GPU time goes, kernel by kernel (torch.profiler), forward and
+  forward + backward.
 
 Writes bench/results/gpu-<device>.json (atomically) and prints the verdicts; with
 --vggrpo-check-targets a miss fails. Skipped where there is no CUDA device or vggrpo was built
@@ -25,6 +27,7 @@ import torch
 
 import vggrpo
 from conftest import RESULTS_DIR, _atomic_write_json, _clean, build_info
+from profiling import kernel_breakdown
 from vggrpo import reference
 from vggrpo.data.synthetic import make_scene
 
@@ -124,6 +127,25 @@ def test_geometry_forward_backward_paper_scale(scene, request):
 
     _report("geometry_fwd_bwd", run(vggrpo.geometry_reprojection_reward),
             run(reference.geometry_reprojection_reward), request)
+
+
+def test_fused_kernel_breakdown_paper_scale(scene):
+    """Where the fused reward's time goes on this GPU (no_grad forward, and forward + backward)."""
+    def forward():
+        with torch.no_grad():
+            return vggrpo.geometry_reprojection_reward(*scene)
+
+    def forward_backward():
+        args = [t.detach().requires_grad_() for t in scene[:3]]
+        return torch.autograd.grad(vggrpo.geometry_reprojection_reward(*args, *scene[3:]).sum(), args)
+
+    for name, fn in (("forward", forward), ("fwd_bwd", forward_backward)):
+        rows = kernel_breakdown(fn)
+        assert rows, "the profiler saw no CUDA kernel"
+        RESULTS[f"kernels_{name}"] = rows[:12]
+        print(f"kernels, fused {name} (per call):")
+        for r in rows[:12]:
+            print(f"  {r['total_s'] * 1e6:9.1f} us {100 * r['share']:5.1f}%  x{r['calls']:<3d} {r['name'][:90]}")
 
 
 _CEILING_SRC = r"""

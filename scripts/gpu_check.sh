@@ -104,7 +104,7 @@ sanitize() {
 for s in "${stages[@]}"; do
   case $s in
     cuda) run_stage cuda "${CUDA_S:-150}" 40 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider ;;
-    bench) run_stage bench_cuda "${BENCH_S:-240}" 30 "$PY" -m pytest bench/test_bench_cuda.py -q -s -p no:cacheprovider ;;
+    bench) run_stage bench_cuda "${BENCH_S:-240}" 60 "$PY" -m pytest bench/test_bench_cuda.py -q -s -p no:cacheprovider ;;
     sanitize) run_stage sanitize "${SANITIZE_S:-240}" 120 bash -c "$(declare -f sanitize); PY='$PY'; sanitize" ;;
     tests) run_stage tests "${TESTS_S:-240}" 15 "$PY" -m pytest tests -q -p no:cacheprovider ;;
     rewards) run_stage bench_rewards "${REWARDS_S:-120}" 20 "$PY" -m pytest bench/test_bench_rewards.py -q -k cuda \

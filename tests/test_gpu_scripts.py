@@ -1,7 +1,8 @@
 """The GPU check's own scripts, run where CI can run them: scripts/cuda_sanitize.py (the workload
 compute-sanitizer checks on a GPU) must run every op forward and backward, and refuse cleanly
 where there is no CUDA build or device; scripts/gpu_check.sh must be valid bash that keeps its
-files back within the device tool's 8-file limit."""
+files back within the device tool's 8-file limit; bench/profiling.py's kernel breakdown (printed
+by the GPU bench) must find the fused op in a profile, here of CPU ops."""
 
 import importlib.util
 import re
@@ -17,11 +18,15 @@ import vggrpo
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_sanitize():
-    spec = importlib.util.spec_from_file_location("cuda_sanitize", ROOT / "scripts" / "cuda_sanitize.py")
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_sanitize():
+    return _load("cuda_sanitize", ROOT / "scripts" / "cuda_sanitize.py")
 
 
 def test_sanitize_workload_covers_every_op_both_dtypes_and_modes():
@@ -63,3 +68,22 @@ def test_gpu_check_rejects_an_unknown_stage_before_doing_anything(tmp_path):
                           capture_output=True, text=True, timeout=60, env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "unknown stage 'benchh'" in done.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_kernel_breakdown_finds_the_fused_op():
+    from helpers import random_reprojection_inputs
+
+    breakdown = _load("vggrpo_bench_profiling", ROOT / "bench" / "profiling.py").kernel_breakdown
+    args = random_reprojection_inputs(2, 4, 12, 16, torch.Generator().manual_seed(0), torch.float32)
+
+    def reward():
+        with torch.no_grad():
+            return vggrpo.geometry_reprojection_reward(*args)
+
+    rows = breakdown(reward, "cpu", rounds=2)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["vggrpo::reprojection_errors"]["calls"] == 1
+    assert by_name["vggrpo::worst_k_mean"]["calls"] == 1
+    assert all(r["total_s"] > 0 for r in rows)
+    assert [r["total_s"] for r in rows] == sorted((r["total_s"] for r in rows), reverse=True)
+    assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
