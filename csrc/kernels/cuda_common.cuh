@@ -28,7 +28,19 @@ namespace cuda {
 #define VGGRPO_CUDA_SPLAT_MIN_THREADS (int64_t(1) << 20)
 #endif
 
-constexpr int kThreads = 256;  // a power of two: block_sum's tree assumes it
+constexpr int kThreads = 256;
+// The per-view passes (a block per (video, view) summing its pixels, in a fixed order) run with
+// bigger blocks: at the paper's scale there are only B*V = 84 of them, fewer than an H100 has SMs,
+// so each block must keep many loads in flight on its own. Register use of those kernels (at most
+// 42 per thread for sm_80/sm_90, ptxas -v) leaves room for 1024 threads; __launch_bounds__ on
+// them makes the compiler keep it that way, and the CMake CUDA build fails on any spill. (The
+// macro lets the slower emulated test builds use smaller blocks.)
+#ifndef VGGRPO_CUDA_VIEW_THREADS
+#define VGGRPO_CUDA_VIEW_THREADS 1024
+#endif
+constexpr int kViewThreads = VGGRPO_CUDA_VIEW_THREADS;
+static_assert((kThreads & (kThreads - 1)) == 0 && (kViewThreads & (kViewThreads - 1)) == 0,
+              "block sizes are powers of two: block_sum's tree assumes it");
 constexpr int64_t kMaxBlocks = VGGRPO_CUDA_MAX_BLOCKS;
 constexpr int64_t kMaxGridY = VGGRPO_CUDA_MAX_GRID_Y;
 constexpr int64_t kSplatMinThreads = VGGRPO_CUDA_SPLAT_MIN_THREADS;
@@ -65,15 +77,15 @@ __device__ __forceinline__ int64_t grid_stride() {
   return static_cast<int64_t>(blockDim.x) * gridDim.x;
 }
 
-// Sum over the block in a fixed tree order (blockDim.x == kThreads): given the same per-thread
-// values it always returns the same bits, which keeps the per-view reductions deterministic.
-// Every thread gets the result.
-template <typename A>
+// Sum over the block in a fixed tree order (blockDim.x == Threads, a power of two): given the
+// same per-thread values it always returns the same bits, which keeps the per-view reductions
+// deterministic. Every thread gets the result.
+template <int Threads, typename A>
 __device__ A block_sum(A value) {
-  __shared__ A partial[kThreads];
+  __shared__ A partial[Threads];
   partial[threadIdx.x] = value;
   __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+  for (int stride = Threads / 2; stride > 0; stride >>= 1) {
     if (static_cast<int>(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
     __syncthreads();
   }

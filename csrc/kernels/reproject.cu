@@ -154,9 +154,9 @@ __global__ void gather_points_kernel(const T* grad_pixel, T sign, const int64_t*
 // d / d E[2, :] of every rendered depth of a view: one block per (video, view), fixed-order
 // reduction (deterministic on both paths).
 template <typename T>
-__global__ void extrinsics_grad_kernel(const T* grad_pixel, T sign, const int64_t* winner,
-                                       const T* points, int64_t N, int64_t V, int64_t P,
-                                       int64_t BV, T* grad_E) {
+__global__ void __launch_bounds__(cuda::kViewThreads)
+    extrinsics_grad_kernel(const T* grad_pixel, T sign, const int64_t* winner, const T* points,
+                           int64_t N, int64_t V, int64_t P, int64_t BV, T* grad_E) {
   for (int64_t bv = blockIdx.x; bv < BV; bv += gridDim.x) {
     const T* pts = points + 3 * N * (bv / V);
     acc_t g[4] = {0, 0, 0, 0};
@@ -167,7 +167,7 @@ __global__ void extrinsics_grad_kernel(const T* grad_pixel, T sign, const int64_
       for (int c = 0; c < 3; ++c) g[c] += static_cast<acc_t>(gi * pts[3 * w + c]);
       g[3] += static_cast<acc_t>(gi);
     }
-    for (int c = 0; c < 4; ++c) g[c] = cuda::block_sum(g[c]);
+    for (int c = 0; c < 4; ++c) g[c] = cuda::block_sum<cuda::kViewThreads>(g[c]);
     if (threadIdx.x < 12) {
       grad_E[12 * bv + threadIdx.x] = threadIdx.x >= 8 ? static_cast<T>(g[threadIdx.x - 8]) : T(0);
     }
@@ -181,10 +181,10 @@ __global__ void extrinsics_grad_kernel(const T* grad_pixel, T sign, const int64_
 // from the key; float64: re-read) and each key is turned into its winner index in place after it
 // is read; or `depth_keys`, the depth-only z-buffer (float32, no winners kept).
 template <typename T>
-__global__ void view_error_kernel(const T* rendered, int64_t* keys, const DepthKey* depth_keys,
-                                  const T* points, const T* E, const T* depths, const bool* own,
-                                  int64_t N, int64_t V, int64_t P, int64_t BV, T* err,
-                                  int64_t* count) {
+__global__ void __launch_bounds__(cuda::kViewThreads)
+    view_error_kernel(const T* rendered, int64_t* keys, const DepthKey* depth_keys,
+                      const T* points, const T* E, const T* depths, const bool* own, int64_t N,
+                      int64_t V, int64_t P, int64_t BV, T* err, int64_t* count) {
   for (int64_t bv = blockIdx.x; bv < BV; bv += gridDim.x) {
     const int64_t b = bv / V;
     acc_t sum = 0;
@@ -211,8 +211,8 @@ __global__ void view_error_kernel(const T* rendered, int64_t* keys, const DepthK
       sum += counts ? static_cast<acc_t>(pixel_error(r, depths[j])) : acc_t(0);
       n += counts ? 1 : 0;
     }
-    sum = cuda::block_sum(sum);
-    n = cuda::block_sum(n);
+    sum = cuda::block_sum<cuda::kViewThreads>(sum);
+    n = cuda::block_sum<cuda::kViewThreads>(n);
     if (threadIdx.x == 0) {
       count[bv] = static_cast<int64_t>(n);
       err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
@@ -303,7 +303,7 @@ int scatter_to_points_and_cameras(const T* grad_pixel, T sign, const int64_t* wi
   const int64_t BV = g.B * g.V;
   const int64_t total = BV * g.pixels();
   if (BV > 0) {
-    extrinsics_grad_kernel<<<blocks_per_view(BV), cuda::kThreads, 0, stream>>>(
+    extrinsics_grad_kernel<<<blocks_per_view(BV), cuda::kViewThreads, 0, stream>>>(
         grad_pixel, sign, winner, points, N, g.V, g.pixels(), BV, grad_E);
   }
   if (g.B * N == 0) return cuda::last_error();
@@ -357,7 +357,7 @@ int view_depth_error_cuda(const T* rendered, const T* depths, const bool* valid,
                           T* err, int64_t* count, CudaExec ex) {
   const int64_t BV = g.B * g.V;
   if (BV == 0) return 0;
-  view_error_kernel<<<blocks_per_view(BV), cuda::kThreads, 0, cuda::stream_of(ex)>>>(
+  view_error_kernel<<<blocks_per_view(BV), cuda::kViewThreads, 0, cuda::stream_of(ex)>>>(
       rendered, static_cast<int64_t*>(nullptr), static_cast<const DepthKey*>(nullptr),
       static_cast<const T*>(nullptr),
       static_cast<const T*>(nullptr), depths, valid, 0, g.V, g.pixels(), BV, err, count);
@@ -422,7 +422,7 @@ int reprojection_errors_cuda(const T* pointmaps, const T* depths, const T* E, co
                     : splat_into(pointmaps, valid, E, K, N, g, dkeys, stream);
   if (e != 0) return e;
   // The frames are the views: view v's own pixels are frame v's points, valid[b, v*P + i].
-  view_error_kernel<<<blocks_per_view(BV), cuda::kThreads, 0, stream>>>(
+  view_error_kernel<<<blocks_per_view(BV), cuda::kViewThreads, 0, stream>>>(
       static_cast<const T*>(nullptr), winner, dkeys, pointmaps, E, depths, valid, N, g.V,
       g.pixels(), BV, err, count);
   return cuda::last_error();

@@ -145,7 +145,7 @@ TEST(emulator_barrier_orders_every_thread_of_the_block) {
     std::vector<int> neighbour(3 * 256, -1);
     vggrpo_emu::Launch(dim3(3), dim3(256)) << [&] {
       // block_sum is the kernels' fixed-tree reduction: it needs the barrier to mean "all".
-      const long long total = kn::cuda::block_sum<long long>(threadIdx.x + 1000 * blockIdx.x);
+      const long long total = kn::cuda::block_sum<256, long long>(threadIdx.x + 1000 * blockIdx.x);
       __shared__ int slot[256];
       slot[threadIdx.x] = static_cast<int>(threadIdx.x);
       __syncthreads();
@@ -186,9 +186,11 @@ TEST(grid_caps_of_this_build) {
   CHECK_EQ(kn::cuda::splat_views_per_thread(min_threads / 4, 21), 6);  // 4 chunks of 6, 6, 6, 3
   CHECK_EQ(kn::cuda::splat_views_per_thread(1, 21), 1);
   CHECK_EQ(kn::cuda::splat_views_per_thread(min_threads, 0), 1);
-  std::printf("grid caps: %lld blocks, %lld along y; splat thread floor %lld\n",
+  std::printf("grid caps: %lld blocks, %lld along y; splat thread floor %lld; per-view blocks of "
+              "%d threads\n",
               static_cast<long long>(kn::cuda::kMaxBlocks),
-              static_cast<long long>(kn::cuda::kMaxGridY), static_cast<long long>(min_threads));
+              static_cast<long long>(kn::cuda::kMaxGridY), static_cast<long long>(min_threads),
+              kn::cuda::kViewThreads);
 }
 
 // ---- so3_log, motion_smoothness --------------------------------------------------------------
