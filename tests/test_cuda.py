@@ -78,6 +78,27 @@ def test_splat_depth_winners_equal_the_cpu(dtype, ties):
     assert (w_cpu >= 0).float().mean() > 0.5
 
 
+@pytest.mark.parametrize("need_winner", [True, False])
+def test_large_clouds_take_the_all_views_splat_and_match_the_cpu(need_winner):
+    """Over 2^20 points: each splat thread then takes its point into every view (the paper-scale
+    schedule, csrc/kernels/cuda_common.cuh), which the smaller parity cases above never reach."""
+    gen = torch.Generator().manual_seed(9)
+    B, V, N, H, W = 1, 5, 1_200_000, 48, 64
+    E, K = random_cameras(B, V, H, W, gen, torch.float32)
+    pts = random_cloud((B, N), gen, torch.float32)
+    d_cpu, w_cpu = ops.splat_depth(pts, None, E, K, H, W)
+    d_gpu, w_gpu = ops.splat_depth(*_cuda(pts, None, E, K), H, W)
+    assert torch.equal(w_gpu.cpu(), w_cpu) and torch.equal(d_gpu.cpu(), d_cpu)
+    # the fused path with 2^20+ points (T*H*W = 6 * 416 * 424), with and without winners
+    pm, depths, Ef, Kf, flow = random_reprojection_inputs(1, 6, 416, 424, gen, torch.float32)
+    cpu = raw.reprojection_errors(pm, depths, Ef, Kf, flow, 0.1, True)
+    gpu = [t.cpu() for t in raw.reprojection_errors(*_cuda(pm, depths, Ef, Kf, flow), 0.1, need_winner)]
+    torch.testing.assert_close(gpu[0], cpu[0], **_close(torch.float32))
+    assert torch.equal(gpu[1], cpu[1])
+    if need_winner:
+        assert torch.equal(gpu[2], cpu[2])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_static_points_view_error_worst_k_parity(dtype):
     gen = torch.Generator().manual_seed(2)
