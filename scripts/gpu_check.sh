@@ -100,12 +100,15 @@ sanitize() {
   done
   return $rc
 }
+# run_stage runs its command under timeout, hence in a child bash: it needs these exported.
+export -f sanitize
+export PY
 
 for s in "${stages[@]}"; do
   case $s in
     cuda) run_stage cuda "${CUDA_S:-150}" 40 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider ;;
     bench) run_stage bench_cuda "${BENCH_S:-240}" 60 "$PY" -m pytest bench/test_bench_cuda.py -q -s -p no:cacheprovider ;;
-    sanitize) run_stage sanitize "${SANITIZE_S:-240}" 120 bash -c "$(declare -f sanitize); PY='$PY'; sanitize" ;;
+    sanitize) run_stage sanitize "${SANITIZE_S:-240}" 120 bash -c sanitize ;;
     tests) run_stage tests "${TESTS_S:-240}" 15 "$PY" -m pytest tests -q -p no:cacheprovider ;;
     rewards) run_stage bench_rewards "${REWARDS_S:-120}" 20 "$PY" -m pytest bench/test_bench_rewards.py -q -k cuda \
       --benchmark-min-rounds=10 -p no:cacheprovider ;;

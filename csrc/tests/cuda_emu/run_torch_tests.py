@@ -68,8 +68,9 @@ def build():
         "-ffp-contract=off",
         "-DVGGRPO_WITH_CUDA",
         "-DVGGRPO_EMULATED_CUDA",
-        # The emulator switches fibers at every barrier (a syscall each, in swapcontext): the real
-        # 1024-thread per-view blocks made this run 5x slower. Their code is the same for any
+        # The emulator switches fibers at every barrier (a syscall each, in swapcontext): with the
+        # real 1024-thread per-view blocks this run took over 10 min instead of 2 (measured on the
+        # 2-core CI machine, then stopped). Their code is the same for any
         # power-of-two block size; ctest test_cuda_emulated runs them at 1024.
         "-DVGGRPO_CUDA_VIEW_THREADS=256",
         # Escaped for the ninja file that load() writes (setup.py needs no escaping).
