@@ -100,7 +100,7 @@ sanitize() {
   done
   return $rc
 }
-# run_stage runs its command under timeout, hence in a child bash: it needs these exported.
+# A stage command runs under timeout, hence in a child bash: sanitize needs these exported.
 export -f sanitize
 export PY
 

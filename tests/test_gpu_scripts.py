@@ -57,7 +57,7 @@ def test_gpu_check_is_valid_bash_within_the_file_limit():
     # Files the script leaves in $OUT: fixed names, one log per stage, the results JSON. The
     # device tool brings back at most 8.
     fixed = set(re.findall(r'"\$OUT/([A-Za-z0-9_.-]+)"', text))
-    stage_logs = {f"{name}.log" for name in re.findall(r"run_stage ([a-z_]+) ", text)}
+    stage_logs = {f"{name}.log" for name in re.findall(r'run_stage ([a-z_]+) "\$\{', text)}
     assert {"setup.log", "build.log"} <= fixed and len(stage_logs) == 5, (fixed, stage_logs)
     assert 'cp bench/results/gpu-*.json "$OUT/"' in text
     assert len(fixed | stage_logs) + 1 <= 8, sorted(fixed | stage_logs)
