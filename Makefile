@@ -1,9 +1,10 @@
 # The README's two commands, and what they stand on.
 #
 #   make test   create .venv, build the extension, run the C++ tests (the CUDA kernels too, under
-#               a CPU emulation), compile the CUDA kernels (when nvcc is present), then pytest
-#               tests/, the op tests again through the glue's CUDA branch on the emulated
-#               kernels, and a one-round pytest bench/
+#               a CPU emulation), compile the CUDA kernels (when nvcc is present), the real CUDA
+#               build of the extension against the GPU machine's torch and the op tests on it,
+#               then pytest tests/, the op tests again through the glue's CUDA branch on the
+#               emulated kernels, and a one-round pytest bench/
 #   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
 #               with LoRA on the tiny Wan model, guided sampling, latent-vs-RGB timing
 #
@@ -20,9 +21,14 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 
 CSRC := $(shell find csrc -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
 ENV_STAMP := $(VENV)/.vggrpo-env
+# The real CUDA build (make cuda-build) uses the GPU machine's torch: 2.11.0, a CUDA 13.0 build
+# like the nvcc here. A CUDA wheel of torch imports and runs on a machine without a GPU.
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH_SPEC ?= torch==2.11.0
+CUDA_ENV_STAMP := $(CUDA_VENV)/.vggrpo-env
 EXT_STAMP := build/.vggrpo-ext
 
-.PHONY: env build cpp-test cuda-compile cuda-emulated pytest bench-quick bench bench-check test demo clean
+.PHONY: env build cpp-test cuda-compile cuda-build cuda-emulated gpu-wheels pytest bench-quick bench bench-check test demo clean
 
 env: $(ENV_STAMP)
 $(ENV_STAMP): requirements-dev.txt
@@ -53,10 +59,34 @@ cuda-compile:
 pytest: build
 	$(PY) -m pytest tests -q
 
+$(CUDA_ENV_STAMP): requirements-dev.txt
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
+	$(CUDA_VENV)/bin/python -m pip --disable-pip-version-check install -q "$(CUDA_TORCH_SPEC)"
+	$(CUDA_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-dev.txt
+	touch $@
+
+# The extension as `FORCE_CUDA=1 pip install` builds it (nvcc, the CUDA glue, the CUDA-key
+# registrations), in build/cuda_torch, then the op tests on it (docs/ops.md). Skipped only
+# without nvcc.
+cuda-build:
+	@if [ -n "$(NVCC)" ]; then \
+	  $(MAKE) --no-print-directory $(CUDA_ENV_STAMP) && \
+	  MAX_JOBS=$(JOBS) $(CUDA_VENV)/bin/python csrc/tests/torch_variant.py cuda; \
+	else echo "cuda-build: no nvcc found, the CUDA build not tried"; fi
+
+# The wheels the lent GPU machine's image lacks (Python 3.12, no registry there), into the ignored
+# .whl/ that scripts/gpu_check.sh installs from: run(..., carry=[".whl"]).
+GPU_WHEELS ?= diffusers==0.42.1 importlib_metadata==8.7.0 nvtx==0.2.17 av==18.1.0
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
 # The op tests again on a test-only build whose every call takes the glue's CUDA branch, with the
 # CUDA kernels compiled against the CPU emulation of the CUDA runtime (docs/ops.md).
 cuda-emulated: build
-	MAX_JOBS=$(JOBS) $(PY) csrc/tests/cuda_emu/run_torch_tests.py
+	MAX_JOBS=$(JOBS) $(PY) csrc/tests/torch_variant.py emulated
 
 # One round per benchmark: checks the suite runs and reports the targets; `make bench` measures.
 bench-quick: build
@@ -70,7 +100,7 @@ bench: build
 bench-check: build
 	$(PY) -m pytest bench -q --benchmark-min-rounds=10 --vggrpo-check-targets
 
-test: build cpp-test cuda-compile pytest cuda-emulated bench-quick
+test: build cpp-test cuda-compile cuda-build pytest cuda-emulated bench-quick
 
 # The main job on the embedded tiny models (measured: 32-34 s on 2 cores, once built):
 # synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided
@@ -80,4 +110,4 @@ demo: build
 	$(VENV)/bin/vggrpo demo --out out/demo
 
 clean:
-	rm -rf build $(VENV) vggrpo/_C*.so *.egg-info
+	rm -rf build $(VENV) $(CUDA_VENV) vggrpo/_C*.so *.egg-info

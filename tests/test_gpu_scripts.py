@@ -1,8 +1,9 @@
 """The GPU check's own scripts, run where CI can run them: scripts/cuda_sanitize.py (the workload
 compute-sanitizer checks on a GPU) must run every op forward and backward, and refuse cleanly
 where there is no CUDA build or device; scripts/gpu_check.sh must be valid bash that keeps its
-files back within the device tool's 8-file limit; bench/profiling.py's kernel breakdown (printed
-by the GPU bench) must find the fused op in a profile, here of CPU ops."""
+files back within the device tool's 8-file limit, ends each stage by the call's deadline and
+reports every stage's outcome; bench/profiling.py's kernel breakdown (printed by the GPU bench)
+must find the fused op in a profile, here of CPU ops."""
 
 import importlib.util
 import re
@@ -68,6 +69,53 @@ def test_gpu_check_rejects_an_unknown_stage_before_doing_anything(tmp_path):
                           capture_output=True, text=True, timeout=60, env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "unknown stage 'benchh'" in done.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def _gpu_check_functions(snippet, tmp_path):
+    """Runs `snippet` in bash after sourcing gpu_check.sh (which then defines and runs nothing)."""
+    script = ROOT / "scripts" / "gpu_check.sh"
+    done = subprocess.run(["bash", "-c", f'source "{script}"; OUT="{tmp_path}"; {snippet}'],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_gpu_check_sourced_runs_nothing(tmp_path):
+    assert _gpu_check_functions("echo sourced", tmp_path) == "sourced\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_cuts_each_stage_to_the_call_deadline(tmp_path):
+    # 500 s of a 540 s deadline spent: a stage asking for 150 s gets what is left (about 40 s);
+    # one asking for less keeps its own limit.
+    out = _gpu_check_functions(
+        "START=$(( $(date +%s) - 500 )); DEADLINE_S=540; stage_limit 150; stage_limit 10", tmp_path)
+    cut, own = map(int, out.split())
+    assert 38 <= cut <= 40 and own == 10
+
+
+def test_gpu_check_reports_every_stage_outcome_and_fails_on_any(tmp_path):
+    out = _gpu_check_functions(
+        "START=$(date +%s); DEADLINE_S=540; MIN_STAGE_S=0; "
+        "run_stage good 30 5 true; run_stage bad 30 5 bash -c 'echo boom; exit 3'; "
+        "run_stage slow 1 5 sleep 20; "
+        "START=$(( $(date +%s) - 530 )); MIN_STAGE_S=20; run_stage late 30 5 true; "
+        "print_summary; echo status=$status", tmp_path)
+    summary = out[out.index("== summary"):].splitlines()
+    assert summary[1].strip().startswith("good: ok")
+    assert summary[2].strip().startswith("bad: failed, exit 3")
+    assert summary[3].strip() == "slow: stopped at its limit of 1s"
+    assert summary[4].strip() == "late: not run (deadline)"
+    assert summary[5] == "status=1"
+    assert (tmp_path / "bad.log").read_text() == "boom\n"
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_gpu_check_with_only_passing_stages_keeps_status_zero(tmp_path):
+    out = _gpu_check_functions(
+        "START=$(date +%s); run_stage a 30 5 true; run_stage b 30 5 true; echo status=$status",
+        tmp_path)
+    assert out.splitlines()[-1] == "status=0"
 
 
 def test_kernel_breakdown_finds_the_fused_op():

@@ -92,3 +92,22 @@ def test_rewards_compile_without_graph_breaks():
 def test_extension_reports_its_build():
     assert isinstance(vggrpo.cuda_built, bool) and isinstance(vggrpo.openmp, bool)
     assert vggrpo._ext._C.torch_version == torch.__version__
+
+
+def _registered_from(op: str, key: str) -> str:
+    """The source file whose TORCH_LIBRARY_IMPL registered op's kernel for a dispatch key."""
+    for line in torch._C._dispatch_dump(f"vggrpo::{op}").splitlines():
+        if line.startswith(f"{key}: registered at "):
+            return line.split(" registered at ")[1].split(":")[0].rsplit("/", 1)[-1]
+    return "nothing"
+
+
+def test_every_op_has_a_cpu_kernel_and_the_cuda_key_matches_the_build():
+    # A CUDA build registers the CUDA kernels (register_cuda.cpp); a CPU build registers, for
+    # CUDA tensors, the "built without CUDA" error (no_cuda.cpp). make cuda-build runs this on the
+    # real CUDA build, where no GPU is needed to see which one loaded.
+    ops = {op._qualified_op_name.split("::")[1] for op, _ in SAMPLES}
+    expected = "register_cuda.cpp" if vggrpo.cuda_built else "no_cuda.cpp"
+    for op in sorted(ops):
+        assert _registered_from(op, "CPU") == "register_cpu.cpp", op
+        assert _registered_from(op, "CUDA") == expected, (op, torch._C._dispatch_dump(f"vggrpo::{op}"))

@@ -18,7 +18,7 @@ namespace glue {
 namespace {
 
 #if defined(VGGRPO_EMULATED_CUDA)
-// Test builds only (csrc/tests/cuda_emu/run_torch_tests.py): every call takes the CUDA branch,
+// Test builds only (csrc/tests/torch_variant.py emulated): every call takes the CUDA branch,
 // whose kernels are the CUDA sources compiled against the CPU emulation of the CUDA runtime, on
 // host memory. Never defined by setup.py.
 constexpr bool kEmulatedCuda = true;
