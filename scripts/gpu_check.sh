@@ -34,7 +34,9 @@
 # into /tmp/site first. `make cuda-build` (part of `make test`) builds the same extension against
 # the GPU machine's torch on a machine without a GPU, so a compile error shows there first.
 #
-# Sourcing this file defines its functions and runs nothing (tests/test_gpu_scripts.py).
+# It stops at once where torch sees no CUDA device (the GPU tests would all skip); REHEARSAL=1
+# runs it through anyway, for a dry run of the flow on a machine without a GPU. Sourcing this
+# file defines its functions and runs nothing (tests/test_gpu_scripts.py).
 set -uo pipefail
 
 ALL_STAGES=(cuda bench sanitize rewards tests)
@@ -127,10 +129,16 @@ main() {
     command -v compute-sanitizer || echo "no compute-sanitizer"
   } >> "$OUT/setup.log" 2>&1
   cat "$OUT/setup.log"
+  # Without a visible device every GPU test would skip and its stage would read "ok".
+  # REHEARSAL=1 lets the script run through on a machine without a GPU (a dry run of the flow).
+  if [ "${REHEARSAL:-0}" != 1 ] && ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
+    echo "gpu_check: torch sees no CUDA device; nothing here would test the kernels"
+    exit 1
+  fi
 
   # One architecture for the device at hand keeps the build short; the default list is 8.0;9.0.
   local arch limit
-  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2> /dev/null)
   limit=$(stage_limit "${BUILD_S:-240}")
   echo "== build (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}, limit ${limit}s)"
   SECONDS=0

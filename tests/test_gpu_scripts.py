@@ -71,6 +71,20 @@ def test_gpu_check_rejects_an_unknown_stage_before_doing_anything(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the check for real")
+def test_gpu_check_stops_before_building_where_torch_sees_no_gpu(tmp_path):
+    # A copy of the script alone: it works in its parent folder, where nothing can be built.
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "gpu_check.sh"
+    script.write_text((ROOT / "scripts" / "gpu_check.sh").read_text())
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={"OUT": str(out), "PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "torch sees no CUDA device" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["setup.log"]
+
+
 def _gpu_check_functions(snippet, tmp_path):
     """Runs `snippet` in bash after sourcing gpu_check.sh (which then defines and runs nothing)."""
     script = ROOT / "scripts" / "gpu_check.sh"
