@@ -150,6 +150,10 @@ def test_bad_latents_are_clear_errors(vae):
         lgm(torch.zeros(1, 16, 3, 4, 6, dtype=torch.int64))
     with pytest.raises(ValueError, match="token_dim"):
         LatentGeometryModel(lgm.backbone, LGMConfig(token_dim=33))
+    with pytest.raises(TypeError, match=r"backbone must follow .*GeometryBackbone; this Linear "
+                                        r"lacks patch_size, dim, stitch_layer, blocks, embed, "
+                                        r"forward_tokens, heads"):
+        LatentGeometryModel(torch.nn.Linear(2, 2), LGMConfig(token_dim=32))
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from vggrpo.data.synthetic import make_scene, unproject_depth
-from vggrpo.geometry import Geometry, GeometryBackbone, TinyVGGT, TinyVGGTConfig
+from vggrpo.geometry import (
+    Geometry,
+    GeometryBackbone,
+    TinyVGGT,
+    TinyVGGTConfig,
+    missing_backbone_members,
+)
 from vggrpo.geometry.cameras import cameras_to_pose_encoding
 from vggrpo.geometry.tiny import sincos_2d
 from vggrpo.geometry.training import (
@@ -22,6 +28,38 @@ SMALL = TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1, aggregator_depth=1,
 def small_model(seed=0):
     torch.manual_seed(seed)
     return TinyVGGT(SMALL).eval()
+
+
+class _MinimalBackbone(torch.nn.Module):
+    """The protocol's members and nothing else; ``blocks`` a submodule, as in every backbone."""
+
+    patch_size, dim, stitch_layer = 8, 4, 1
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+    def embed(self, video): ...
+
+    def forward_tokens(self, tokens): ...
+
+    def heads(self, tokens, grid): ...
+
+
+def test_protocol_check_sees_submodules_and_names_what_is_missing():
+    # Python 3.12 checks runtime protocols statically, which misses nn.Module submodules; the
+    # protocol's own check must accept these on every Python.
+    assert isinstance(_MinimalBackbone(), GeometryBackbone)
+    assert missing_backbone_members(_MinimalBackbone()) == []
+    no_blocks = _MinimalBackbone()
+    del no_blocks.blocks
+    assert not isinstance(no_blocks, GeometryBackbone)
+    assert missing_backbone_members(no_blocks) == ["blocks"]
+    not_callable = _MinimalBackbone()
+    not_callable.heads = 3
+    assert missing_backbone_members(not_callable) == ["heads"]
+    assert not isinstance(not_callable, GeometryBackbone)
+    assert not isinstance(torch.nn.Linear(2, 2), GeometryBackbone)
 
 
 def test_protocol_and_split_forward():

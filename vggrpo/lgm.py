@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from . import _io
 from ._nvtx import nvtx_range
+from .geometry.backbone import missing_backbone_members
 from .geometry.record import Geometry
 from .geometry.tiny import TinyVGGT, TinyVGGTConfig
 
@@ -131,6 +132,10 @@ class LatentGeometryModel(nn.Module):
     def __init__(self, backbone: nn.Module, config: LGMConfig,
                  connector: Optional[LatentConnector] = None) -> None:
         super().__init__()
+        missing = missing_backbone_members(backbone)
+        if missing:
+            raise TypeError(f"backbone must follow vggrpo.geometry.GeometryBackbone; this "
+                            f"{type(backbone).__name__} lacks {', '.join(missing)}")
         if config.token_dim != backbone.dim:
             raise ValueError(f"LGMConfig.token_dim ({config.token_dim}) must equal the backbone's "
                              f"token width at the stitch point ({backbone.dim})")

@@ -7,7 +7,7 @@
   :mod:`vggrpo.geometry.adapters` — wrappers for real VGGT / Any4D checkpoints on local disk.
 """
 
-from .backbone import GeometryBackbone
+from .backbone import GeometryBackbone, missing_backbone_members
 from .cameras import (
     camera_to_world_to_extrinsics,
     cameras_to_pose_encoding,
@@ -26,6 +26,7 @@ from .tiny import TinyVGGT, TinyVGGTConfig
 __all__ = [
     "Geometry",
     "GeometryBackbone",
+    "missing_backbone_members",
     "TinyVGGT",
     "TinyVGGTConfig",
     "cameras_to_pose_encoding",

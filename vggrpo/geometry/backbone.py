@@ -15,18 +15,40 @@ Any special tokens (camera, register) are the backbone's own business: they are 
 
 from __future__ import annotations
 
-from typing import Protocol, Tuple, runtime_checkable
+from typing import Any, List, Protocol, Tuple, runtime_checkable
 
 from torch import Tensor, nn
 
 from .record import Geometry
 
-__all__ = ["GeometryBackbone"]
+__all__ = ["GeometryBackbone", "missing_backbone_members"]
+
+_ATTRIBUTES = ("patch_size", "dim", "stitch_layer", "blocks")
+_METHODS = ("embed", "forward_tokens", "heads")
+
+
+def missing_backbone_members(obj: Any) -> List[str]:
+    """The members of :class:`GeometryBackbone` that ``obj`` lacks (methods must be callable);
+    empty for a backbone. Found with ``hasattr``, so an ``nn.Module``'s submodules count."""
+    missing = [name for name in _ATTRIBUTES if not hasattr(obj, name)]
+    return missing + [name for name in _METHODS if not callable(getattr(obj, name, None))]
+
+
+class _MemberCheck(type(Protocol)):
+    # Python 3.12 checks a runtime protocol's members with inspect.getattr_static, which cannot
+    # see an nn.Module's submodules (kept in _modules, reached through __getattr__): every real
+    # backbone, whose `blocks` is a submodule, would fail isinstance there and pass it on 3.11.
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return not missing_backbone_members(obj)
 
 
 @runtime_checkable
-class GeometryBackbone(Protocol):
+class GeometryBackbone(Protocol, metaclass=_MemberCheck):
     """Structural type of a stitchable geometry model (see the module docstring).
+
+    ``isinstance(model, GeometryBackbone)`` tells whether ``model`` has every member below, on
+    every supported Python (submodules included); :func:`missing_backbone_members` names the ones
+    it lacks.
 
     Attributes:
         patch_size: pixels per token side (output depth maps are ``h * patch_size`` tall).
