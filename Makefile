@@ -2,7 +2,7 @@
 #
 #   make test   create .venv, build the extension, run the C++ tests (the CUDA kernels too, under
 #               a CPU emulation), compile the CUDA kernels (when nvcc is present), the real CUDA
-#               build of the extension against the GPU machine's torch and the op tests on it,
+#               build of the extension against the GPU machine's torch and pytest tests/ on it,
 #               then pytest tests/, the op tests again through the glue's CUDA branch on the
 #               emulated kernels, and a one-round pytest bench/
 #   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
@@ -22,9 +22,12 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 CSRC := $(shell find csrc -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
 ENV_STAMP := $(VENV)/.vggrpo-env
 # The real CUDA build (make cuda-build) uses the GPU machine's torch: 2.11.0, a CUDA 13.0 build
-# like the nvcc here. A CUDA wheel of torch imports and runs on a machine without a GPU.
+# like the nvcc here (a CUDA wheel of torch imports and runs on a machine without a GPU), and its
+# Python, 3.12, where one is found (python3.12, or pyenv's), so CI covers a second Python too.
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH_SPEC ?= torch==2.11.0
+CUDA_PYTHON ?= $(or $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+  $$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done),$(PYTHON))
 CUDA_ENV_STAMP := $(CUDA_VENV)/.vggrpo-env
 EXT_STAMP := build/.vggrpo-ext
 
@@ -60,14 +63,14 @@ pytest: build
 	$(PY) -m pytest tests -q
 
 $(CUDA_ENV_STAMP): requirements-dev.txt
-	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/python -m pip --disable-pip-version-check install -q --upgrade pip
 	$(CUDA_VENV)/bin/python -m pip --disable-pip-version-check install -q "$(CUDA_TORCH_SPEC)"
 	$(CUDA_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-dev.txt
 	touch $@
 
 # The extension as `FORCE_CUDA=1 pip install` builds it (nvcc, the CUDA glue, the CUDA-key
-# registrations), in build/cuda_torch, then the op tests on it (docs/ops.md). Skipped only
+# registrations), in build/cuda_torch, then pytest tests/ on it (docs/ops.md). Skipped only
 # without nvcc.
 cuda-build:
 	@if [ -n "$(NVCC)" ]; then \

@@ -301,7 +301,9 @@ def test_importing_adapters_does_not_import_vggt(tmp_path):
         assert 'vggt' not in sys.modules, 'vggt imported'
         print('ok')
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    # The caller's PYTHONPATH stays behind ours (a variant test run loads its extension from it).
+    path = [str(tmp_path), str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

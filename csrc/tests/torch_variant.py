@@ -13,23 +13,25 @@ minus what the emulation cannot show (docs/ops.md). Built in build/cuda_emu_torc
 ``cuda``: the real CUDA build, exactly as ``FORCE_CUDA=1 pip install`` makes it (setup.py, nvcc,
 the real CUDA glue and its CUDA-key registrations), against the torch of the interpreter that runs
 this script, which must be a CUDA build (its wheel imports and runs on a machine without a GPU).
-`make cuda-build` runs it with the GPU machine's torch, so a compile or link error in the CUDA
-glue, or a CUDA registration that does not load, shows on CI and not in the first minutes of a
-GPU session. Where a GPU is present tests/test_cuda.py runs too; elsewhere it skips. Built in
-build/cuda_torch; CUDA_HOME is taken from the environment, else from the nvcc on PATH.
+`make cuda-build` runs it with the GPU machine's torch and Python, so a compile or link error in
+the CUDA glue, a CUDA registration that does not load, or a test that fails under that torch or
+Python shows on CI and not in the first minutes of a GPU session. The whole of tests/ runs on it
+(tests/test_cuda.py skips where there is no GPU). Built in build/cuda_torch; CUDA_HOME is taken
+from the environment, else from the nvcc on PATH.
 
-In both, the installed vggrpo._C is never touched: the variant is put in sys.modules before
-vggrpo is imported, in a fresh process. Exit status: pytest's, except that "no tests ran" (5) is
-a failure.
+In both, the installed vggrpo._C is never touched: pytest runs in a fresh process whose
+PYTHONPATH starts with csrc/tests/variant_site, whose sitecustomize.py loads the variant as
+vggrpo._C before anything imports vggrpo, in that process and in every process it starts (CLI
+and torchrun tests). Exit status: pytest's, except that "no tests ran" (5) is a failure.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -49,14 +51,15 @@ OP_TEST_FILES = [
 ]
 TEST_FILES = {
     "emulated": OP_TEST_FILES,
-    # test_library: the registrations (CUDA key from register_cuda.cpp), opcheck of every op,
-    # torch.compile; test_cuda: the GPU parity tests, which run only where a GPU is.
-    "cuda": OP_TEST_FILES + ["tests/test_library.py", "tests/test_cuda.py"],
+    # Everything: another torch and Python than the main environment's (test_library checks the
+    # CUDA-key registrations; test_cuda runs only where a GPU is).
+    "cuda": ["tests"],
 }
+SITE = ROOT / "csrc" / "tests" / "variant_site"
 
 
-def build_emulated():
-    """Compiles the emulated variant (cached by ninja) and returns its module."""
+def build_emulated() -> Path:
+    """Compiles the emulated variant (cached by ninja); returns the library."""
     import torch
     from torch.utils.cpp_extension import load
 
@@ -95,7 +98,7 @@ def build_emulated():
         # Escaped for the ninja file that load() writes (setup.py needs no escaping).
         f'-DVGGRPO_TORCH_VERSION=\\"{torch.__version__}\\"',
     ]
-    return load(
+    module = load(
         name="_C",
         sources=sources,
         # The emulation first: <cuda_runtime.h> must never resolve to a real toolkit here.
@@ -106,6 +109,7 @@ def build_emulated():
         build_directory=str(build_dir),
         verbose=False,
     )
+    return Path(module.__file__)
 
 
 def cuda_home() -> str:
@@ -145,20 +149,11 @@ def build_cuda() -> Path:
         # ninja prints every command line: the error is at the end.
         sys.stderr.write(done.stdout[-20000:] + done.stderr[-20000:])
         sys.exit(f"torch_variant cuda: the CUDA build failed (exit {done.returncode})")
-    (lib,) = (out / "lib" / "vggrpo").glob("_C.*.so")
+    lib = out / "lib" / "vggrpo" / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
     print(f"built the CUDA extension with CUDA_HOME={env['CUDA_HOME']}, TORCH_CUDA_ARCH_LIST="
           f"{env.get('TORCH_CUDA_ARCH_LIST', 'setup.py default')} in "
           f"{time.monotonic() - start:.0f} s: {lib}", flush=True)
     return lib
-
-
-def load_cuda(lib: Path):
-    import torch  # noqa: F401  (the extension links against torch's libraries)
-
-    spec = importlib.util.spec_from_file_location("vggrpo._C", lib)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str]) -> int:
@@ -167,32 +162,20 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     variant, pytest_args = argv[0], argv[1:]
-    if os.environ.get("VGGRPO_VARIANT_CHILD") != "1":
-        # Build here (the compile's output stays readable), run pytest in a fresh process that
-        # loads the variant before vggrpo.
-        os.environ.setdefault("MAX_JOBS", "2")
-        lib = build_emulated() if variant == "emulated" else build_cuda()
-        env = dict(os.environ, VGGRPO_VARIANT_CHILD="1")
-        if variant == "cuda":
-            env["VGGRPO_VARIANT_LIB"] = str(lib)
-        proc = subprocess.run([sys.executable, __file__, *argv], cwd=ROOT, env=env)
-        return 1 if proc.returncode == 5 else proc.returncode
-
-    if variant == "emulated":
-        module = build_emulated()  # up to date: loads the built library
-    else:
-        module = load_cuda(Path(os.environ["VGGRPO_VARIANT_LIB"]))
-    assert module.cuda_built, f"the {variant} variant must be built with VGGRPO_WITH_CUDA"
-    sys.modules["vggrpo._C"] = module
-    sys.path.insert(0, str(ROOT))
-    import pytest
-
-    import vggrpo
-
-    assert vggrpo._ext._C is module, f"vggrpo loaded another extension than the {variant} variant"
-    print(f"vggrpo ops on the {variant} variant ({module.__file__}, torch "
-          f"{module.torch_version})", flush=True)
-    return pytest.main(["-q", "-p", "no:cacheprovider", *TEST_FILES[variant], *pytest_args])
+    os.environ.setdefault("MAX_JOBS", "2")
+    lib = build_emulated() if variant == "emulated" else build_cuda()
+    path = [str(SITE), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, VGGRPO_VARIANT_LIB=str(lib), PYTHONPATH=os.pathsep.join(path))
+    check = ("import vggrpo, torch; c = vggrpo._ext._C; "
+             f"assert c.__file__ == {str(lib)!r}, ('vggrpo loaded', c.__file__); "
+             "assert c.cuda_built, 'the variant must be built with VGGRPO_WITH_CUDA'; "
+             f"print('vggrpo ops on the {variant} variant (%s, torch %s, Python %s)' % "
+             "(c.__file__, torch.__version__, __import__('platform').python_version()))")
+    if subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env).returncode != 0:
+        return 1
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *TEST_FILES[variant], *pytest_args], cwd=ROOT, env=env)
+    return 1 if proc.returncode == 5 else proc.returncode
 
 
 if __name__ == "__main__":
