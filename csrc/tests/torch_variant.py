@@ -1,4 +1,4 @@
-"""The op tests of tests/ on a variant build of vggrpo._C, where the installed one cannot show it.
+"""tests/ on a variant build of vggrpo._C, for what the installed one cannot show.
 
     python csrc/tests/torch_variant.py emulated [pytest args...]   # make cuda-emulated
     python csrc/tests/torch_variant.py cuda [pytest args...]       # make cuda-build
