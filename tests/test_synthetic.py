@@ -705,7 +705,10 @@ def test_dataloader_collate_and_workers():
         assert batches[0][name].shape == (2, *shape), name
     assert batches[0]["dynamic_mask"].dtype == torch.bool
     assert torch.equal(batches[1]["depths"][0], ds[2]["depths"])
-    in_workers = list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2))
+    # spawn: the dataset must pickle (spawn is macOS's and Windows' default, forkserver Python
+    # 3.14's), and no fork() of this multi-threaded process, which Python 3.12 warns can deadlock.
+    in_workers = list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2,
+                                                  multiprocessing_context="spawn"))
     for a, b in zip(batches, in_workers):
         assert all(torch.equal(a[k], b[k]) for k in a)
 

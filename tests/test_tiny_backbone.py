@@ -60,6 +60,9 @@ def test_protocol_check_sees_submodules_and_names_what_is_missing():
     assert missing_backbone_members(not_callable) == ["heads"]
     assert not isinstance(not_callable, GeometryBackbone)
     assert not isinstance(torch.nn.Linear(2, 2), GeometryBackbone)
+    # Every member the protocol declares is checked (the lists are read off its body).
+    assert missing_backbone_members(object()) == [
+        "patch_size", "dim", "stitch_layer", "blocks", "embed", "forward_tokens", "heads"]
 
 
 def test_protocol_and_split_forward():

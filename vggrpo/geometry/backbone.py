@@ -23,9 +23,6 @@ from .record import Geometry
 
 __all__ = ["GeometryBackbone", "missing_backbone_members"]
 
-_ATTRIBUTES = ("patch_size", "dim", "stitch_layer", "blocks")
-_METHODS = ("embed", "forward_tokens", "heads")
-
 
 def missing_backbone_members(obj: Any) -> List[str]:
     """The members of :class:`GeometryBackbone` that ``obj`` lacks (methods must be callable);
@@ -73,3 +70,12 @@ class GeometryBackbone(Protocol, metaclass=_MemberCheck):
     def heads(self, tokens: Tensor, grid: Tuple[int, int]) -> Geometry:
         """Final tokens -> Geometry (cameras from the special tokens, dense maps from the grid)."""
         ...
+
+
+# The members, read off the protocol's own body so that they are written once: its annotated
+# attributes, and its public methods in the order they are defined.
+_ATTRIBUTES: Tuple[str, ...] = tuple(GeometryBackbone.__annotations__)
+_METHODS: Tuple[str, ...] = tuple(
+    name for name, value in vars(GeometryBackbone).items()
+    if not name.startswith("_") and callable(value)
+)
