@@ -1,5 +1,7 @@
 """Per-kernel time of a callable, from torch.profiler (used by bench/test_bench_cuda.py)."""
 
+import inspect
+
 import torch
 
 
@@ -16,7 +18,10 @@ def kernel_breakdown(fn, device_type: str = "cuda", rounds: int = 3) -> list[dic
     fn()
     if device_type == "cuda":
         torch.cuda.synchronize()
-    with profile(activities=[activity]) as prof:
+    # One profiling cycle; acc_events only silences torch's warning about clearing events between
+    # cycles (torch >= 2.5 has it).
+    extra = {"acc_events": True} if "acc_events" in inspect.signature(profile).parameters else {}
+    with profile(activities=[activity], **extra) as prof:
         for _ in range(rounds):
             fn()
         if device_type == "cuda":
