@@ -19,7 +19,7 @@ def kernel_breakdown(fn, device_type: str = "cuda", rounds: int = 3) -> list[dic
     if device_type == "cuda":
         torch.cuda.synchronize()
     # One profiling cycle; acc_events only silences torch's warning about clearing events between
-    # cycles (torch >= 2.5 has it).
+    # cycles, where this torch has the argument.
     extra = {"acc_events": True} if "acc_events" in inspect.signature(profile).parameters else {}
     with profile(activities=[activity], **extra) as prof:
         for _ in range(rounds):
