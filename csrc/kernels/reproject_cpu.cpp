@@ -86,6 +86,51 @@ void splat_depth_backward_cpu(const T* grad_depth, const int64_t* winner, const 
   });
 }
 
+// Mean pixel_error over the pixels of one view that count, and their number: rendered(i) is
+// pixel i's rendered depth, d the predicted depths, own(i) whether pixel i is the view's own
+// (static, finite). The float64 sum is split into kErrorLanes partial sums, pixel i into lane
+// i % kErrorLanes, added in lane order at the end: a fixed order, shared by view_depth_error and
+// the fused path, so results are bitwise reproducible and the two agree bit for bit. One running
+// sum is bound by the latency of its dependent adds; per-pixel terms computed a block at a time
+// into lanes vectorise (measured on the 2-core CI machine, 16 views of 6240 pixels: 266 us with
+// one sum, 159 us with lanes).
+constexpr int64_t kErrorLanes = 8;
+
+template <typename T, typename Rendered, typename Own>
+VGGRPO_ALWAYS_INLINE T view_mean_error(Rendered&& rendered, const T* d, Own&& own, int64_t P,
+                                       int64_t* count) {
+  acc_t lane[kErrorLanes] = {};
+  int64_t lane_count[kErrorLanes] = {};
+  int64_t i = 0;
+  for (; i + kErrorLanes <= P; i += kErrorLanes) {
+    T z[kErrorLanes], e[kErrorLanes];
+    int32_t counts[kErrorLanes];
+    for (int64_t j = 0; j < kErrorLanes; ++j) z[j] = rendered(i + j);
+    for (int64_t j = 0; j < kErrorLanes; ++j) {
+      counts[j] = pixel_counts(z[j], d[i + j], own(i + j));
+      e[j] = keep_or_zero(pixel_error(z[j], d[i + j]), counts[j]);  // +0 leaves a lane unchanged
+    }
+    for (int64_t j = 0; j < kErrorLanes; ++j) {
+      lane[j] += e[j];
+      lane_count[j] += counts[j];
+    }
+  }
+  for (int64_t j = 0; i < P; ++i, ++j) {
+    const T z = rendered(i);
+    const bool counts = pixel_counts(z, d[i], own(i));
+    lane[j] += keep_or_zero(pixel_error(z, d[i]), counts);
+    lane_count[j] += counts;
+  }
+  acc_t sum = 0;
+  int64_t n = 0;
+  for (int64_t j = 0; j < kErrorLanes; ++j) {
+    sum += lane[j];
+    n += lane_count[j];
+  }
+  *count = n;
+  return n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
+}
+
 template <typename T>
 void view_depth_error_cpu(const T* rendered, const T* depths, const bool* valid, ViewGrid g,
                           T* err, int64_t* count, int threads) {
@@ -93,17 +138,13 @@ void view_depth_error_cpu(const T* rendered, const T* depths, const bool* valid,
   parallel_for(g.B * g.V, 4 * P, threads, [&](int64_t bv) {
     const T* r = rendered + P * bv;
     const T* d = depths + P * bv;
-    const bool* keep = valid ? valid + P * bv : nullptr;
-    acc_t sum = 0;
-    int64_t n = 0;
-    for (int64_t i = 0; i < P; ++i) {
-      // The same accumulation as the fused path (adding +0 leaves a sum unchanged, bit for bit).
-      const bool counts = pixel_counts(r[i], d[i], keep == nullptr || keep[i]);
-      sum += keep_or_zero(pixel_error(r[i], d[i]), counts);
-      n += counts;
+    auto at = [r](int64_t i) { return r[i]; };
+    if (valid == nullptr) {
+      err[bv] = view_mean_error(at, d, [](int64_t) { return true; }, P, count + bv);
+    } else {
+      const bool* keep = valid + P * bv;
+      err[bv] = view_mean_error(at, d, [keep](int64_t i) { return keep[i]; }, P, count + bv);
     }
-    count[bv] = n;
-    err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
   });
 }
 
@@ -173,17 +214,9 @@ void reprojection_errors_cpu(const T* pointmaps, const T* depths, const T* E, co
       const T* Ev = E + 12 * bv;
       const T* d = depths + P * bv;
       const bool* own = keep + N * b + P * (v0 + v);  // the view's own pixels
-      // Summed in pixel order, as view_depth_error does: bitwise the same result.
-      acc_t sum = 0;
-      int64_t n = 0;
-      for (int64_t i = 0; i < P; ++i) {
-        const T z = winner_depth(view_keys[i], Ev, pts);  // NaN if empty
-        const bool counts = pixel_counts(z, d[i], own[i]);
-        sum += keep_or_zero(pixel_error(z, d[i]), counts);
-        n += counts;
-      }
-      count[bv] = n;
-      err[bv] = n > 0 ? static_cast<T>(sum / static_cast<acc_t>(n)) : T(0);
+      // The winner's depth, NaN if empty; summed as view_depth_error sums: bitwise its result.
+      auto rendered = [&](int64_t i) { return winner_depth(view_keys[i], Ev, pts); };
+      err[bv] = view_mean_error(rendered, d, [own](int64_t i) { return own[i]; }, P, count + bv);
     };
     const bool* keep_b = keep + N * b;
     if constexpr (std::is_same_v<T, float>) {

@@ -88,6 +88,7 @@ def build_emulated() -> Path:
         "-std=c++17",
         "-fopenmp",
         "-ffp-contract=off",
+        "-fno-math-errno",
         "-DVGGRPO_WITH_CUDA",
         "-DVGGRPO_EMULATED_CUDA",
         # The emulator switches fibers at every barrier (a syscall each, in swapcontext): with the
