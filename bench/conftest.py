@@ -772,20 +772,41 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_vector_isa() -> str:
+    """The instruction set whose clone of the CPU kernels runs here: ``avx512f``, ``avx2`` or
+    ``baseline`` (GCC's target_clones pick by these CPU flags at load time; see
+    csrc/kernels/cpu_zbuffer.h). Virtual machines sold under one model name ("AMD EPYC") differ in
+    it, and the kernels' speed with them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    for isa in ("avx512f", "avx2"):
+                        if isa in flags:
+                            return isa
+                    return "baseline"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def machine_slug() -> str:
-    """Short machine id for the results file name: CPU model slug and usable core count,
-    e.g. ``amd-epyc-2c`` or ``intel-xeon-platinum-8375c-8c``."""
+    """Short machine id for the results file name: CPU model slug, usable core count and the
+    kernels' instruction set, e.g. ``amd-epyc-2c-avx2`` or ``intel-xeon-platinum-8375c-8c-avx512``."""
     model = cpu_model().lower()
     model = re.sub(r"\((r|tm)\)", " ", model)
     model = re.sub(r"@.*$", " ", model)
     model = re.sub(r"\b(cpu|processor|\d+-core)\b", " ", model)
     slug = re.sub(r"[^a-z0-9]+", "-", model).strip("-")[:48].strip("-") or "cpu"
-    return f"{slug}-{cpu_count()}c"
+    isa = cpu_vector_isa().replace("avx512f", "avx512")
+    return f"{slug}-{cpu_count()}c-{isa}"
 
 
 def machine_info() -> dict:
     return {
         "cpu_model": cpu_model(),
+        "cpu_vector_isa": cpu_vector_isa(),
         "cores": cpu_count(),
         "os_cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -1029,7 +1050,8 @@ def write_chart(pairs: list, path: Path, machine: dict) -> Optional[Path]:
     axes[0].set_yticks(range(len(pairs)))
     axes[0].set_yticklabels(labels, fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle(f"vggrpo benchmarks, same run: {machine.get('cpu_model', '')}, "
+    fig.suptitle(f"vggrpo benchmarks, same run: {machine.get('cpu_model', '')} "
+                 f"({machine.get('cores', '?')} cores, {machine.get('cpu_vector_isa', '?')}), "
                  f"torch {machine.get('torch', torch.__version__)}", fontsize=10)
     fig.tight_layout()
 
@@ -1055,7 +1077,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.section("vggrpo: fused vs reference (ratios = reference / fused, same run)")
-    tr.write_line(f"machine: {cpu_model()}, {cpu_count()} cores, torch {torch.__version__}, "
+    tr.write_line(f"machine: {cpu_model()}, {cpu_count()} cores, kernels' ISA "
+                  f"{cpu_vector_isa()}, torch {torch.__version__}, "
                   f"{torch.get_num_threads()} torch threads")
     if state.other_cpu_share is not None:
         tr.write_line(f"background: other processes used {100 * state.other_cpu_share:.0f}% of "
