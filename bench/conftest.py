@@ -793,7 +793,8 @@ def cpu_vector_isa() -> str:
 
 def machine_slug() -> str:
     """Short machine id for the results file name: CPU model slug, usable core count and the
-    kernels' instruction set, e.g. ``amd-epyc-2c-avx2`` or ``intel-xeon-platinum-8375c-8c-avx512``."""
+    kernels' instruction set, e.g. ``amd-epyc-2c-avx2`` or
+    ``intel-xeon-platinum-8375c-8c-avx512``."""
     model = cpu_model().lower()
     model = re.sub(r"\((r|tm)\)", " ", model)
     model = re.sub(r"@.*$", " ", model)
