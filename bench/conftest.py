@@ -754,15 +754,21 @@ def target_check(request):
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
+def _cpuinfo_field(name: str) -> Optional[str]:
+    """The value of the first ``name`` line of /proc/cpuinfo, None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
+                if line.lower().startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    return None
+
+
+def cpu_model() -> str:
+    return (_cpuinfo_field("model name") or platform.processor() or platform.machine()
+            or "unknown-cpu")
 
 
 def cpu_count() -> int:
@@ -777,18 +783,11 @@ def cpu_vector_isa() -> str:
     ``baseline`` (GCC's target_clones pick by these CPU flags at load time; see
     csrc/kernels/cpu_zbuffer.h). Virtual machines sold under one model name ("AMD EPYC") differ in
     it, and the kernels' speed with them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    for isa in ("avx512f", "avx2"):
-                        if isa in flags:
-                            return isa
-                    return "baseline"
-    except OSError:
-        pass
-    return "unknown"
+    flags = _cpuinfo_field("flags")
+    if flags is None:
+        return "unknown"
+    present = set(flags.split())
+    return next((isa for isa in ("avx512f", "avx2") if isa in present), "baseline")
 
 
 def machine_slug() -> str:
