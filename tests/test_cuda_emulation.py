@@ -1,8 +1,8 @@
 """The launch rewrite behind the emulated CUDA kernel tests (csrc/tests/cuda_emu/).
 
 The emulated kernels themselves are checked against the CPU kernels by the C++ tests
-test_cuda_emulated and test_cuda_emulated_asan (ctest, part of `make test`); this file checks the
-source rewrite that makes them compile as C++.
+test_cuda_emulated, test_cuda_emulated_asan and test_cuda_emulated_tsan (ctest, part of
+`make test`); this file checks the source rewrite that makes them compile as C++.
 """
 
 from __future__ import annotations

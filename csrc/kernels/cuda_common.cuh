@@ -77,6 +77,20 @@ __device__ __forceinline__ int64_t grid_stride() {
   return static_cast<int64_t>(blockDim.x) * gridDim.x;
 }
 
+// A load of a word that other threads may be changing with atomics at the same time (the
+// z-buffer's read-before-atomicMin test). On the GPU it is a plain aligned load, one access; a
+// stale value only lets a useless atomic through. The CPU emulation makes it the relaxed atomic
+// load it stands for, so that its ThreadSanitizer build (test_cuda_emulated_tsan) reports every
+// other unsynchronised access and not this one.
+template <typename T>
+__device__ __forceinline__ T racing_load(const T* p) {
+#if defined(VGGRPO_CUDA_EMULATED)
+  return __atomic_load_n(p, __ATOMIC_RELAXED);
+#else
+  return *p;
+#endif
+}
+
 // Sum over the block in a fixed tree order (blockDim.x == Threads, a power of two): given the
 // same per-thread values it always returns the same bits, which keeps the per-view reductions
 // deterministic. Every thread gets the result.

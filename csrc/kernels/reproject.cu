@@ -83,7 +83,7 @@ __global__ void splat_kernel(const T* points, const bool* keep, const T* E, cons
           key = zbuffer_depth_key(z);
         }
         Z* slot = keys + P * bv + pixel;
-        if (key < *slot) atomicMin(slot, key);
+        if (key < cuda::racing_load(slot)) atomicMin(slot, key);
       }
     }
   }

@@ -11,14 +11,17 @@
 // Every CUDA result is also checked to be the same under shuffled block and thread schedules.
 //
 // This checks the kernels' logic, not the GPU: see cuda_runtime.h for what is not emulated.
-// CMake builds it twice: test_cuda_emulated with the real grid caps, and
+// CMake builds it three times: test_cuda_emulated with the real grid caps;
 // test_cuda_emulated_asan with ASan/UBSan and grids capped at 2 blocks (3 along y), so that every
 // grid-stride and block-stride loop runs several turns, and a splat thread floor of 7000, so that
-// the z-buffer splat takes its several-views-per-thread path on the small inputs.
+// the z-buffer splat takes its several-views-per-thread path on the small inputs; and
+// test_cuda_emulated_tsan with ThreadSanitizer, blocks on 2 OS threads at once and grids capped
+// at 4 blocks, so that a data race in a kernel fails it.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -174,6 +177,37 @@ TEST(emulator_rejects_what_the_hardware_rejects) {
   };
   CHECK_EQ(static_cast<int>(cudaGetLastError()), static_cast<int>(cudaErrorLaunchFailure));
   CHECK_EQ(static_cast<int>(cudaGetLastError()), 0);  // read once, then cleared
+}
+
+TEST(emulator_workers_run_every_block_once_side_by_side) {
+  // What the TSan build relies on: with k workers a launch's blocks run on k OS threads (block i
+  // on worker i % k), each block once, each with its own shared memory and barriers.
+  const unsigned before = vggrpo_emu::workers();
+  vggrpo_emu::set_workers(3);
+  for (uint64_t seed : kSchedules) {
+    vggrpo_emu::set_schedule(seed);
+    constexpr unsigned kBlocks = 7;
+    std::vector<long long> sums(kBlocks, -1);
+    std::vector<int> runs(kBlocks * 64, 0);
+    std::vector<std::thread::id> ran_on(kBlocks);
+    vggrpo_emu::Launch(dim3(kBlocks), dim3(64)) << [&] {
+      const long long total = kn::cuda::block_sum<64, long long>(threadIdx.x + 100 * blockIdx.x);
+      ++runs[64 * blockIdx.x + threadIdx.x];
+      if (threadIdx.x == 0) {
+        sums[blockIdx.x] = total;
+        ran_on[blockIdx.x] = std::this_thread::get_id();
+      }
+    };
+    CHECK_EQ(static_cast<int>(cudaGetLastError()), 0);
+    for (unsigned b = 0; b < kBlocks; ++b) CHECK_EQ(sums[b], 63 * 64 / 2 + 6400LL * b);
+    for (int r : runs) CHECK_EQ(r, 1);
+    std::vector<std::thread::id> threads(ran_on);
+    std::sort(threads.begin(), threads.end());
+    CHECK_EQ(std::unique(threads.begin(), threads.end()) - threads.begin(), 3);
+    for (std::thread::id id : ran_on) CHECK(id != std::this_thread::get_id());
+  }
+  vggrpo_emu::set_schedule(0);
+  vggrpo_emu::set_workers(before);
 }
 
 TEST(grid_caps_of_this_build) {
