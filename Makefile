@@ -53,11 +53,12 @@ cpp-test:
 	ctest --test-dir build/cmake --output-on-failure
 
 # Every .cu compiles on a GPU-less machine: nvcc needs no device. Skipped only without nvcc.
-# The emulated kernel tests are cpp-test's; built here too, they would only be built twice.
+# The C++ tests (the emulated kernels' included) are cpp-test's: built here too, they would only
+# be built twice and never run.
 cuda-compile:
 	@if [ -n "$(NVCC)" ]; then \
 	  cmake -S . -B build/cmake-cuda -DCMAKE_BUILD_TYPE=Release -DVGGRPO_CUDA=ON \
-	    -DVGGRPO_CUDA_EMULATION=OFF -DCMAKE_CUDA_COMPILER=$(NVCC) && \
+	    -DVGGRPO_BUILD_TESTS=OFF -DCMAKE_CUDA_COMPILER=$(NVCC) && \
 	  cmake --build build/cmake-cuda -j $(JOBS); \
 	else echo "cuda-compile: no nvcc found, CUDA kernels not compiled"; fi
 
