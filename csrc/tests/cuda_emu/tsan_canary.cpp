@@ -32,7 +32,10 @@ bool zbuffer(bool plain_store) {
     }
   };
   bool ok = cudaGetLastError() == cudaSuccess;
-  for (unsigned j = 0; j < kSlots; ++j) ok = ok && slot[j] == 1000 - (kBlocks * kThreads - kSlots + j);
+  // Slot j's minimum comes from the largest thread index i with i % kSlots == j.
+  for (unsigned j = 0; j < kSlots; ++j) {
+    ok = ok && slot[j] == 1000 - (kBlocks * kThreads - kSlots + j);
+  }
   return ok;
 }
 
