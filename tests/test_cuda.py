@@ -124,7 +124,10 @@ def test_fused_forward_parity(dtype, need_winner):
     pm, depths, E, K, flow = random_reprojection_inputs(2, 6, 24, 32, gen, dtype)
     pm[0, 1, 2, 3] = float("nan")
     depths[1, 2, 3, 4] = float("nan")
+    E[1, 3, 0, 1] = float("nan")  # a broken camera renders nothing
+    K[0, 4, 0, 2] = float("inf")
     cpu = raw.reprojection_errors(pm, depths, E, K, flow, 0.1, True)
+    assert cpu[1][1, 3] == 0 and cpu[1][0, 4] == 0
     gpu = [t.cpu() for t in raw.reprojection_errors(*_cuda(pm, depths, E, K, flow), 0.1, need_winner)]
     torch.testing.assert_close(gpu[0], cpu[0], **_close(dtype))
     assert torch.equal(gpu[1], cpu[1])

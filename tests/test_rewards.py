@@ -124,6 +124,75 @@ def test_half_precision_inputs_give_float32_rewards(static_scene):
     assert vggrpo.camera_motion_reward(s.extrinsics).dtype == torch.float32
 
 
+# (tensor, index) of a camera entry: the ones the rewards read, then the ones they do not.
+READ_CAMERA_ENTRIES = [("E", (1, 2, 0, 0)), ("E", (1, 0, 2, 1)), ("E", (1, 5, 1, 3)),
+                       ("K", (1, 3, 0, 0)), ("K", (1, 2, 1, 2))]
+UNREAD_CAMERA_ENTRIES = [("E", (1, 2, 3, 0)), ("E", (1, 4, 3, 3)), ("K", (1, 3, 2, 2))]
+
+
+def _cameras_with(scene, which, index, value):
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=scene.extrinsics.dtype)
+    E = torch.cat([scene.extrinsics, bottom.expand(*scene.extrinsics.shape[:2], 1, 4)], dim=-2)
+    K = scene.intrinsics.clone()
+    (E if which == "E" else K)[index] = value
+    return E, K
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("which,index", READ_CAMERA_ENTRIES)
+def test_a_non_finite_camera_makes_its_video_score_nan(dynamic_scene, which, index, value):
+    s = dynamic_scene
+    E, K = _cameras_with(s, which, index, value)
+    clean_geo = _geo(s)
+    E.requires_grad_()
+    pm = s.pointmaps.clone().requires_grad_()
+    depths = s.depths.clone().requires_grad_()
+    geo, terms = vggrpo.geometry_reprojection_reward(pm, depths, E, K, s.scene_flow,
+                                                     return_terms=True)
+    ref_geo = reference.geometry_reprojection_reward(s.pointmaps, s.depths, E.detach(), K,
+                                                     s.scene_flow)
+    with torch.no_grad():  # the op's path without a winner map, in float32 the 32-bit z-buffer
+        f = s.to(dtype=torch.float32)
+        fast = vggrpo.geometry_reprojection_reward(
+            f.pointmaps, f.depths, E.detach().float(), K.float(), f.scene_flow)
+    for r in (geo, ref_geo, fast):
+        assert torch.isnan(r[1]) and not torch.isnan(r[[0, 2]]).any()
+    torch.testing.assert_close(fast[[0, 2]], clean_geo[[0, 2]].float(), atol=1e-5, rtol=0)
+    for r in (geo, ref_geo):
+        torch.testing.assert_close(r[[0, 2]], clean_geo[[0, 2]], atol=1e-12, rtol=0)
+    # The op underneath left the view out; the NaN is the reward's verdict, not its gradient's.
+    assert terms.view_counts[index[:2]] == 0
+    geo.sum().backward()  # as the guidance does: the NaN video sends 1 into the where
+    for g in (E.grad, pm.grad, depths.grad):
+        assert torch.isfinite(g).all()
+    assert E.grad[1].abs().sum() == 0
+
+    if which == "E":
+        clean_motion = vggrpo.camera_motion_reward(s.extrinsics)
+        E_broken = E.detach()
+        for motion_reward in (vggrpo.camera_motion_reward, reference.camera_motion_reward):
+            motion = motion_reward(E_broken)
+            assert torch.isnan(motion[1]) and not torch.isnan(motion[[0, 2]]).any()
+            torch.testing.assert_close(motion[[0, 2]], clean_motion[[0, 2]], atol=1e-12, rtol=0)
+        E_motion = E.detach().clone().requires_grad_()
+        vggrpo.camera_motion_reward(E_motion)[[0, 2]].sum().backward()
+        assert torch.isfinite(E_motion.grad[[0, 2]]).all()
+    with pytest.raises(ValueError, match="non-finite"):
+        vggrpo.group_advantages({"geo": geo.detach()}, group_size=3)
+
+
+@pytest.mark.parametrize("which,index", UNREAD_CAMERA_ENTRIES)
+def test_camera_entries_that_are_not_read_do_not_matter(dynamic_scene, which, index):
+    s = dynamic_scene
+    E, K = _cameras_with(s, which, index, float("nan"))
+    assert torch.equal(vggrpo.geometry_reprojection_reward(
+        s.pointmaps, s.depths, E, K, s.scene_flow), _geo(s))
+    assert torch.equal(reference.geometry_reprojection_reward(
+        s.pointmaps, s.depths, E, K, s.scene_flow), reference.geometry_reprojection_reward(
+        s.pointmaps, s.depths, s.extrinsics, s.intrinsics, s.scene_flow))
+    assert torch.equal(vggrpo.camera_motion_reward(E), vggrpo.camera_motion_reward(s.extrinsics))
+
+
 # ---- group_advantages ------------------------------------------------------------------------
 
 

@@ -475,7 +475,9 @@ def geometry_reprojection_reward(
     projected into every view at once (``[B, V, N]`` tensors) and a single differentiable
     ``scatter_reduce(amin)`` of ``z`` (input dtype, no float32 key, no tie-break pass) builds the
     depth buffers. With distinct depths it equals the fused op; on exact ties the value is the
-    same but autograd of ``amin`` splits the gradient between the tied points.
+    same but autograd of ``amin`` splits the gradient between the tied points. A video with a
+    NaN/inf camera entry scores NaN, as in the fused reward (but here NaN can reach the gradient
+    of its points, through the masked projection).
     """
     B = pointmaps.shape[0]
     H, W = depths.shape[-2:]
@@ -528,4 +530,8 @@ def geometry_reprojection_reward(
     count = mask.sum(dim=(-2, -1))
     denom = torch.where(count > 0, count, torch.ones_like(count)).to(dtype)
     err = torch.where(count > 0, diff.sum(dim=(-2, -1)) / denom, torch.zeros_like(denom))
-    return -worst_k_mean(err, count, k=topk)
+    reward = -worst_k_mean(err, count, k=topk)
+
+    # Any NaN/inf in a camera entry that is read: the video scores NaN.
+    read = torch.cat([extrinsics[..., :3, :].flatten(1), intrinsics[..., :2, :].flatten(1)], dim=1)
+    return torch.where(torch.isfinite(read).all(dim=1), reward, torch.nan)

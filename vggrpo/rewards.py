@@ -43,7 +43,8 @@ def camera_motion_reward(
 
     ``r = (1 / (1 + e_trans) + 1 / (1 + e_rot)) / 2`` in ``(0, 1]``, where ``e_trans`` and
     ``e_rot`` are the mean relative accelerations of the camera centre and of the body-frame
-    angular velocity (see :func:`vggrpo.ops.motion_smoothness`). 1 for uniform motion.
+    angular velocity (see :func:`vggrpo.ops.motion_smoothness`). 1 for uniform motion. A NaN/inf
+    in rows 0-2 of a video's extrinsics makes its reward NaN (the last row of a 4x4 is not read).
 
     Args:
         extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes), ``T >= 3``.
@@ -78,7 +79,10 @@ def geometry_reprojection_reward(
     z-buffered into every frame's camera; each view's error is the mean ``|rendered - predicted|``
     depth over pixels with both; the reward is minus the mean of the ``topk`` worst views
     (views with no such pixel are left out; 0 when none is left). ``<= 0``, higher is better.
-    NaN/inf points or depths only mark their pixels invalid.
+    NaN/inf points or depths only mark their pixels invalid. A NaN/inf in the camera entries
+    read (rows 0-2 of ``extrinsics``, rows 0-1 of ``intrinsics``) makes that video's reward NaN
+    (its view's terms: error 0, count 0), as :func:`camera_motion_reward` does; no NaN reaches
+    the gradient.
 
     Args:
         pointmaps: ``[B, T, H, W, 3]`` world-frame point maps.
@@ -101,6 +105,14 @@ def geometry_reprojection_reward(
         pointmaps, depths, extrinsics, intrinsics, scene_flow, flow_threshold
     )
     reward = -ops.worst_k_mean(err, count, topk)
+    # A non-finite camera renders nothing, so the op leaves its view out; but unlike a NaN pixel
+    # (sky, a hole) it is never legitimate data. NaN the video's reward, as camera_motion_reward
+    # does, so that group_advantages refuses it instead of scoring the video without that view.
+    cameras_finite = (
+        torch.isfinite(extrinsics[..., :3, :]).flatten(-2).all(-1)
+        & torch.isfinite(intrinsics[..., :2, :]).flatten(-2).all(-1)
+    ).all(-1)
+    reward = torch.where(cameras_finite, reward, torch.full_like(reward, math.nan))
     if return_terms:
         return reward, GeometryTerms(err, count)
     return reward
