@@ -8,8 +8,9 @@ silent wrong answer.
   build, tensors on two devices, too many points for the z-buffer key;
 * the rewards and ``group_advantages``;
 * what must be accepted: non-contiguous inputs (same result and gradients as contiguous copies),
-  16-bit and mixed float inputs (promoted), empty batches, NaN/inf in pointmaps and depths (those
-  pixels are invalid, the reward stays finite), forged out-of-range winners (ignored, never read).
+  16-bit and mixed float inputs (promoted), empty batches (the reference twins too), NaN/inf in
+  pointmaps and depths (those pixels are invalid, the reward stays finite; a NaN/inf camera is
+  tests/test_rewards.py's), forged out-of-range winners (ignored, never read).
 
 The raw-op tables are driven by the registered schemas, so an op that gains an optional argument
 is still called correctly (the new argument is None) and one that gains a required argument fails
@@ -26,7 +27,7 @@ import pytest
 import torch
 
 import vggrpo
-from vggrpo import ops
+from vggrpo import ops, reference
 from vggrpo.data import make_scene
 
 RAW = torch.ops.vggrpo
@@ -1245,6 +1246,22 @@ def test_empty_batch_every_op_and_reward():
                                             z(2, 0, 3, 3))
     assert torch.equal(r, torch.zeros(2))
     assert ops.worst_k_mean(z(3, 0), torch.zeros(3, 0, dtype=torch.int64)).eq(0).all()
+
+
+def test_empty_batch_reference_twins_agree():
+    z = torch.zeros
+    pm, depths, E, K = z(0, 4, 6, 5, 3), z(0, 4, 6, 5), z(0, 4, 3, 4), z(0, 4, 3, 3)
+    E5 = z(0, 5, 4, 4)
+    pairs = [
+        (reference.static_points(pm, pm, 0.1), ops.static_points(pm, pm, 0.1)),
+        (reference.reprojection_errors(pm, depths, E, K),
+         ops.reprojection_errors(pm, depths, E, K)),
+        ([reference.geometry_reprojection_reward(pm, depths, E, K)],
+         [vggrpo.geometry_reprojection_reward(pm, depths, E, K)]),
+        ([reference.camera_motion_reward(E5)], [vggrpo.camera_motion_reward(E5)]),
+    ]
+    for theirs, ours in pairs:
+        assert [(t.shape, t.dtype) for t in theirs] == [(t.shape, t.dtype) for t in ours]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def static_points(
         )
         valid = valid & flow_ok
     points = torch.where(valid[..., None], pointmaps, torch.zeros_like(pointmaps))
-    return points.reshape(B, -1, 3), valid.reshape(B, -1)
+    return points.flatten(1, 3), valid.flatten(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,9 +488,9 @@ def geometry_reprojection_reward(
     if scene_flow is not None:
         flow_norm = torch.linalg.vector_norm(scene_flow, dim=-1)
         valid = valid & torch.isfinite(scene_flow).all(dim=-1) & (flow_norm <= flow_threshold)
-    pts = torch.where(valid[..., None], pointmaps, torch.zeros_like(pointmaps)).reshape(B, -1, 3)
+    pts = torch.where(valid[..., None], pointmaps, torch.zeros_like(pointmaps)).flatten(1, 3)
     own_pixels = valid  # a frame's dynamic pixels are compared with nothing
-    valid = valid.reshape(B, -1)
+    valid = valid.flatten(1)
 
     # Project every point into every view.
     R = extrinsics[..., :3, :3]
@@ -522,7 +522,7 @@ def geometry_reprojection_reward(
     z_src = torch.where(keep, z, inf)
     buf = torch.full((B, extrinsics.shape[1], H * W), float("inf"), dtype=dtype, device=device)
     rendered = buf.scatter_reduce(2, pix, z_src, reduce="amin", include_self=True)
-    rendered = rendered.reshape(B, -1, H, W)
+    rendered = rendered.reshape(B, extrinsics.shape[1], H, W)
 
     # Per-view mean |rendered - depth| over covered, static pixels with a valid depth.
     mask = own_pixels & torch.isfinite(rendered) & torch.isfinite(depths) & (depths > 0)
