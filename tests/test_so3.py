@@ -93,6 +93,25 @@ def test_half_turn_with_signed_zeros_keeps_the_axis_sign_convention():
         assert torch.equal(out, reference.so3_log(R.to(dt)))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("entry", range(9))
+def test_a_non_finite_entry_gives_nan_value_and_gradient(entry, value):
+    """Without the rule, an inf on the diagonal gave omega = 0, a rotation-looking answer."""
+    gen = torch.Generator().manual_seed(entry)
+    for dtype in (torch.float32, torch.float64):
+        clean = torch.cat([random_rotations(2, gen), random_rotations(2, gen, max_angle=1e-3)])
+        clean = clean.to(dtype)
+        R = clean.clone()
+        R[1].view(-1)[entry] = value
+        for fn in (ops.so3_log, reference.so3_log):
+            Rg = R.clone().requires_grad_()
+            out = fn(Rg)
+            (grad,) = torch.autograd.grad(out, Rg, torch.ones_like(out))
+            assert torch.isnan(out[1]).all() and torch.isnan(grad[1]).all()
+            assert torch.equal(out[[0, 2, 3]], fn(clean)[[0, 2, 3]])
+            assert torch.isfinite(grad[[0, 2, 3]]).all()
+
+
 @pytest.mark.parametrize("angle", [0.0, 1e-8, math.pi])
 def test_gradient_finite_at_zero_and_pi(angle):
     for dtype in (torch.float32, torch.float64):

@@ -111,6 +111,7 @@ def so3_log(R: Tensor) -> Tensor:
     Returns:
         ``[..., 3]`` axis * angle, angle in radians in ``[0, pi]``. Exact and finite at angle 0
         and pi; the Jacobian keeps full float32 accuracy at small angles (docs/ops.md#so3_log).
+        A matrix with a NaN/inf entry gets NaN in all 3 outputs and all 9 gradient entries.
     """
     dtype = _compute_dtype(R)
     return _ops.so3_log(_prepare("so3_log", dtype, "R", R))

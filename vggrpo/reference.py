@@ -20,6 +20,7 @@ length unit.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -81,7 +82,8 @@ def so3_log(R: Tensor) -> Tensor:
       ``S = (R + R^T)/2 - c I``, signed to agree with ``v``, and ``theta = atan2(n.v, c)``.
 
     Every branch is evaluated on safe dummy inputs where it is not selected ("double where"), so
-    the gradient is finite everywhere, including at angles 0 and pi.
+    the gradient is finite for every finite ``R``, including at angles 0 and pi. A matrix with a
+    NaN/inf entry gets NaN in all 3 outputs and all 9 gradient entries.
     """
     if R.shape[-2:] != (3, 3):
         raise ValueError(f"so3_log expects [..., 3, 3], got {tuple(R.shape)}")
@@ -133,7 +135,14 @@ def so3_log(R: Tensor) -> Tensor:
     theta = torch.atan2(p, c_pi)
     omega_pi = theta[..., None] * n
 
-    return torch.where(regular[..., None], omega_regular, omega_pi)
+    omega = torch.where(regular[..., None], omega_regular, omega_pi)
+
+    # A NaN/inf entry: omega and all 9 gradient entries NaN. `poison` is NaN there with a NaN
+    # derivative in every entry, and 0 * (sum of R) elsewhere, where its zero gradient stays 0.
+    finite = torch.isfinite(R).flatten(-2).all(-1)
+    scale = torch.where(finite, 0.0, math.nan).to(dtype)
+    poison = (R.flatten(-2).sum(-1) * scale)[..., None].expand_as(omega)
+    return torch.where(finite[..., None], omega, poison)
 
 
 # --------------------------------------------------------------------------------------------

@@ -490,3 +490,28 @@ TEST(float_vjp_matches_double_at_all_angles) {
     for (int k = 0; k < 9; ++k) CHECK_NEAR(double(gf[k]), gd[k], 2e-5 * (1 + vt::max_abs(gd)));
   }
 }
+
+// A NaN/inf entry anywhere: omega and all 9 VJP entries NaN, in both types (docs/ops.md#so3_log).
+// Without the rule an inf on the diagonal gave omega = 0 through the series (g = 1/c = 0).
+template <typename T>
+void check_non_finite_entries() {
+  const T bad[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                   -std::numeric_limits<T>::infinity()};
+  const Mat3 Rd = vt::rodrigues({0.3, -0.2, 0.1});
+  for (int entry = 0; entry < 9; ++entry) {
+    for (const T value : bad) {
+      T R[9], w[3], gw[3] = {T(0.5), T(-1), T(2)}, g[9];
+      for (int i = 0; i < 9; ++i) R[i] = static_cast<T>(Rd[i]);
+      R[entry] = value;
+      vggrpo::so3_log(R, w);
+      vggrpo::so3_log_vjp(R, gw, g);
+      for (int i = 0; i < 3; ++i) CHECK_MSG(std::isnan(w[i]), "omega, entry " << entry);
+      for (int i = 0; i < 9; ++i) CHECK_MSG(std::isnan(g[i]), "vjp, entry " << entry);
+    }
+  }
+}
+
+TEST(non_finite_entries_give_nan) {
+  check_non_finite_entries<double>();
+  check_non_finite_entries<float>();
+}

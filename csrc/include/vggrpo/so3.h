@@ -94,9 +94,24 @@ VGGRPO_HD So3NearPi<T> so3_near_pi(const T* R, T c, const T* v) {
   return r;
 }
 
+// 0 when all 9 entries of R are finite, NaN otherwise (x - x is NaN exactly for x = inf/NaN).
+// Such an R gets NaN for omega and for every entry of its gradient: each branch would otherwise
+// turn the inf into a finite number (the series gives 1/inf = 0) that passes for a rotation.
+template <typename T>
+VGGRPO_HD T so3_non_finite_marker(const T* R) {
+  T z = T(0);
+  for (int i = 0; i < 9; ++i) z += R[i] - R[i];
+  return z;
+}
+
 // omega = log(R): R is 9 row-major entries, omega 3 entries (axis * angle, radians).
 template <typename T>
 VGGRPO_HD void so3_log(const T* R, T* omega) {
+  const T nan = so3_non_finite_marker(R);
+  if (nan != nan) {
+    for (int i = 0; i < 3; ++i) omega[i] = nan;
+    return;
+  }
   const T c = so3_cos_part(R);
   T v[3];
   so3_sin_part(R, v);
@@ -115,6 +130,11 @@ VGGRPO_HD void so3_log(const T* R, T* omega) {
 // ambient entries of R. Writes (does not accumulate) the 9 entries of grad_R.
 template <typename T>
 VGGRPO_HD void so3_log_vjp(const T* R, const T* grad_omega, T* grad_R) {
+  const T nan = so3_non_finite_marker(R);
+  if (nan != nan) {
+    for (int i = 0; i < 9; ++i) grad_R[i] = nan;
+    return;
+  }
   const T c = so3_cos_part(R);
   T v[3];
   so3_sin_part(R, v);
