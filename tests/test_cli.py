@@ -123,3 +123,93 @@ def test_train_from_yaml(tmp_path):
                       "  lora_rank: 2\n  lora_alpha: 2.0\nreward:\n  weights: {geo: 1.0}\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())["history"]) == 1
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["sample", "--latent-frames", "0"], "argument --latent-frames: expected a positive int, got 0"),
+    (["sample", "--steps", "-1"], "argument --steps: expected a positive int, got -1"),
+    (["sample", "--shift", "0"], "argument --shift: expected a finite number > 0, got '0'"),
+    (["sample", "--w-motion", "nan"], "argument --w-motion: expected a finite number, got 'nan'"),
+    (["sample", "--guidance-scale", "inf"], "argument --guidance-scale: expected a finite"),
+    (["sample", "--guidance-start", "-1"], "argument --guidance-start: expected an int >= 0"),
+    (["reward", "x.mp4", "--topk", "0"], "argument --topk: expected a positive int, got 0"),
+    (["reward", "x.mp4", "--flow-threshold", "nan"], "argument --flow-threshold: expected a"),
+    (["eval", "videos", "--frames", "two"], "argument --frames: expected a positive int, got 'two'"),
+    (["demo", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
+    (["bench", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
+])
+def test_bad_option_values_are_refused_by_the_parser(argv, expected, capsys, tmp_path):
+    """Before, these ran (some for minutes) and ended in a traceback, a NaN result, or an
+    error naming none of the options ('no median for empty data' for --rounds 0)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + (["--out", str(tmp_path / "o")] if argv[0] in ("sample", "eval") else []))
+    assert exit_.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory):
+    """A LoRA trained for the tiny model, and broken variants of it."""
+    from grpo_setup import make_trainer
+    from safetensors import safe_open
+    from vggrpo.grpo import LORA_FILE
+
+    folder = tmp_path_factory.mktemp("lora")
+    make_trainer(lora_rank=2, lora_alpha=2.0).save_checkpoint(folder)
+    good = folder / LORA_FILE
+    with safe_open(str(good), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(good)
+    variants = {
+        "extra": {**tensors, "transformer.no_such_block.to_q.lora_A.weight": torch.zeros(2, 24)},
+        "half": {k: v for k, v in tensors.items() if "lora_A" in k},
+        "shape": {k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in tensors.items()},
+        "other": {"text_encoder.q.lora_A.weight": torch.zeros(2, 2)},
+    }
+    for name, sd in variants.items():
+        save_file(sd, str(folder / f"{name}.safetensors"), metadata=meta)
+    (folder / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    return folder
+
+
+def test_bad_sample_inputs_are_one_line_errors_before_sampling(tmp_path, capsys, lora_files):
+    """Each of these used to end in a traceback from diffusers (a missing --lora was even looked
+    up on the Hub), or, for a LoRA none of whose tensors fit, in a sample without the LoRA."""
+    embeds = {"d7": {"prompt_embeds": torch.randn(1, 8, 7)},
+              "nan": {"prompt_embeds": torch.full((1, 8, 16), float("nan"))},
+              "neg": {"prompt_embeds": torch.randn(1, 8, 16),
+                      "negative_prompt_embeds": torch.randn(2, 8, 16)}}
+    for name, tensors in embeds.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+    out = ["--steps", "2", "--out", str(tmp_path / "o" / "s.safetensors")]
+    cases = [
+        (["--latent-frames", "2"], "--latent-frames/--latent-height/--latent-width: latent_shape "
+                                   "(16, 2, 12, 20) has T = 2 latent frames; at least 3"),
+        (["--latent-height", "3"], "h = 3 is not a multiple of the model's patch size"),
+        (["--lora", str(tmp_path / "absent.safetensors")], "--lora file not found"),
+        (["--lora", str(lora_files / "garbage.safetensors")], "not a readable safetensors file"),
+        (["--lora", str(lora_files / "other.safetensors")], "holds no LoRA tensors for the "
+                                                            "transformer"),
+        (["--lora", str(lora_files / "extra.safetensors")], "holds 33 LoRA tensors for the "
+                                                            "transformer but 32 fit"),
+        (["--lora", str(lora_files / "half.safetensors")], "could not be loaded into the model"),
+        (["--lora", str(lora_files / "shape.safetensors")], "could not be loaded into the model: "
+                                                            "RuntimeError"),
+        (["--prompt-embeds", str(tmp_path / "d7.safetensors")], "width D = 7 but the model's "
+                                                                 "text_dim is 16"),
+        (["--prompt-embeds", str(tmp_path / "nan.safetensors")], "prompt_embeds holds NaN"),
+        (["--prompt-embeds", str(tmp_path / "neg.safetensors"), "--cfg", "3"],
+         "negative_prompt_embeds must have the shape of prompt_embeds"),
+    ]
+    for argv, expected in cases:
+        _one_line_error(capsys, ["sample"] + argv + out, expected)
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_and_train_lgm_refuse_too_few_frames_or_scenes(tmp_path, capsys):
+    _one_line_error(capsys, ["eval", str(tmp_path), "--out", str(tmp_path / "o"), "--frames",
+                             "5"], "frames must be >= 9")
+    _one_line_error(capsys, ["train-lgm", "--synthetic", "0", "--out", str(tmp_path / "t")],
+                    "--synthetic must be a positive number of scenes, got 0")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()

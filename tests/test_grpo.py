@@ -1,6 +1,7 @@
 """The GRPO trainer on the tiny diffusers Wan model with a LoRA adapter."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -131,8 +132,50 @@ def test_bad_configurations_are_clear_errors():
         GRPOConfig(sde_window=(3, 12))
     with pytest.raises(ValueError, match="no modules named"):
         make_trainer(lora_targets=("q_proj",))
-    with pytest.raises(ValueError, match="clip_eps must be > 0"):
+    with pytest.raises(ValueError, match="clip_eps must be a finite number > 0"):
         GRPOConfig(clip_eps=0.0)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lr", math.inf, "lr must be a finite number > 0, got inf"),
+    ("lr", "1e-4", "lr must be a finite number > 0, got '1e-4'"),
+    ("grad_clip", math.nan, "grad_clip must be a finite number > 0"),
+    ("shift", 0.0, "shift must be a finite number > 0"),
+    ("lora_alpha", math.nan, "lora_alpha must be a finite number > 0"),
+    ("lora_alpha", 0.0, "lora_alpha must be a finite number > 0"),
+    ("kl_beta", math.inf, "kl_beta must be a finite number >= 0"),
+    ("noise_level", -0.1, "noise_level must be a finite number >= 0"),
+    ("guidance_scale", math.nan, "guidance_scale must be a finite number"),
+    ("latent_shape", (16, 5, 0, 20), r"latent_shape must be \(C, T, h, w\) of positive ints"),
+    ("latent_shape", (16, 5, 12), r"latent_shape must be \(C, T, h, w\)"),
+])
+def test_non_finite_and_out_of_range_settings_are_refused(field, value, message):
+    """A NaN/inf learning rate, alpha or guidance scale would not fail: it would train NaNs."""
+    with pytest.raises(ValueError, match=message):
+        GRPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("overrides,embeds,message", [
+    ({"latent_shape": (16, 2, 12, 20)}, None, "T = 2 latent frames; at least 3"),
+    ({"latent_shape": (8, 5, 12, 20)}, None, "C = 8 channels but the model takes 16"),
+    ({"latent_shape": (16, 5, 13, 20)}, None, r"h = 13 is not a multiple of the model's patch "
+                                              r"size \(1, 2, 2\)"),
+    ({}, torch.randn(2, 8, 7), "width D = 7 but the model's text_dim is 16"),
+    ({}, torch.randn(2, 16), r"prompt_embeds must be a floating-point tensor \[P,L,D\]"),
+    ({}, torch.full((2, 8, 16), math.nan), "prompt_embeds holds NaN or inf"),
+])
+def test_inputs_that_do_not_fit_the_model_are_refused_before_any_rollout(overrides, embeds,
+                                                                          message):
+    """Each of these used to fail only inside the model (or, for T < 3, in the reward) after the
+    first rollout, with a shape error naming none of the arguments."""
+    from vggrpo import LatentGeometryReward
+    from vggrpo.defaults import load_default_lgm
+
+    kw = dict(group_size=2, num_inference_steps=3, sde_window=(0, 2), lora_rank=2,
+              lora_alpha=2.0, **overrides)
+    with pytest.raises(ValueError, match=message):
+        GRPOTrainer(tiny_transformer(), LatentGeometryReward(load_default_lgm()),
+                    prompt_embeds() if embeds is None else embeds, GRPOConfig(**kw))
 
 
 def test_prompts_must_split_across_ranks(monkeypatch):

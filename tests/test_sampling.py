@@ -8,6 +8,7 @@ import torch
 from vggrpo.latent_reward import LatentGeometryReward
 from vggrpo.sampling import (
     RewardGuidance,
+    check_wan_inputs,
     ode_step,
     sample,
     scheduler_sigmas,
@@ -189,3 +190,49 @@ def test_bad_schedules_and_windows(transformer, sigmas):
         sde_step(torch.zeros(1, 2), torch.zeros(1, 2), 0.4, 0.5, 1.0)
     with pytest.raises(ValueError, match="prompt_embeds has batch 1, latents 2"):
         vel(noise(2), 0.5)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(scale=math.nan), "scale must be a finite number, got nan"),
+    (dict(scale=math.inf), "scale must be a finite number, got inf"),
+    (dict(scale="2"), "scale must be a finite number"),
+    (dict(scale=1.0, weights={"geo": math.nan}), "weights must map reward names to finite"),
+    (dict(scale=1.0, weights={"geo": True}), "weights must map reward names to finite"),
+])
+def test_guidance_settings_must_be_finite(kw, message):
+    """A NaN scale or weight does not fail on its own: every guided latent would become NaN."""
+    with pytest.raises(ValueError, match=message):
+        RewardGuidance(lambda x: {}, steps=(1, 2), **kw)
+    import numpy as np
+
+    assert RewardGuidance(lambda x: {}, np.float32(2.0), (1, 2)).scale == 2.0
+
+
+def test_reward_weights_must_be_finite_and_latents_need_three_frames(latent_reward):
+    for w in (math.nan, math.inf, "1", None):
+        with pytest.raises(ValueError, match="weights must be finite numbers"):
+            LatentGeometryReward(latent_reward.lgm, {"geo": w})
+    for T in (1, 2):
+        with pytest.raises(ValueError, match=f"must have T' >= 3 latent frames .* got "
+                                             rf"\[1, 16, {T}, 12, 20\]"):
+            latent_reward(noise(1, shape=(16, T, 12, 20)))
+
+
+def test_check_wan_inputs_against_the_model(transformer):
+    ok = torch.randn(2, 8, 16)
+    check_wan_inputs(transformer, prompt_embeds=ok, negative_prompt_embeds=ok.clone(),
+                     latent_shape=(16, 3, 12, 20), min_frames=3)
+    check_wan_inputs(object(), prompt_embeds=torch.randn(1, 4, 7), latent_shape=(8, 1, 3, 3))
+    cases = [
+        (dict(negative_prompt_embeds=torch.randn(2, 9, 16)), "must have the shape of prompt_emb"),
+        (dict(negative_prompt_embeds=ok.clone().fill_(math.inf)), "negative_prompt_embeds holds"),
+        (dict(prompt_embeds=ok.long()), "floating-point tensor"),
+        (dict(latent_shape=(16, 3, 12, 21)), "w = 21 is not a multiple"),
+        (dict(latent_shape=(16, 2, 12, 20), min_frames=3), "T = 2 latent frames"),
+        (dict(latent_shape=(16, 3, 12, 20.0)), "positive ints"),
+        (dict(latent_shape=(16, True, 12, 20)), "positive ints"),
+    ]
+    for kw, message in cases:
+        kw = {"prompt_embeds": ok, **kw}
+        with pytest.raises(ValueError, match=message):
+            check_wan_inputs(transformer, **kw)

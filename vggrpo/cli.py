@@ -16,15 +16,17 @@ Subcommands:
 * ``bench``: the latent reward against the RGB reward, and the fused geometry reward against its
   plain-PyTorch reference, timed on this machine; writes JSON.
 
-Errors (a missing folder, a wrong layout, an unreadable video, a bad config) print one line,
-``error: ...``, and exit with code 2. Every output is written atomically, so nothing is left
-half-written.
+Errors (a missing folder, a wrong layout, an unreadable video, a bad config, inputs that do not
+fit the model) print one line, ``error: ...``, and exit with code 2; a bad option value (a count
+below 1, a NaN weight) is refused by the parser, also with code 2, before anything loads. Every
+output is written atomically, so nothing is left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -40,6 +42,45 @@ __all__ = ["main"]
 
 class UsageError(Exception):
     """A problem with what the user gave us: reported as one line, exit code 2."""
+
+
+# -- option types: a bad value is refused by the parser, before any work ---------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 # -- loading what the user points at ------------------------------------------------------------
@@ -103,6 +144,43 @@ def _load_embeds(path: Optional[str], transformer, count: int = 2):
         raise UsageError(f"{path} must hold a 'prompt_embeds' tensor [P,L,D] (and optionally "
                          f"'negative_prompt_embeds'); it has {sorted(tensors)}")
     return tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
+
+
+def _load_lora(transformer, path: str) -> None:
+    """A diffusers-format LoRA file (``transformer.*`` keys) into ``transformer``. Refused when it
+    is missing or unreadable, or when not all of its tensors fit the model (diffusers would warn
+    and sample without them)."""
+    from safetensors import SafetensorError, safe_open
+
+    file = Path(path)
+    if not file.is_file():  # diffusers would take the name for a Hub repository
+        raise FileNotFoundError(f"--lora file not found: {file}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            keys = [k for k in f.keys() if k.startswith("transformer.")]
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"--lora {file} is not a readable safetensors file: {err}") from None
+    if not keys:
+        raise UsageError(f"--lora {file} holds no LoRA tensors for the transformer (diffusers "
+                         f"format: keys 'transformer.*.lora_A.weight' / '.lora_B.weight')")
+    before = sum(1 for n, _ in transformer.named_parameters() if "lora_" in n)
+    try:
+        transformer.load_lora_adapter(str(file), prefix="transformer")
+    except Exception as err:  # diffusers/peft raise many types for a file that does not fit
+        reason = " ".join(str(err).split())  # one line: torch's size report spans several
+        raise UsageError(f"--lora {file} could not be loaded into the model: "
+                         f"{type(err).__name__}: {reason[:300]}") from None
+    added = sum(1 for n, _ in transformer.named_parameters() if "lora_" in n) - before
+    if added != len(keys):
+        raise UsageError(f"--lora {file} holds {len(keys)} LoRA tensors for the transformer but "
+                         f"{added} fit this model's modules: it was trained for another model")
+
+
+def _check_lgm_fits(lgm, transformer) -> None:
+    if lgm.config.latent_channels != int(transformer.config.in_channels):
+        raise UsageError(f"the LGM reads {lgm.config.latent_channels}-channel latents but the "
+                         f"model makes {transformer.config.in_channels}-channel ones: stitch an "
+                         f"LGM to this model's VAE (vggrpo train-lgm)")
 
 
 def _read_config(path: str) -> Dict[str, Any]:
@@ -341,10 +419,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"config [grpo]: {err}") from None
     rcfg = dict(cfg.get("reward", {}))
     lgm = _load_lgm(cfg.get("lgm", "default"))
-    if lgm.config.latent_channels != int(transformer.config.in_channels):
-        raise UsageError(f"the LGM reads {lgm.config.latent_channels}-channel latents but the "
-                         f"model makes {transformer.config.in_channels}-channel ones: stitch an "
-                         f"LGM to this model's VAE (vggrpo train-lgm)")
+    _check_lgm_fits(lgm, transformer)
     reward = LatentGeometryReward(lgm.to(device), rcfg.get("weights"), topk=rcfg.get("topk", 3),
                                   flow_threshold=rcfg.get("flow_threshold", 0.1))
     trainer = GRPOTrainer(transformer, reward, embeds, config, negative_prompt_embeds=negative)
@@ -360,20 +435,28 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .data.video import write_video
     from .latent_reward import LatentGeometryReward
-    from .sampling import RewardGuidance, sample, scheduler_sigmas, wan_velocity
+    from .sampling import (RewardGuidance, check_wan_inputs, sample, scheduler_sigmas,
+                           wan_velocity)
     from .vae import decode_latents
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
-        transformer.load_lora_adapter(args.lora, prefix="transformer")
+        _load_lora(transformer, args.lora)
     embeds, negative = _load_embeds(args.prompt_embeds, transformer, count=1)
-    reward = LatentGeometryReward(_load_lgm(args.lgm), {"motion": args.w_motion,
-                                                        "geo": args.w_geo})
-    C = int(transformer.config.in_channels)
-    shape = (embeds.shape[0], C, args.latent_frames, args.latent_height, args.latent_width)
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    latent = (int(transformer.config.in_channels), args.latent_frames, args.latent_height,
+              args.latent_width)
+    check_wan_inputs(transformer, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    try:
+        check_wan_inputs(transformer, latent_shape=latent, min_frames=3)
+    except ValueError as err:  # name the options the user gave
+        raise UsageError(f"--latent-frames/--latent-height/--latent-width: {err}") from None
+    lgm = _load_lgm(args.lgm)
+    _check_lgm_fits(lgm, transformer)
+    reward = LatentGeometryReward(lgm, {"motion": args.w_motion, "geo": args.w_geo})
+    noise = torch.randn((embeds.shape[0],) + latent,
+                        generator=torch.Generator().manual_seed(args.seed))
     sigmas = scheduler_sigmas(FlowMatchEulerDiscreteScheduler(shift=args.shift), args.steps)
     vel = wan_velocity(transformer, embeds, negative_prompt_embeds=negative,
                        guidance_scale=args.cfg)
@@ -445,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on the embedded tiny models",
                        description=cmd_demo.__doc__)
     d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    d.add_argument("--steps", type=int, default=30, help="GRPO steps (default 30)")
-    d.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    d.add_argument("--steps", type=_positive_int, default=30, help="GRPO steps (default 30)")
+    d.add_argument("--rounds", type=_positive_int, default=5, help="timing rounds (default 5)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_demo)
 
@@ -454,11 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="video files, frame folders, or .safetensors latents")
     r.add_argument("--lgm", default="default", help="LGM folder or 'default' (embedded)")
     r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) or 'tiny'")
-    r.add_argument("--frames", type=int, default=17, help="frames read per video (1 + 4k)")
-    r.add_argument("--height", type=int, default=96)
-    r.add_argument("--width", type=int, default=160)
-    r.add_argument("--topk", type=int, default=3)
-    r.add_argument("--flow-threshold", type=float, default=0.1)
+    r.add_argument("--frames", type=_positive_int, default=17,
+                   help="frames read per video (1 + 4k)")
+    r.add_argument("--height", type=_positive_int, default=96)
+    r.add_argument("--width", type=_positive_int, default=160)
+    r.add_argument("--topk", type=_positive_int, default=3)
+    r.add_argument("--flow-threshold", type=_finite_float, default=0.1)
     r.add_argument("--out", help="write the scores to this JSON file")
     r.set_defaults(fn=cmd_reward)
 
@@ -478,17 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-embeds", help="safetensors with prompt_embeds [P,L,D]")
     s.add_argument("--lgm", default="default")
     s.add_argument("--vae", default="tiny")
-    s.add_argument("--steps", type=int, default=10)
-    s.add_argument("--shift", type=float, default=3.0)
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
-    s.add_argument("--guidance-scale", type=float, default=2.0, help="reward guidance (0: off)")
-    s.add_argument("--guidance-start", type=int, default=1)
-    s.add_argument("--guidance-end", type=int)
-    s.add_argument("--w-motion", type=float, default=1.0)
-    s.add_argument("--w-geo", type=float, default=1.0)
-    s.add_argument("--latent-frames", type=int, default=5)
-    s.add_argument("--latent-height", type=int, default=12)
-    s.add_argument("--latent-width", type=int, default=20)
+    s.add_argument("--steps", type=_positive_int, default=10)
+    s.add_argument("--shift", type=_positive_float, default=3.0)
+    s.add_argument("--cfg", type=_finite_float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--guidance-scale", type=_finite_float, default=2.0,
+                   help="reward guidance (0: off)")
+    s.add_argument("--guidance-start", type=_non_negative_int, default=1)
+    s.add_argument("--guidance-end", type=_positive_int)
+    s.add_argument("--w-motion", type=_finite_float, default=1.0)
+    s.add_argument("--w-geo", type=_finite_float, default=1.0)
+    s.add_argument("--latent-frames", type=_positive_int, default=5)
+    s.add_argument("--latent-height", type=_positive_int, default=12)
+    s.add_argument("--latent-width", type=_positive_int, default=20)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--decode", action="store_true", help="also write decoded mp4s")
     s.add_argument("--out", required=True, help="latents .safetensors to write")
@@ -497,13 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="Sampson epipolar error and rewards of a folder of videos")
     e.add_argument("folder")
     e.add_argument("--out", required=True, help="folder for metrics.csv and summary.json")
-    e.add_argument("--frames", type=int, default=17)
-    e.add_argument("--height", type=int, default=96)
-    e.add_argument("--width", type=int, default=160)
+    e.add_argument("--frames", type=_positive_int, default=17)
+    e.add_argument("--height", type=_positive_int, default=96)
+    e.add_argument("--width", type=_positive_int, default=160)
     e.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="time the latent vs RGB reward and fused vs reference")
-    b.add_argument("--rounds", type=int, default=5)
+    b.add_argument("--rounds", type=_positive_int, default=5)
     b.add_argument("--out", default="out/bench.json")
     b.set_defaults(fn=cmd_bench)
     return p

@@ -45,7 +45,8 @@ from torch import Tensor
 from . import _io
 from ._nvtx import nvtx_range
 from .rewards import group_advantages
-from .sampling import sample, scheduler_sigmas, sde_step, wan_velocity
+from .sampling import _finite_number, check_wan_inputs, sample, scheduler_sigmas, sde_step, \
+    wan_velocity
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
 
@@ -102,14 +103,22 @@ class GRPOConfig:
             raise ValueError(f"sde_window {self.sde_window} lies outside the schedule's "
                              f"{self.num_inference_steps} steps (need 0 <= start < end <= "
                              f"{self.num_inference_steps})")
-        for name in ("clip_eps", "lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"GRPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        # Finite too: an inf learning rate or a NaN alpha would not fail, it would train NaNs.
+        for name in ("clip_eps", "lr", "grad_clip", "shift", "lora_alpha"):
+            value = getattr(self, name)
+            if not (_finite_number(value) and value > 0):
+                raise ValueError(f"GRPOConfig.{name} must be a finite number > 0, got {value!r}")
         for name in ("kl_beta", "noise_level", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"GRPOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if len(self.latent_shape) != 4:
-            raise ValueError(f"latent_shape must be (C, T, h, w), got {self.latent_shape}")
+            value = getattr(self, name)
+            if not (_finite_number(value) and value >= 0):
+                raise ValueError(f"GRPOConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not _finite_number(self.guidance_scale):
+            raise ValueError(f"GRPOConfig.guidance_scale must be a finite number, got "
+                             f"{self.guidance_scale!r}")
+        if len(self.latent_shape) != 4 or not all(isinstance(n, int) and not isinstance(n, bool)
+                                                  and n > 0 for n in self.latent_shape):
+            raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
+                             f"{self.latent_shape}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -142,6 +151,10 @@ class GRPOTrainer:
         config: :class:`GRPOConfig`.
         negative_prompt_embeds: ``[P,L,D]`` for classifier-free guidance (with
             ``config.guidance_scale != 1``).
+
+    The embeddings and ``config.latent_shape`` are checked against the model before anything
+    runs (:func:`~vggrpo.sampling.check_wan_inputs`, with at least 3 latent frames for the
+    motion reward).
     """
 
     def __init__(self, transformer, reward, prompt_embeds: Tensor, config: GRPOConfig = GRPOConfig(),
@@ -153,8 +166,11 @@ class GRPOTrainer:
         if config.prompts_per_step % self.world != 0:
             raise ValueError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by "
                              f"the number of ranks ({self.world}): each rank trains whole groups")
-        if prompt_embeds.dim() != 3:
-            raise ValueError(f"prompt_embeds must be [P,L,D], got {list(prompt_embeds.shape)}")
+        # Up front, so a mismatch is one clear error and not a shape error deep in the model
+        # after the first rollout.
+        check_wan_inputs(transformer, prompt_embeds=prompt_embeds,
+                         negative_prompt_embeds=negative_prompt_embeds,
+                         latent_shape=config.latent_shape, min_frames=3)
         self.config = config
         self.transformer = transformer
         self.reward = reward

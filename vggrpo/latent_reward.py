@@ -11,19 +11,22 @@ from typing import Dict, Mapping, Optional
 
 from torch import Tensor, nn
 
+from .sampling import _finite_number
+
 __all__ = ["GeometryReward", "LatentGeometryReward", "REWARD_NAMES"]
 
 REWARD_NAMES = ("motion", "geo")
 
 
 class GeometryReward(nn.Module):
-    """Latents ``[B,C,T',h,w]`` -> ``{"motion": [B], "geo": [B]}`` (float32, higher is better).
+    """Latents ``[B,C,T',h,w]`` (``T' >= 3``) -> ``{"motion": [B], "geo": [B]}`` (float32, higher
+    is better).
 
     Subclasses implement :meth:`geometry` (latents -> :class:`~vggrpo.geometry.Geometry`).
     ``"motion"`` is :func:`vggrpo.camera_motion_reward` of its cameras, ``"geo"`` is
     :func:`vggrpo.geometry_reprojection_reward` (``topk`` worst views; pixels whose scene-flow
     norm exceeds ``flow_threshold`` are dynamic). :meth:`weighted` sums them with ``weights``
-    (default 1 and 1).
+    (default 1 and 1); weights must be finite numbers.
     """
 
     def __init__(self, weights: Optional[Mapping[str, float]] = None, *, topk: int = 3,
@@ -34,6 +37,9 @@ class GeometryReward(nn.Module):
         if unknown:
             raise ValueError(f"weights: unknown reward names {unknown}; expected a subset of "
                              f"{list(REWARD_NAMES)}")
+        bad = {k: w for k, w in weights.items() if not _finite_number(w)}
+        if bad:
+            raise ValueError(f"weights must be finite numbers, got {bad}")
         if not isinstance(topk, int) or topk < 1:
             raise ValueError(f"topk must be a positive int, got {topk!r}")
         if not flow_threshold >= 0:
@@ -46,6 +52,10 @@ class GeometryReward(nn.Module):
         raise NotImplementedError
 
     def forward(self, latents: Tensor) -> Dict[str, Tensor]:
+        if isinstance(latents, Tensor) and latents.dim() == 5 and latents.shape[2] < 3:
+            raise ValueError(f"latents [B,C,T',h,w] must have T' >= 3 latent frames (the camera "
+                             f"motion reward needs 3 cameras; a Wan video of 9 or more frames), "
+                             f"got {list(latents.shape)}")
         rewards = self.geometry(latents).rewards(flow_threshold=self.flow_threshold,
                                                  topk=self.topk)
         return {k: v.float() for k, v in rewards.items()}

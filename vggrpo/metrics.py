@@ -120,12 +120,19 @@ def evaluate_folder(folder: Union[str, Path], out_dir: Union[str, Path], *, fram
 
     Each video is read as ``[frames,3,height,width]`` (:class:`vggrpo.data.VideoFolderDataset`);
     the Sampson error uses all its frames; the rewards come from ``backbone`` (default: the
-    embedded tiny backbone) on every ``stride``-th frame. Returns the summary (means over videos,
+    embedded tiny backbone) on every ``stride``-th frame, so ``frames >= 2 * stride + 1`` (3 frames
+    for the camera motion reward). Returns the summary (means over videos,
     NaN-free: videos without a usable frame pair are counted in ``"videos_without_pairs"``).
     """
     from .data.video import VideoFolderDataset
     from .defaults import load_tiny_backbone
 
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    if isinstance(frames, int) and frames < 2 * stride + 1:
+        # Checked before any video is read: the motion reward needs 3 frames at this stride.
+        raise ValueError(f"frames must be >= {2 * stride + 1} (the rewards read every "
+                         f"{stride}th frame and the camera motion reward needs 3), got {frames}")
     data = VideoFolderDataset(folder, frames, height, width)
     backbone = backbone if backbone is not None else load_tiny_backbone()
     rows: List[Dict[str, object]] = []

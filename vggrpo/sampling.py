@@ -32,6 +32,7 @@ clean estimate at any step is ``x0_hat = x - s v``. Sampling walks a decreasing 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -42,6 +43,7 @@ __all__ = [
     "SDEStep",
     "Trajectory",
     "RewardGuidance",
+    "check_wan_inputs",
     "scheduler_sigmas",
     "wan_velocity",
     "ode_step",
@@ -95,13 +97,86 @@ class RewardGuidance:
     """Test-time reward guidance: ``reward(x0_hat) -> {name: [B]}`` weighted by ``weights``.
 
     ``steps``: ``(start, end)``, the step indices ``start <= i < end`` that are guided; ``scale``
-    multiplies the guidance term (see the module docstring).
+    multiplies the guidance term (see the module docstring). ``scale`` and the weights must be
+    finite numbers (a NaN would turn every guided latent into NaN).
     """
 
     reward: Callable[[Tensor], Dict[str, Tensor]]
     scale: float
     steps: Tuple[int, int]
     weights: Dict[str, float] = field(default_factory=lambda: {"motion": 1.0, "geo": 1.0})
+
+    def __post_init__(self) -> None:
+        if not _finite_number(self.scale):
+            raise ValueError(f"RewardGuidance.scale must be a finite number, got {self.scale!r}")
+        if not isinstance(self.weights, dict) or not all(
+                isinstance(k, str) and _finite_number(w) for k, w in self.weights.items()):
+            raise ValueError(f"RewardGuidance.weights must map reward names to finite numbers, "
+                             f"got {self.weights!r}")
+
+
+def _finite_number(value) -> bool:
+    """A finite real number (Python or NumPy scalar), not a bool."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
+                     negative_prompt_embeds: Optional[Tensor] = None,
+                     latent_shape: Optional[Tuple[int, ...]] = None, min_frames: int = 1) -> None:
+    """Check, before any sampling, what a video model is about to be given; raise one
+    ``ValueError`` naming the argument, what the model expects and what came.
+
+    * ``prompt_embeds``: ``[P,L,D]`` floating point, finite, ``D`` = the model's ``text_dim``.
+    * ``negative_prompt_embeds``: the same shape as ``prompt_embeds`` (they are batched
+      together for classifier-free guidance), finite.
+    * ``latent_shape``: ``(C, T, h, w)`` of one sample: positive ints, ``C`` = the model's
+      ``in_channels``, ``T, h, w`` multiples of its ``patch_size`` and ``T >= min_frames`` (the
+      camera motion reward needs 3 latent frames).
+
+    What the model's config does not state (a model that is not a diffusers Wan transformer) is
+    not checked. The finiteness test reads the embeddings back (one device sync): call this once
+    at set-up, not per step.
+    """
+    config = getattr(transformer, "config", None)
+    text_dim = getattr(config, "text_dim", None)
+    for name, emb in (("prompt_embeds", prompt_embeds),
+                      ("negative_prompt_embeds", negative_prompt_embeds)):
+        if emb is None:
+            continue
+        if not isinstance(emb, Tensor) or emb.dim() != 3 or not emb.is_floating_point():
+            what = (f"{emb.dtype} {list(emb.shape)}" if isinstance(emb, Tensor)
+                    else type(emb).__name__)
+            raise ValueError(f"{name} must be a floating-point tensor [P,L,D], got {what}")
+        if text_dim is not None and emb.shape[-1] != int(text_dim):
+            raise ValueError(f"{name} has width D = {emb.shape[-1]} but the model's text_dim is "
+                             f"{int(text_dim)}: {list(emb.shape)}")
+        if name == "negative_prompt_embeds" and prompt_embeds is not None \
+                and emb.shape != prompt_embeds.shape:
+            raise ValueError(f"negative_prompt_embeds must have the shape of prompt_embeds "
+                             f"{list(prompt_embeds.shape)} (they are batched together for "
+                             f"classifier-free guidance), got {list(emb.shape)}")
+        if not bool(torch.isfinite(emb).all()):
+            raise ValueError(f"{name} holds NaN or inf values")
+    if latent_shape is None:
+        return
+    shape = tuple(latent_shape)
+    if len(shape) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                  for n in shape):
+        raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got {latent_shape}")
+    channels = getattr(config, "in_channels", None)
+    if channels is not None and shape[0] != int(channels):
+        raise ValueError(f"latent_shape {shape} has C = {shape[0]} channels but the model takes "
+                         f"{int(channels)}")
+    if shape[1] < min_frames:
+        raise ValueError(f"latent_shape {shape} has T = {shape[1]} latent frames; at least "
+                         f"{min_frames} are needed (the camera motion reward needs 3)")
+    patch = getattr(config, "patch_size", None)
+    if patch is not None and len(patch) == 3:
+        for axis, n, p in zip("Thw", shape[1:], patch):
+            if n % int(p):
+                raise ValueError(f"latent_shape {shape}: {axis} = {n} is not a multiple of the "
+                                 f"model's patch size {tuple(patch)} (T, h, w)")
 
 
 def scheduler_sigmas(scheduler, num_steps: int) -> Tensor:

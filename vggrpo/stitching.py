@@ -280,6 +280,12 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
     from .lgm import LGMConfig
 
     try:
+        # The config and the source first: a bad option is reported before any work.
+        config = StitchingConfig(**{f.name: getattr(args, f.name)
+                                    for f in dataclasses.fields(StitchingConfig)})
+        if args.synthetic is not None and args.synthetic < 1:
+            raise ValueError(f"--synthetic must be a positive number of scenes, got "
+                             f"{args.synthetic}")
         if args.vae == "tiny":
             vae = load_tiny_wan_vae()
         else:
@@ -299,8 +305,6 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
             data = scene_pool(args.synthetic, recipe, seed=0, progress=True)
         torch.manual_seed(args.seed)
         lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim))
-        config = StitchingConfig(**{f.name: getattr(args, f.name)
-                                    for f in dataclasses.fields(StitchingConfig)})
         history = train_stitching(lgm, vae, data, config, out_dir=args.out, resume=args.resume)
         lgm.save_pretrained(Path(args.out) / "lgm")
     except (FileNotFoundError, ValueError, ImportError) as err:
