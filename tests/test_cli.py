@@ -126,7 +126,8 @@ def test_train_from_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["sample", "--latent-frames", "0"], "argument --latent-frames: expected a positive int, got 0"),
+    (["sample", "--latent-frames", "0"],
+     "argument --latent-frames: expected a positive int, got 0"),
     (["sample", "--steps", "-1"], "argument --steps: expected a positive int, got -1"),
     (["sample", "--shift", "0"], "argument --shift: expected a finite number > 0, got '0'"),
     (["sample", "--w-motion", "nan"], "argument --w-motion: expected a finite number, got 'nan'"),
@@ -134,7 +135,8 @@ def test_train_from_yaml(tmp_path):
     (["sample", "--guidance-start", "-1"], "argument --guidance-start: expected an int >= 0"),
     (["reward", "x.mp4", "--topk", "0"], "argument --topk: expected a positive int, got 0"),
     (["reward", "x.mp4", "--flow-threshold", "nan"], "argument --flow-threshold: expected a"),
-    (["eval", "videos", "--frames", "two"], "argument --frames: expected a positive int, got 'two'"),
+    (["eval", "videos", "--frames", "two"],
+     "argument --frames: expected a positive int, got 'two'"),
     (["demo", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
     (["bench", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
 ])
@@ -213,3 +215,28 @@ def test_eval_and_train_lgm_refuse_too_few_frames_or_scenes(tmp_path, capsys):
     _one_line_error(capsys, ["train-lgm", "--synthetic", "0", "--out", str(tmp_path / "t")],
                     "--synthetic must be a positive number of scenes, got 0")
     assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("body,expected", [
+    ('model = 3\n', "model must be a string, got 3"),
+    ('prompt_embeds = 7\n', "prompt_embeds must be a string, got 7"),
+    ('checkpoint_every = "abc"\n', "checkpoint_every must be an int >= 0"),
+    ('checkpoint_every = -2\n', "checkpoint_every must be an int >= 0"),
+    ('grpo = 5\n', "grpo must be a table, got 5"),
+    ('[reward]\nflow_treshold = 0.2\n', "unknown keys ['flow_treshold'] in [reward]"),
+    ('[reward]\nweights = 5\n', "weights must map reward names to numbers, got 5"),
+    ('[reward]\nweights = { geo = nan }\n', "weights must be finite numbers"),
+    ('[grpo]\nlatent_shape = [16, 2, 12, 20]\n', "T = 2 latent frames; at least 3"),
+])
+def test_config_values_of_the_wrong_kind_are_one_line_errors(body, expected, tmp_path, capsys):
+    """Before, a wrong kind was a traceback, a negative checkpoint_every checkpointed at odd
+    steps, and a misspelt [reward] key was ignored (the default used instead)."""
+    config = tmp_path / "c.toml"
+    body = body if body.startswith("model") else 'model = "tiny"\n' + body
+    if "grpo" not in body:  # one short step, should a check ever let the run start
+        body += ("[grpo]\nsteps = 1\ngroup_size = 2\nnum_inference_steps = 2\n"
+                 "sde_window = [0, 1]\n")
+    config.write_text(body)
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o")],
+                    expected)
+    assert not (tmp_path / "o").exists()

@@ -403,6 +403,21 @@ def cmd_train(args) -> int:
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise UsageError(f"config {args.config}: unknown keys {unknown}; expected {sorted(known)}")
+    text, table = (str, "a string"), (dict, "a table")
+    kinds = {"model": text, "lgm": text, "prompt_embeds": text, "out": text, "dtype": text,
+             "checkpoint_every": (int, "an int >= 0 (0: at the end only)"),
+             "grpo": table, "reward": table}
+    for key, (kind, what) in kinds.items():
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (kind is int and value < 0)):
+            raise UsageError(f"config {args.config}: {key} must be {what}, got {value!r}")
+    # A misspelt reward setting would otherwise be ignored and the default used.
+    reward_known = {"weights", "topk", "flow_threshold"}
+    unknown = sorted(set(cfg.get("reward", {})) - reward_known)
+    if unknown:
+        raise UsageError(f"config {args.config}: unknown keys {unknown} in [reward]; expected "
+                         f"{sorted(reward_known)}")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16}.get(cfg.get("dtype", "float32"))
     if dtype is None:

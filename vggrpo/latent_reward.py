@@ -32,6 +32,8 @@ class GeometryReward(nn.Module):
     def __init__(self, weights: Optional[Mapping[str, float]] = None, *, topk: int = 3,
                  flow_threshold: float = 0.1) -> None:
         super().__init__()
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ValueError(f"weights must map reward names to numbers, got {weights!r}")
         weights = dict(weights) if weights is not None else {"motion": 1.0, "geo": 1.0}
         unknown = sorted(set(weights) - set(REWARD_NAMES))
         if unknown:
