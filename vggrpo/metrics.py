@@ -131,8 +131,8 @@ def evaluate_folder(folder: Union[str, Path], out_dir: Union[str, Path], *, fram
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     if isinstance(frames, int) and frames < 2 * stride + 1:
         # Checked before any video is read: the motion reward needs 3 frames at this stride.
-        raise ValueError(f"frames must be >= {2 * stride + 1} (the rewards read every "
-                         f"{stride}th frame and the camera motion reward needs 3), got {frames}")
+        raise ValueError(f"frames must be >= {2 * stride + 1} (the rewards read one frame in "
+                         f"{stride} and the camera motion reward needs 3), got {frames}")
     data = VideoFolderDataset(folder, frames, height, width)
     backbone = backbone if backbone is not None else load_tiny_backbone()
     rows: List[Dict[str, object]] = []
