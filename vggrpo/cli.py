@@ -430,11 +430,10 @@ def cmd_train(args) -> int:
         config = GRPOConfig(**grpo)
     except TypeError as err:
         raise UsageError(f"config [grpo]: {err}") from None
-    rcfg = dict(cfg.get("reward", {}))
     lgm = _load_lgm(cfg.get("lgm", "default"))
     _check_lgm_fits(lgm, transformer)
-    reward = LatentGeometryReward(lgm.to(device), rcfg.get("weights"), topk=rcfg.get("topk", 3),
-                                  flow_threshold=rcfg.get("flow_threshold", 0.1))
+    # [reward]'s keys were checked above; the reward's own defaults fill what is not given.
+    reward = LatentGeometryReward(lgm.to(device), **cfg.get("reward", {}))
     trainer = GRPOTrainer(transformer, reward, embeds, config, negative_prompt_embeds=negative)
     if args.resume and (out / "trainer_state.pt").is_file():
         trainer.load_checkpoint(out)

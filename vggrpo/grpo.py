@@ -45,8 +45,8 @@ from torch import Tensor
 from . import _io
 from ._nvtx import nvtx_range
 from .rewards import group_advantages
-from .sampling import _finite_number, check_wan_inputs, sample, scheduler_sigmas, sde_step, \
-    wan_velocity
+from .sampling import (_finite_number, _is_positive_int, check_wan_inputs, sample,
+                       scheduler_sigmas, sde_step, wan_velocity)
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
 
@@ -96,7 +96,7 @@ class GRPOConfig:
         for name in ("prompts_per_step", "num_inference_steps", "lora_rank", "steps",
                      "updates_per_rollout"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(f"GRPOConfig.{name} must be a positive int, got {value!r}")
         start, end = self.sde_window if len(self.sde_window) == 2 else (-1, -1)
         if not 0 <= start < end <= self.num_inference_steps:
@@ -115,8 +115,7 @@ class GRPOConfig:
         if not _finite_number(self.guidance_scale):
             raise ValueError(f"GRPOConfig.guidance_scale must be a finite number, got "
                              f"{self.guidance_scale!r}")
-        if len(self.latent_shape) != 4 or not all(isinstance(n, int) and not isinstance(n, bool)
-                                                  and n > 0 for n in self.latent_shape):
+        if len(self.latent_shape) != 4 or not all(map(_is_positive_int, self.latent_shape)):
             raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
                              f"{self.latent_shape}")
 

@@ -121,8 +121,8 @@ def evaluate_folder(folder: Union[str, Path], out_dir: Union[str, Path], *, fram
     Each video is read as ``[frames,3,height,width]`` (:class:`vggrpo.data.VideoFolderDataset`);
     the Sampson error uses all its frames; the rewards come from ``backbone`` (default: the
     embedded tiny backbone) on every ``stride``-th frame, so ``frames >= 2 * stride + 1`` (3 frames
-    for the camera motion reward). Returns the summary (means over videos,
-    NaN-free: videos without a usable frame pair are counted in ``"videos_without_pairs"``).
+    for the camera motion reward). Returns the summary (means over videos, NaN-free: videos
+    without a usable frame pair are counted in ``"videos_without_pairs"``).
     """
     from .data.video import VideoFolderDataset
     from .defaults import load_tiny_backbone

@@ -121,6 +121,10 @@ def _finite_number(value) -> bool:
             and math.isfinite(value))
 
 
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
                      negative_prompt_embeds: Optional[Tensor] = None,
                      latent_shape: Optional[Tuple[int, ...]] = None, min_frames: int = 1) -> None:
@@ -161,8 +165,7 @@ def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
     if latent_shape is None:
         return
     shape = tuple(latent_shape)
-    if len(shape) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                  for n in shape):
+    if len(shape) != 4 or not all(_is_positive_int(n) for n in shape):
         raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got {latent_shape}")
     channels = getattr(config, "in_channels", None)
     if channels is not None and shape[0] != int(channels):
