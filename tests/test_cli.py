@@ -49,6 +49,18 @@ def test_reward_on_latents_and_videos(tmp_path, capsys):
     assert all(0 < r["motion"] <= 1 and r["geo"] <= 0 for r in rows)
 
 
+@pytest.mark.parametrize("latents, expected", [
+    (torch.randint(0, 5, (1, 16, 5, 12, 20)), "'latents' must be a floating-point tensor "
+                                               "[B,C,T,h,w], got torch.int64"),
+    (torch.randn(0, 16, 5, 12, 20), "'latents' [0, 16, 5, 12, 20] holds no video (batch 0)"),
+], ids=["integer", "batch-0"])
+def test_reward_refuses_latents_it_cannot_score(tmp_path, capsys, latents, expected):
+    save_file({"latents": latents}, str(tmp_path / "z.safetensors"))
+    _one_line_error(capsys, ["reward", str(tmp_path / "z.safetensors"), "--out",
+                             str(tmp_path / "scores.json")], expected)
+    assert not (tmp_path / "scores.json").exists()
+
+
 def test_train_sample_eval_bench(tmp_path):
     config = tmp_path / "grpo.toml"
     config.write_text('model = "tiny"\nlgm = "default"\n\n[grpo]\ngroup_size = 2\n'

@@ -358,7 +358,16 @@ def cmd_reward(args) -> int:
             if "latents" not in tensors:
                 raise UsageError(f"{path} must hold a 'latents' tensor [B,C,T,h,w]; it has "
                                  f"{sorted(tensors)}")
-            latents = tensors["latents"].float()
+            latents = tensors["latents"]
+            # Checked here, not by the reward: the .float() below would pass integer codes as
+            # latents, and a batch of 0 would print nothing and exit 0.
+            if not latents.is_floating_point():
+                raise UsageError(f"{path}: 'latents' must be a floating-point tensor [B,C,T,h,w], "
+                                 f"got {latents.dtype}")
+            if latents.dim() == 5 and latents.shape[0] == 0:
+                raise UsageError(f"{path}: 'latents' {list(latents.shape)} holds no video "
+                                 f"(batch 0); nothing to score")
+            latents = latents.float()
         else:
             vae = vae if vae is not None else _load_vae(args.vae)
             video = read_video(path, frames=args.frames, height=args.height, width=args.width)
