@@ -52,8 +52,10 @@ OP_TEST_FILES = [
 TEST_FILES = {
     "emulated": OP_TEST_FILES,
     # Everything: another torch and Python than the main environment's (test_library checks the
-    # CUDA-key registrations; test_cuda runs only where a GPU is).
-    "cuda": ["tests"],
+    # CUDA-key registrations; test_cuda runs only where a GPU is), but for the 30-step learning
+    # test: its code path is the CPU suite's and the shorter GRPO tests' (which run here), and
+    # its 35-40 s kept CI over its 20-minute budget. scripts/gpu_check.sh runs it on the GPU.
+    "cuda": ["tests", "--deselect", "tests/test_grpo.py::test_short_run_raises_the_mean_reward"],
 }
 SITE = ROOT / "csrc" / "tests" / "variant_site"
 
