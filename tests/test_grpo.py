@@ -55,6 +55,19 @@ def test_short_run_raises_the_mean_reward():
     assert gain > 0.05, (before, after)
 
 
+def test_each_trainer_gets_its_own_default_config_and_a_wrong_kind_is_refused():
+    from vggrpo import LatentGeometryReward
+    from vggrpo.defaults import load_default_lgm
+
+    reward = LatentGeometryReward(load_default_lgm())
+    first = GRPOTrainer(tiny_transformer(), reward, prompt_embeds())
+    first.config.lr = 0.5
+    second = GRPOTrainer(tiny_transformer(), reward, prompt_embeds())
+    assert second.config is not first.config and second.config == GRPOConfig()
+    with pytest.raises(TypeError, match="config: expected a GRPOConfig, got dict"):
+        GRPOTrainer(tiny_transformer(), reward, prompt_embeds(), {"lr": 1e-3})
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     straight = make_trainer()
     logs = straight.train(3, progress=False)

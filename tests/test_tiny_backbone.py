@@ -46,6 +46,12 @@ class _MinimalBackbone(torch.nn.Module):
     def heads(self, tokens, grid): ...
 
 
+def test_each_default_model_gets_its_own_config():
+    first = TinyVGGT()
+    first.config.dim = 8
+    assert TinyVGGT().config == TinyVGGTConfig()
+
+
 def test_protocol_check_sees_submodules_and_names_what_is_missing():
     # Python 3.12 checks runtime protocols statically, which misses nn.Module submodules; the
     # protocol's own check must accept these on every Python.

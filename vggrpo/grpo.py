@@ -147,7 +147,7 @@ class GRPOTrainer:
             only thing trained.
         reward: :class:`~vggrpo.LatentGeometryReward` (latents -> ``{"motion", "geo"}``).
         prompt_embeds: ``[P,L,D]`` text embeddings, one per prompt (given directly).
-        config: :class:`GRPOConfig`.
+        config: :class:`GRPOConfig` (default: ``GRPOConfig()``).
         negative_prompt_embeds: ``[P,L,D]`` for classifier-free guidance (with
             ``config.guidance_scale != 1``).
 
@@ -156,11 +156,17 @@ class GRPOTrainer:
     motion reward).
     """
 
-    def __init__(self, transformer, reward, prompt_embeds: Tensor, config: GRPOConfig = GRPOConfig(),
-                 *, negative_prompt_embeds: Optional[Tensor] = None) -> None:
+    def __init__(self, transformer, reward, prompt_embeds: Tensor,
+                 config: Optional[GRPOConfig] = None, *,
+                 negative_prompt_embeds: Optional[Tensor] = None) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
         from peft import LoraConfig
 
+        # A fresh default each time: the trainer keeps its config, and one shared default
+        # instance would carry a change made through one trainer into the next.
+        config = GRPOConfig() if config is None else config
+        if not isinstance(config, GRPOConfig):
+            raise TypeError(f"config: expected a GRPOConfig, got {type(config).__name__}")
         self.rank, self.world = _dist()
         if config.prompts_per_step % self.world != 0:
             raise ValueError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by "

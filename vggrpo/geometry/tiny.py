@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -174,8 +174,11 @@ class TinyVGGT(nn.Module):
     ``config.patch_size``; any frame count ``T >= 1`` works. Output depth maps are ``H x W``.
     """
 
-    def __init__(self, config: TinyVGGTConfig = TinyVGGTConfig()) -> None:
+    def __init__(self, config: Optional[TinyVGGTConfig] = None) -> None:
         super().__init__()
+        # A fresh default each time: the model keeps its config (one shared instance would be
+        # shared by every default model).
+        config = TinyVGGTConfig() if config is None else config
         self.config = config
         c = config
         self.patch_size = c.patch_size
