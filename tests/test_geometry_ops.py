@@ -155,8 +155,9 @@ def test_splat_depth_gradcheck_float64():
 # ---- view_depth_error and worst_k_mean -------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_view_depth_error_matches_reference(dtype):
+def _depth_error_inputs(dtype):
+    """rendered, depths ``[2,4,6,7]`` in ``dtype`` with empty, NaN, negative and all-invalid
+    pixels, and a validity mask."""
     gen = torch.Generator().manual_seed(6)
     shape = (2, 4, 6, 7)
     rendered = (torch.rand(shape, generator=gen, dtype=torch.float64) * 4).to(dtype)
@@ -166,16 +167,28 @@ def test_view_depth_error_matches_reference(dtype):
     depths[1, 2, 0, 0] = -1.0
     depths[1, 3] = float("inf")  # a view with no valid depth: count 0, err 0
     valid = torch.rand(shape, generator=gen) > 0.3
+    return rendered, depths, valid
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_view_depth_error_matches_reference(dtype):
+    rendered, depths, valid = _depth_error_inputs(dtype)
     for mask in (None, valid):
         err, count = ops.view_depth_error(rendered, depths, mask)
         rerr, rcount = reference.view_depth_error(rendered, depths, mask)
         assert torch.equal(count, rcount)
         torch.testing.assert_close(err, rerr, **_tol(dtype))
     assert count[1, 3].item() == 0 and err[1, 3].item() == 0.0
-    # float64 gradcheck: invalid pixels are made negative (not 0, where a finite-difference
-    # step would flip them valid), and no pixel sits on the |r - d| kink
-    r = torch.where(rendered > 0, rendered, -1.0).double().requires_grad_()
-    d = torch.where(torch.isfinite(depths) & (depths > 0), depths, -1.0).double().requires_grad_()
+
+
+# Once, not per dtype: it is float64 either way, and 1344 op calls take 40 s on the emulated
+# CUDA path (make cuda-emulated).
+def test_view_depth_error_gradcheck_float64():
+    rendered, depths, valid = _depth_error_inputs(torch.float64)
+    # invalid pixels are made negative (not 0, where a finite-difference step would flip them
+    # valid), and no pixel sits on the |r - d| kink
+    r = torch.where(rendered > 0, rendered, -1.0).requires_grad_()
+    d = torch.where(torch.isfinite(depths) & (depths > 0), depths, -1.0).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: ops.view_depth_error(a, b, valid)[0], (r, d))
 
 
