@@ -45,8 +45,8 @@ from torch import Tensor
 from . import _io
 from ._nvtx import nvtx_range
 from .rewards import group_advantages
-from .sampling import (_finite_number, _is_positive_int, check_wan_inputs, sample,
-                       scheduler_sigmas, sde_step, wan_velocity)
+from ._checks import is_finite_number, is_positive_int
+from .sampling import check_wan_inputs, sample, scheduler_sigmas, sde_step, wan_velocity
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
 
@@ -96,7 +96,7 @@ class GRPOConfig:
         for name in ("prompts_per_step", "num_inference_steps", "lora_rank", "steps",
                      "updates_per_rollout"):
             value = getattr(self, name)
-            if not _is_positive_int(value):
+            if not is_positive_int(value):
                 raise ValueError(f"GRPOConfig.{name} must be a positive int, got {value!r}")
         start, end = self.sde_window if len(self.sde_window) == 2 else (-1, -1)
         if not 0 <= start < end <= self.num_inference_steps:
@@ -106,16 +106,16 @@ class GRPOConfig:
         # Finite too: an inf learning rate or a NaN alpha would not fail, it would train NaNs.
         for name in ("clip_eps", "lr", "grad_clip", "shift", "lora_alpha"):
             value = getattr(self, name)
-            if not (_finite_number(value) and value > 0):
+            if not (is_finite_number(value) and value > 0):
                 raise ValueError(f"GRPOConfig.{name} must be a finite number > 0, got {value!r}")
         for name in ("kl_beta", "noise_level", "weight_decay"):
             value = getattr(self, name)
-            if not (_finite_number(value) and value >= 0):
+            if not (is_finite_number(value) and value >= 0):
                 raise ValueError(f"GRPOConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not _finite_number(self.guidance_scale):
+        if not is_finite_number(self.guidance_scale):
             raise ValueError(f"GRPOConfig.guidance_scale must be a finite number, got "
                              f"{self.guidance_scale!r}")
-        if len(self.latent_shape) != 4 or not all(map(_is_positive_int, self.latent_shape)):
+        if len(self.latent_shape) != 4 or not all(map(is_positive_int, self.latent_shape)):
             raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
                              f"{self.latent_shape}")
 

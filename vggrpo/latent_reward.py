@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Optional
 
 from torch import Tensor, nn
 
-from .sampling import _finite_number
+from ._checks import is_finite_number
 
 __all__ = ["GeometryReward", "LatentGeometryReward", "REWARD_NAMES"]
 
@@ -39,7 +39,7 @@ class GeometryReward(nn.Module):
         if unknown:
             raise ValueError(f"weights: unknown reward names {unknown}; expected a subset of "
                              f"{list(REWARD_NAMES)}")
-        bad = {k: w for k, w in weights.items() if not _finite_number(w)}
+        bad = {k: w for k, w in weights.items() if not is_finite_number(w)}
         if bad:
             raise ValueError(f"weights must be finite numbers, got {bad}")
         if not isinstance(topk, int) or topk < 1:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _io
+from ._checks import is_positive_int
 from ._nvtx import nvtx_range
 from .geometry.backbone import missing_backbone_members
 from .geometry.record import Geometry
@@ -60,7 +61,7 @@ class LGMConfig:
     def __post_init__(self) -> None:
         for name in ("latent_channels", "spatial_factor", "temporal_factor", "token_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_positive_int(value):
                 raise ValueError(f"LGMConfig.{name} must be a positive int, got {value!r}")
         for name in ("kernel_size", "stride", "padding"):
             value = tuple(getattr(self, name))

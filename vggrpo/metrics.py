@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _io
+from ._checks import is_positive_int
 
 __all__ = ["sampson_distance", "sampson_error", "evaluate_folder"]
 
@@ -127,7 +128,7 @@ def evaluate_folder(folder: Union[str, Path], out_dir: Union[str, Path], *, fram
     from .data.video import VideoFolderDataset
     from .defaults import load_tiny_backbone
 
-    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+    if not is_positive_int(stride):
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     if isinstance(frames, int) and frames < 2 * stride + 1:
         # Checked before any video is read: the motion reward needs 3 frames at this stride.

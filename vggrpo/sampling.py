@@ -32,12 +32,13 @@ clean estimate at any step is ``x0_hat = x - s v``. Sampling walks a decreasing 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from ._checks import is_finite_number, is_positive_int
 
 __all__ = [
     "SDEStep",
@@ -107,22 +108,12 @@ class RewardGuidance:
     weights: Dict[str, float] = field(default_factory=lambda: {"motion": 1.0, "geo": 1.0})
 
     def __post_init__(self) -> None:
-        if not _finite_number(self.scale):
+        if not is_finite_number(self.scale):
             raise ValueError(f"RewardGuidance.scale must be a finite number, got {self.scale!r}")
         if not isinstance(self.weights, dict) or not all(
-                isinstance(k, str) and _finite_number(w) for k, w in self.weights.items()):
+                isinstance(k, str) and is_finite_number(w) for k, w in self.weights.items()):
             raise ValueError(f"RewardGuidance.weights must map reward names to finite numbers, "
                              f"got {self.weights!r}")
-
-
-def _finite_number(value) -> bool:
-    """A finite real number (Python or NumPy scalar), not a bool."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
@@ -165,7 +156,7 @@ def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
     if latent_shape is None:
         return
     shape = tuple(latent_shape)
-    if len(shape) != 4 or not all(_is_positive_int(n) for n in shape):
+    if len(shape) != 4 or not all(is_positive_int(n) for n in shape):
         raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got {latent_shape}")
     channels = getattr(config, "in_channels", None)
     if channels is not None and shape[0] != int(channels):

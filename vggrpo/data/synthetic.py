@@ -72,6 +72,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._checks import is_int
+
 __all__ = [
     "Box",
     "DEFAULT_ROOM",
@@ -1062,10 +1064,6 @@ def make_scene(
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class SyntheticSceneDataset(Dataset):
     """An indexable set of ``length`` random box-room videos, for ``torch.utils.data.DataLoader``.
 
@@ -1112,7 +1110,7 @@ class SyntheticSceneDataset(Dataset):
 
         for name, value in (("length", length), ("frames", frames), ("height", height),
                             ("width", width)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise bad(name, "an int >= 1", value)
         kinds = TRAJECTORIES + ("mixed",)
         if trajectory not in kinds:
@@ -1121,21 +1119,21 @@ class SyntheticSceneDataset(Dataset):
             math.isfinite(jitter) and jitter >= 0.0
         ):
             raise bad("jitter", "a finite float >= 0", jitter)
-        if not _is_int(static_objects) or static_objects < 0:
+        if not is_int(static_objects) or static_objects < 0:
             raise bad("static_objects", "an int >= 0", static_objects)
-        if _is_int(moving_objects) and moving_objects >= 0:
+        if is_int(moving_objects) and moving_objects >= 0:
             moving_range = (moving_objects, moving_objects)
         elif (
             isinstance(moving_objects, (tuple, list))
             and len(moving_objects) == 2
-            and all(_is_int(v) for v in moving_objects)
+            and all(is_int(v) for v in moving_objects)
             and 0 <= moving_objects[0] <= moving_objects[1]
         ):
             moving_range = (int(moving_objects[0]), int(moving_objects[1]))
         else:
             raise bad("moving_objects", "an int >= 0 or a (lo, hi) pair with 0 <= lo <= hi",
                       moving_objects)
-        if not _is_int(seed):
+        if not is_int(seed):
             raise bad("seed", "an int", seed)
         if dtype not in (torch.float32, torch.float64):
             raise bad("dtype", "torch.float32 or torch.float64", dtype)

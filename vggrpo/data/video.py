@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import is_positive_int
+
 __all__ = [
     "VIDEO_SUFFIXES",
     "IMAGE_SUFFIXES",
@@ -99,7 +101,7 @@ def list_frames(folder: PathLike) -> List[Path]:
 def _check_positive(name: str, value: Optional[int]) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 

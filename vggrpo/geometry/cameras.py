@@ -30,6 +30,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .._checks import is_positive_int
+
 __all__ = [
     "quaternion_to_matrix",
     "matrix_to_quaternion",
@@ -71,7 +73,7 @@ def _check_trailing(name: str, value: Tensor, allowed: Sequence[Tuple[int, ...]]
 
 def _check_size(height, width) -> None:
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise ValueError(f"{name} must be a positive int (pixels), got {value!r}")
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import is_positive_int
 from .cameras import pose_encoding_to_cameras
 from .record import Geometry
 
@@ -57,7 +58,7 @@ class TinyVGGTConfig:
         for name in ("patch_size", "dim", "num_heads", "encoder_depth", "aggregator_depth",
                      "head_channels"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_positive_int(value):
                 raise ValueError(f"TinyVGGTConfig.{name} must be a positive int, got {value!r}")
         if self.patch_size % 4 != 0:
             raise ValueError(f"TinyVGGTConfig.patch_size must be a multiple of 4, "
