@@ -1,5 +1,6 @@
 """The ``vggrpo`` command: every subcommand's help, the main jobs, and the one-line errors."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -20,6 +21,31 @@ def test_help(sub, capsys):
         main([sub, "--help"])
     assert exit_.value.code == 0
     assert f"usage: vggrpo {sub}" in capsys.readouterr().out
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_says_what_it_is_and_its_default():
+    from vggrpo.cli import build_parser
+    from vggrpo.stitching import build_parser as build_train_lgm_parser
+
+    parsers = [*_parsers(build_parser()), build_train_lgm_parser("vggrpo train-lgm")]
+    assert len(parsers) == 9  # vggrpo, its 7 commands, train-lgm's own parser
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, (parser.prog, action.dest)
+            if action.default not in (None, False):
+                assert "%(default)s" in action.help, (parser.prog, action.dest, action.help)
+    text = build_train_lgm_parser("vggrpo train-lgm").format_help()
+    assert "peak AdamW learning rate (default: 0.0005)" in text
 
 
 def test_console_script_and_train_lgm_help():
@@ -151,12 +177,21 @@ def test_train_from_yaml(tmp_path):
      "argument --frames: expected a positive int, got 'two'"),
     (["demo", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
     (["bench", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
+    (["reward", "x.mp4", "--frames", "10"],
+     "argument --frames: expected 1 + 4k frames (e.g. 9, 13, 17), got 10"),
+    (["train-lgm", "--synthetic", "0"], "argument --synthetic: expected a positive int, got 0"),
+    (["train-lgm", "--synthetic", "1", "--frames", "0"],
+     "argument --frames: expected a positive int, got 0"),
+    (["train-lgm", "--synthetic", "1", "--frames", "10"], "argument --frames: expected 1 + 4k"),
+    (["train-lgm", "--synthetic", "1", "--height", "-5"],
+     "argument --height: expected a positive int, got -5"),
 ])
 def test_bad_option_values_are_refused_by_the_parser(argv, expected, capsys, tmp_path):
     """Before, these ran (some for minutes) and ended in a traceback, a NaN result, or an
     error naming none of the options ('no median for empty data' for --rounds 0)."""
     with pytest.raises(SystemExit) as exit_:
-        main(argv + (["--out", str(tmp_path / "o")] if argv[0] in ("sample", "eval") else []))
+        main(argv + (["--out", str(tmp_path / "o")]
+                     if argv[0] in ("sample", "eval", "train-lgm") else []))
     assert exit_.value.code == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -221,11 +256,12 @@ def test_bad_sample_inputs_are_one_line_errors_before_sampling(tmp_path, capsys,
     assert not (tmp_path / "o").exists()
 
 
-def test_eval_and_train_lgm_refuse_too_few_frames_or_scenes(tmp_path, capsys):
+def test_eval_refuses_too_few_frames_and_train_lgm_an_infinite_lr(tmp_path, capsys):
     _one_line_error(capsys, ["eval", str(tmp_path), "--out", str(tmp_path / "o"), "--frames",
                              "5"], "frames must be >= 9")
-    _one_line_error(capsys, ["train-lgm", "--synthetic", "0", "--out", str(tmp_path / "t")],
-                    "--synthetic must be a positive number of scenes, got 0")
+    # Before: trained the connector to NaN and saved it.
+    _one_line_error(capsys, ["train-lgm", "--synthetic", "1", "--lr", "inf", "--out",
+                             str(tmp_path / "t")], "StitchingConfig.lr must be a finite number")
     assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
 
 

@@ -287,6 +287,23 @@ def test_resume_reproduces_the_uninterrupted_run(vae, tmp_path):
                         resume=True, progress=False)
 
 
+@pytest.mark.parametrize("field,value,expected", [
+    ("lr", float("inf"), "lr must be a finite number > 0, got inf"),
+    ("lr", float("nan"), "lr must be a finite number > 0, got nan"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
+    ("grad_clip", float("inf"), "grad_clip must be a finite number > 0"),
+    ("output_weight", float("nan"), "output_weight must be a finite number >= 0, got nan"),
+    ("output_weight", -1.0, "output_weight must be a finite number >= 0"),
+    ("warmup_steps", True, "warmup_steps must be an int >= 0, got True"),
+    ("seed", 1.5, "seed must be an int, got 1.5"),
+    ("batch_size", True, "batch_size must be a positive int, got True"),
+])
+def test_stitching_config_refuses_values_that_would_train_to_nan_or_mean_nothing(field, value,
+                                                                                  expected):
+    with pytest.raises(ValueError, match=f"StitchingConfig.{expected}"):
+        StitchingConfig(**{field: value})
+
+
 def test_stitching_bad_input(vae):
     lgm = make_lgm(vae)
     with pytest.raises(ValueError, match="epochs must be a positive int"):

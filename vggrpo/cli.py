@@ -64,6 +64,14 @@ def _int_at_least(low: int):
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
+def _wan_frames(text: str) -> int:
+    """A frame count the Wan VAE encodes: 1 + 4k (it maps frames 1 + 4k to latent frames 1 + k)."""
+    value = _positive_int(text)
+    if (value - 1) % 4:
+        raise argparse.ArgumentTypeError(f"expected 1 + 4k frames (e.g. 9, 13, 17), got {value}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -546,25 +554,38 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with latent geometry rewards (VGGRPO).")
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
 
+    # Every option says what it is, in which units, and its default (%(default)s).
     d = sub.add_parser("demo", help="the main job on the embedded tiny models",
                        description=cmd_demo.__doc__)
-    d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    d.add_argument("--steps", type=_positive_int, default=30, help="GRPO steps (default 30)")
-    d.add_argument("--rounds", type=_positive_int, default=5, help="timing rounds (default 5)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="out/demo", help="output folder (default: %(default)s)")
+    d.add_argument("--steps", type=_positive_int, default=30,
+                   help="GRPO steps (default: %(default)s)")
+    d.add_argument("--rounds", type=_positive_int, default=5,
+                   help="timing rounds of latent vs RGB reward; the median is reported "
+                        "(default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic scenes (default: %(default)s)")
     d.set_defaults(fn=cmd_demo)
 
     r = sub.add_parser("reward", help="score videos or saved latents with the LGM rewards")
-    r.add_argument("inputs", nargs="+", help="video files, frame folders, or .safetensors latents")
-    r.add_argument("--lgm", default="default", help="LGM folder or 'default' (embedded)")
-    r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) or 'tiny'")
-    r.add_argument("--frames", type=_positive_int, default=17,
-                   help="frames read per video (1 + 4k)")
-    r.add_argument("--height", type=_positive_int, default=96)
-    r.add_argument("--width", type=_positive_int, default=160)
-    r.add_argument("--topk", type=_positive_int, default=3)
-    r.add_argument("--flow-threshold", type=_finite_float, default=0.1)
-    r.add_argument("--out", help="write the scores to this JSON file")
+    r.add_argument("inputs", nargs="+", help="video files, frame folders, or .safetensors with "
+                   "floating-point latents [B,C,T,h,w]")
+    r.add_argument("--lgm", default="default",
+                   help="LGM folder, or 'default' for the embedded one (default: %(default)s)")
+    r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) that encodes "
+                   "the videos, or 'tiny' for the embedded one (default: %(default)s)")
+    r.add_argument("--frames", type=_wan_frames, default=17,
+                   help="frames read per video, 1 + 4k (default: %(default)s)")
+    r.add_argument("--height", type=_positive_int, default=96,
+                   help="videos are resized to this height in pixels (default: %(default)s)")
+    r.add_argument("--width", type=_positive_int, default=160,
+                   help="videos are resized to this width in pixels (default: %(default)s)")
+    r.add_argument("--topk", type=_positive_int, default=3,
+                   help="the geometry reward averages the k worst views (default: %(default)s)")
+    r.add_argument("--flow-threshold", type=_finite_float, default=0.1,
+                   help="a point whose scene-flow norm exceeds this (world units) is dynamic "
+                        "and left out of the geometry reward (default: %(default)s)")
+    r.add_argument("--out", help="also write the scores to this JSON file")
     r.set_defaults(fn=cmd_reward)
 
     # Listed for --help; main() hands "train-lgm ..." to vggrpo.stitching's own parser.
@@ -578,39 +599,61 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("sample", help="sampling with latent reward guidance")
-    s.add_argument("--model", default="tiny", help="diffusers Wan folder or 'tiny'")
-    s.add_argument("--lora", help="a pytorch_lora_weights.safetensors to load")
-    s.add_argument("--prompt-embeds", help="safetensors with prompt_embeds [P,L,D]")
-    s.add_argument("--lgm", default="default")
-    s.add_argument("--vae", default="tiny")
-    s.add_argument("--steps", type=_positive_int, default=10)
-    s.add_argument("--shift", type=_positive_float, default=3.0)
-    s.add_argument("--cfg", type=_finite_float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--model", default="tiny",
+                   help="diffusers Wan folder, or 'tiny' (default: %(default)s)")
+    s.add_argument("--lora", help="a pytorch_lora_weights.safetensors to load (from vggrpo train)")
+    s.add_argument("--prompt-embeds", help="safetensors with prompt_embeds [P,L,D] (and optionally "
+                   "negative_prompt_embeds); default: seeded random ones, for the tiny model")
+    s.add_argument("--lgm", default="default", help="LGM folder for the guidance reward, or "
+                   "'default' for the embedded one (default: %(default)s)")
+    s.add_argument("--vae", default="tiny", help="VAE folder for --decode, or 'tiny' "
+                   "(default: %(default)s)")
+    s.add_argument("--steps", type=_positive_int, default=10,
+                   help="sampling steps (default: %(default)s)")
+    s.add_argument("--shift", type=_positive_float, default=3.0,
+                   help="flow-matching schedule shift (default: %(default)s)")
+    s.add_argument("--cfg", type=_finite_float, default=1.0,
+                   help="classifier-free guidance scale; 1: off (default: %(default)s)")
     s.add_argument("--guidance-scale", type=_finite_float, default=2.0,
-                   help="reward guidance (0: off)")
-    s.add_argument("--guidance-start", type=_non_negative_int, default=1)
-    s.add_argument("--guidance-end", type=_positive_int)
-    s.add_argument("--w-motion", type=_finite_float, default=1.0)
-    s.add_argument("--w-geo", type=_finite_float, default=1.0)
-    s.add_argument("--latent-frames", type=_positive_int, default=5)
-    s.add_argument("--latent-height", type=_positive_int, default=12)
-    s.add_argument("--latent-width", type=_positive_int, default=20)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--decode", action="store_true", help="also write decoded mp4s")
+                   help="reward guidance scale; 0: off (default: %(default)s)")
+    s.add_argument("--guidance-start", type=_non_negative_int, default=1,
+                   help="first guided step index (default: %(default)s)")
+    s.add_argument("--guidance-end", type=_positive_int,
+                   help="guided steps end before this index (default: --steps)")
+    s.add_argument("--w-motion", type=_finite_float, default=1.0,
+                   help="weight of the camera motion reward in the guidance "
+                        "(default: %(default)s)")
+    s.add_argument("--w-geo", type=_finite_float, default=1.0,
+                   help="weight of the geometry reward in the guidance (default: %(default)s)")
+    s.add_argument("--latent-frames", type=_positive_int, default=5,
+                   help="latent frames T' (a video of 4 T' - 3 frames; default: %(default)s)")
+    s.add_argument("--latent-height", type=_positive_int, default=12,
+                   help="latent height h (default: %(default)s)")
+    s.add_argument("--latent-width", type=_positive_int, default=20,
+                   help="latent width w (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial noise (default: %(default)s)")
+    s.add_argument("--decode", action="store_true",
+                   help="also write decoded mp4s next to --out")
     s.add_argument("--out", required=True, help="latents .safetensors to write")
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("eval", help="Sampson epipolar error and rewards of a folder of videos")
-    e.add_argument("folder")
+    e.add_argument("folder", help="folder of videos (mp4/webm) or frame folders")
     e.add_argument("--out", required=True, help="folder for metrics.csv and summary.json")
-    e.add_argument("--frames", type=_positive_int, default=17)
-    e.add_argument("--height", type=_positive_int, default=96)
-    e.add_argument("--width", type=_positive_int, default=160)
+    e.add_argument("--frames", type=_positive_int, default=17,
+                   help="frames read per video, at least 9 (default: %(default)s)")
+    e.add_argument("--height", type=_positive_int, default=96,
+                   help="videos are resized to this height in pixels (default: %(default)s)")
+    e.add_argument("--width", type=_positive_int, default=160,
+                   help="videos are resized to this width in pixels (default: %(default)s)")
     e.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="time the latent vs RGB reward and fused vs reference")
-    b.add_argument("--rounds", type=_positive_int, default=5)
-    b.add_argument("--out", default="out/bench.json")
+    b.add_argument("--rounds", type=_positive_int, default=5,
+                   help="timing rounds; the median is reported (default: %(default)s)")
+    b.add_argument("--out", default="out/bench.json",
+                   help="JSON file to write (default: %(default)s)")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _io
+from ._checks import is_finite_number, is_int, is_positive_int
 from .lgm import LatentGeometryModel
 from .vae import check_video_frames, encode_video
 
@@ -60,14 +61,22 @@ class StitchingConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_positive_int(value):
                 raise ValueError(f"StitchingConfig.{name} must be a positive int, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if not (is_int(self.warmup_steps) and self.warmup_steps >= 0):
             raise ValueError(f"StitchingConfig.warmup_steps must be an int >= 0, "
                              f"got {self.warmup_steps!r}")
+        if not is_int(self.seed):
+            raise ValueError(f"StitchingConfig.seed must be an int, got {self.seed!r}")
+        # Finite: an infinite learning rate trains the connector to NaN and saves that.
         for name in ("lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"StitchingConfig.{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (is_finite_number(value) and value > 0):
+                raise ValueError(f"StitchingConfig.{name} must be a finite number > 0, "
+                                 f"got {value!r}")
+        if not (is_finite_number(self.output_weight) and self.output_weight >= 0):
+            raise ValueError(f"StitchingConfig.output_weight must be a finite number >= 0, "
+                             f"got {self.output_weight!r}")
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -250,10 +259,24 @@ def train_stitching(
     return history
 
 
-def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
-    """``python -m vggrpo.stitching``: stitch a connector to a local VAE (see --help)."""
+_FIELD_HELP = {
+    "epochs": "passes over the clips",
+    "batch_size": "clips per optimisation step",
+    "lr": "peak AdamW learning rate",
+    "warmup_steps": "linear warm-up steps before the cosine decay",
+    "grad_clip": "gradient-norm clip",
+    "seed": "seed of the connector's initialisation and of the batch order",
+    "checkpoint_every": "write the checkpoint every this many epochs",
+    "output_weight": "weight of the output distillation term; used only with LoRA adapters",
+}
+
+
+def build_parser(prog: str = "python -m vggrpo.stitching"):
+    """The ``train-lgm`` command line (``argparse.ArgumentParser``); option values are checked
+    here or by :class:`StitchingConfig`, before any work."""
     import argparse
-    import sys
+
+    from .cli import _positive_int, _wan_frames
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -261,19 +284,31 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
                     "backbone, videos from a folder (mp4/png frames) or synthetic scenes.")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos / frame folders (each clip >= --frames)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic scenes")
+    src.add_argument("--synthetic", type=_positive_int, metavar="N", help="use N synthetic scenes")
     parser.add_argument("--vae", default="tiny", help="local diffusers AutoencoderKLWan folder, or "
-                        "'tiny' for the embedded tiny VAE (default)")
+                        "'tiny' for the embedded tiny VAE (default: %(default)s)")
     parser.add_argument("--backbone", default="default", help="LGM folder whose tiny backbone to "
-                        "stitch to, or 'default' for the embedded one")
+                        "stitch to, or 'default' for the embedded one (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder (LGM + checkpoint)")
-    parser.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k")
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--frames", type=_wan_frames, default=17,
+                        help="frames per clip, 1 + 4k (default: %(default)s)")
+    parser.add_argument("--height", type=_positive_int, default=96,
+                        help="clips are resized to this height in pixels (default: %(default)s)")
+    parser.add_argument("--width", type=_positive_int, default=160,
+                        help="clips are resized to this width in pixels (default: %(default)s)")
     for f in dataclasses.fields(StitchingConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
-                            default=f.default)
-    parser.add_argument("--resume", action="store_true")
+                            default=f.default, help=f"{_FIELD_HELP[f.name]} (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --out's checkpoint (same options)")
+    return parser
+
+
+def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
+    """``python -m vggrpo.stitching``: stitch a connector to a local VAE (see --help)."""
+    import sys
+
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
 
     from .defaults import DefaultsRecipe, load_default_lgm, load_tiny_wan_vae, scene_pool
@@ -283,9 +318,6 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
         # The config and the source first: a bad option is reported before any work.
         config = StitchingConfig(**{f.name: getattr(args, f.name)
                                     for f in dataclasses.fields(StitchingConfig)})
-        if args.synthetic is not None and args.synthetic < 1:
-            raise ValueError(f"--synthetic must be a positive number of scenes, got "
-                             f"{args.synthetic}")
         if args.vae == "tiny":
             vae = load_tiny_wan_vae()
         else:
