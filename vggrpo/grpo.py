@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 
 from . import _io
+from ._checks import is_finite_number, is_positive_int
 from ._nvtx import nvtx_range
 from .rewards import group_advantages
-from ._checks import is_finite_number, is_positive_int
 from .sampling import check_wan_inputs, sample, scheduler_sigmas, sde_step, wan_velocity
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
