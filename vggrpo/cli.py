@@ -89,6 +89,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_video_size_options(parser: argparse.ArgumentParser, *, frames_type,
+                            frames_help: str, what: str) -> None:
+    """``--frames`` (default 17), ``--height`` 96 and ``--width`` 160 (pixels): how the videos a
+    command reads are cut and resized (``reward``, ``eval``, ``train-lgm``)."""
+    parser.add_argument("--frames", type=frames_type, default=17,
+                        help=f"{frames_help} (default: %(default)s)")
+    for name, default in (("height", 96), ("width", 160)):
+        parser.add_argument(f"--{name}", type=_positive_int, default=default,
+                            help=f"{what} are resized to this {name} in pixels "
+                                 f"(default: %(default)s)")
+
+
 # -- loading what the user points at ------------------------------------------------------------
 
 def _load_lgm(spec: str):
@@ -574,12 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LGM folder, or 'default' for the embedded one (default: %(default)s)")
     r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) that encodes "
                    "the videos, or 'tiny' for the embedded one (default: %(default)s)")
-    r.add_argument("--frames", type=_wan_frames, default=17,
-                   help="frames read per video, 1 + 4k (default: %(default)s)")
-    r.add_argument("--height", type=_positive_int, default=96,
-                   help="videos are resized to this height in pixels (default: %(default)s)")
-    r.add_argument("--width", type=_positive_int, default=160,
-                   help="videos are resized to this width in pixels (default: %(default)s)")
+    _add_video_size_options(r, frames_type=_wan_frames,
+                            frames_help="frames read per video, 1 + 4k", what="videos")
     r.add_argument("--topk", type=_positive_int, default=3,
                    help="the geometry reward averages the k worst views (default: %(default)s)")
     r.add_argument("--flow-threshold", type=_finite_float, default=0.1,
@@ -641,12 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="Sampson epipolar error and rewards of a folder of videos")
     e.add_argument("folder", help="folder of videos (mp4/webm) or frame folders")
     e.add_argument("--out", required=True, help="folder for metrics.csv and summary.json")
-    e.add_argument("--frames", type=_positive_int, default=17,
-                   help="frames read per video, at least 9 (default: %(default)s)")
-    e.add_argument("--height", type=_positive_int, default=96,
-                   help="videos are resized to this height in pixels (default: %(default)s)")
-    e.add_argument("--width", type=_positive_int, default=160,
-                   help="videos are resized to this width in pixels (default: %(default)s)")
+    _add_video_size_options(e, frames_type=_positive_int,
+                            frames_help="frames read per video, at least 9", what="videos")
     e.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="time the latent vs RGB reward and fused vs reference")

@@ -276,7 +276,7 @@ def build_parser(prog: str = "python -m vggrpo.stitching"):
     here or by :class:`StitchingConfig`, before any work."""
     import argparse
 
-    from .cli import _positive_int, _wan_frames
+    from .cli import _positive_int, _wan_frames, _add_video_size_options
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -290,12 +290,8 @@ def build_parser(prog: str = "python -m vggrpo.stitching"):
     parser.add_argument("--backbone", default="default", help="LGM folder whose tiny backbone to "
                         "stitch to, or 'default' for the embedded one (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder (LGM + checkpoint)")
-    parser.add_argument("--frames", type=_wan_frames, default=17,
-                        help="frames per clip, 1 + 4k (default: %(default)s)")
-    parser.add_argument("--height", type=_positive_int, default=96,
-                        help="clips are resized to this height in pixels (default: %(default)s)")
-    parser.add_argument("--width", type=_positive_int, default=160,
-                        help="clips are resized to this width in pixels (default: %(default)s)")
+    _add_video_size_options(parser, frames_type=_wan_frames,
+                            frames_help="frames per clip, 1 + 4k", what="clips")
     for f in dataclasses.fields(StitchingConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
                             default=f.default, help=f"{_FIELD_HELP[f.name]} (default: %(default)s)")
