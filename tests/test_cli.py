@@ -256,6 +256,24 @@ def test_bad_sample_inputs_are_one_line_errors_before_sampling(tmp_path, capsys,
     assert not (tmp_path / "o").exists()
 
 
+def test_an_out_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    """Before: each ran to the end, then a traceback from the atomic rename (IsADirectoryError)."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "file").write_text("x")
+    under_file = str(tmp_path / "file" / "out.json")
+    save_file({"latents": torch.randn(1, 16, 5, 12, 20)}, str(tmp_path / "z.safetensors"))
+    for argv in (["sample", "--steps", "2"], ["bench", "--rounds", "1"],
+                 ["reward", str(tmp_path / "z.safetensors")]):
+        _one_line_error(capsys, argv + ["--out", str(folder)],
+                        f"--out {folder} is a folder; expected the path of a file to write")
+        _one_line_error(capsys, argv + ["--out", under_file], f"{tmp_path / 'file'} is not a folder")
+    _one_line_error(capsys, ["eval", str(tmp_path), "--out", str(tmp_path / "file" / "o")],
+                    f"{tmp_path / 'file'} is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder", "z.safetensors"]
+    assert not any(folder.iterdir())
+
+
 def test_eval_refuses_too_few_frames_and_train_lgm_an_infinite_lr(tmp_path, capsys):
     _one_line_error(capsys, ["eval", str(tmp_path), "--out", str(tmp_path / "o"), "--frames",
                              "5"], "frames must be >= 9")

@@ -229,10 +229,28 @@ def _read_config(path: str) -> Dict[str, Any]:
     return data
 
 
+def _check_out_parents(out: Path) -> None:
+    # The nearest existing ancestor must be a folder, or the write fails only after the work.
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is not a folder")
+
+
 def _out_dir(path: str) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    _check_out_parents(out)
+    return out
+
+
+def _out_file(path: str) -> Path:
+    """An --out that names a file, checked before any work (the atomic rename into it would
+    fail only at the end)."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; expected the path of a file to write")
+    _check_out_parents(out)
     return out
 
 
@@ -365,6 +383,7 @@ def cmd_reward(args) -> int:
     from .latent_reward import LatentGeometryReward
     from .vae import encode_video
 
+    out = _out_file(args.out) if args.out else None
     lgm = _load_lgm(args.lgm)
     reward = LatentGeometryReward(lgm, topk=args.topk, flow_threshold=args.flow_threshold)
     vae = None
@@ -399,8 +418,8 @@ def cmd_reward(args) -> int:
                          "geo": float(r["geo"][b])})
     for row in rows:
         print(f"{row['input']}[{row['index']}]  motion {row['motion']:.4f}  geo {row['geo']:.4f}")
-    if args.out:
-        _io.save_json(args.out, {"rows": rows})
+    if out is not None:
+        _io.save_json(out, {"rows": rows})
     return 0
 
 
@@ -482,6 +501,7 @@ def cmd_sample(args) -> int:
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    out = _out_file(args.out)
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
         _load_lora(transformer, args.lora)
@@ -509,7 +529,6 @@ def cmd_sample(args) -> int:
     final = sample(vel, noise, sigmas, guidance=guidance).final
     with torch.no_grad():
         r = reward(final)
-    out = Path(args.out)
     _io.save_tensors(out, {"latents": final},
                      metadata={"rewards": json.dumps({k: v.tolist() for k, v in r.items()})})
     print(f"wrote {out}: motion {r['motion'].tolist()}, geo {r['geo'].tolist()}")
@@ -539,6 +558,7 @@ def cmd_bench(args) -> int:
     from . import reference
     from .rewards import geometry_reprojection_reward
 
+    out = _out_file(args.out)
     lgm, vae = load_default_lgm(), load_tiny_wan_vae()
     z = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(0))
     lat, rgb = LatentGeometryReward(lgm), RGBGeometryReward(vae, lgm.backbone)
@@ -554,7 +574,7 @@ def cmd_bench(args) -> int:
         "notes": "a = ours (latent reward / fused op), b = baseline; ratio = a / b of medians. "
                  "The full suite with memory: pytest bench/ in the repository.",
     }
-    _io.save_json(args.out, result)
+    _io.save_json(out, result)
     print(json.dumps(result, indent=2))
     return 0
 
