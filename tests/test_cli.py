@@ -256,6 +256,31 @@ def test_bad_sample_inputs_are_one_line_errors_before_sampling(tmp_path, capsys,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["--steps", "1"], "--guidance-start 1 and --guidance-end 1 (its default, --steps) must "
+                       "satisfy 0 <= start < end <= --steps (1); --guidance-scale 0 turns"),
+    (["--guidance-end", "20"], "--guidance-start 1 and --guidance-end 20 must satisfy"),
+    (["--guidance-start", "5", "--guidance-end", "3"], "--guidance-start 5 and --guidance-end 3"),
+], ids=["one-step", "end-past-steps", "end-before-start"])
+def test_sample_checks_the_guided_steps_against_the_options_before_loading(argv, expected,
+                                                                           capsys, tmp_path,
+                                                                           monkeypatch):
+    import vggrpo.cli
+
+    def no_load(*_):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(vggrpo.cli, "_load_transformer", no_load)
+    _one_line_error(capsys, ["sample", *argv, "--out", str(tmp_path / "z.safetensors")], expected)
+    assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_sample_with_one_step_and_no_guidance(tmp_path):
+    assert main(["sample", "--steps", "1", "--guidance-scale", "0", "--out",
+                 str(tmp_path / "z.safetensors")]) == 0
+    assert load_file(tmp_path / "z.safetensors")["latents"].shape == (1, 16, 5, 12, 20)
+
+
 def test_an_out_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
     """Before: each ran to the end, then a traceback from the atomic rename (IsADirectoryError)."""
     folder = tmp_path / "folder"

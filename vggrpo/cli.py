@@ -502,6 +502,14 @@ def cmd_sample(args) -> int:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     out = _out_file(args.out)
+    if args.guidance_scale != 0:
+        # Before loading a model that may take minutes, and in the options' own names.
+        end = args.guidance_end if args.guidance_end is not None else args.steps
+        if not args.guidance_start < end <= args.steps:
+            default = " (its default, --steps)" if args.guidance_end is None else ""
+            raise UsageError(f"--guidance-start {args.guidance_start} and --guidance-end "
+                             f"{end}{default} must satisfy 0 <= start < end <= --steps "
+                             f"({args.steps}); --guidance-scale 0 turns guidance off")
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
         _load_lora(transformer, args.lora)
