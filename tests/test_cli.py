@@ -170,6 +170,10 @@ def test_train_from_yaml(tmp_path):
     (["sample", "--shift", "0"], "argument --shift: expected a finite number > 0, got '0'"),
     (["sample", "--w-motion", "nan"], "argument --w-motion: expected a finite number, got 'nan'"),
     (["sample", "--guidance-scale", "inf"], "argument --guidance-scale: expected a finite"),
+    # Before: a negative scale turned guidance off without a word.
+    (["sample", "--guidance-scale", "-1"],
+     "argument --guidance-scale: expected a finite number >= 0, got '-1'"),
+    (["sample", "--shift", "-2"], "argument --shift: expected a finite number > 0, got '-2'"),
     (["sample", "--guidance-start", "-1"], "argument --guidance-start: expected an int >= 0"),
     (["reward", "x.mp4", "--topk", "0"], "argument --topk: expected a positive int, got 0"),
     (["reward", "x.mp4", "--flow-threshold", "nan"], "argument --flow-threshold: expected a"),

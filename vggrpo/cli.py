@@ -82,11 +82,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+def _finite_float_above(low: float, *, or_equal: bool):
+    what = f"a finite number {'>=' if or_equal else '>'} {low:g}"
+
+    def parse(text: str) -> float:
+        value = _finite_float(text)
+        if value < low or (value == low and not or_equal):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_float = _finite_float_above(0.0, or_equal=False)
+_non_negative_float = _finite_float_above(0.0, or_equal=True)
 
 
 def _add_video_size_options(parser: argparse.ArgumentParser, *, frames_type,
@@ -502,7 +511,7 @@ def cmd_sample(args) -> int:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     out = _out_file(args.out)
-    if args.guidance_scale != 0:
+    if args.guidance_scale > 0:
         # Before loading a model that may take minutes, and in the options' own names.
         end = args.guidance_end if args.guidance_end is not None else args.steps
         if not args.guidance_start < end <= args.steps:
@@ -650,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flow-matching schedule shift (default: %(default)s)")
     s.add_argument("--cfg", type=_finite_float, default=1.0,
                    help="classifier-free guidance scale; 1: off (default: %(default)s)")
-    s.add_argument("--guidance-scale", type=_finite_float, default=2.0,
+    s.add_argument("--guidance-scale", type=_non_negative_float, default=2.0,
                    help="reward guidance scale; 0: off (default: %(default)s)")
     s.add_argument("--guidance-start", type=_non_negative_int, default=1,
                    help="first guided step index (default: %(default)s)")
