@@ -504,8 +504,8 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .data.video import write_video
     from .latent_reward import LatentGeometryReward
-    from .sampling import (RewardGuidance, check_wan_inputs, sample, scheduler_sigmas,
-                           wan_velocity)
+    from .sampling import (RewardGuidance, _check_window, check_wan_inputs, sample,
+                           scheduler_sigmas, wan_velocity)
     from .vae import decode_latents
 
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -514,11 +514,13 @@ def cmd_sample(args) -> int:
     if args.guidance_scale > 0:
         # Before loading a model that may take minutes, and in the options' own names.
         end = args.guidance_end if args.guidance_end is not None else args.steps
-        if not args.guidance_start < end <= args.steps:
+        try:  # the sampler's own window rule, reworded for the options
+            _check_window((args.guidance_start, end), args.steps, "guidance steps")
+        except ValueError:
             default = " (its default, --steps)" if args.guidance_end is None else ""
             raise UsageError(f"--guidance-start {args.guidance_start} and --guidance-end "
                              f"{end}{default} must satisfy 0 <= start < end <= --steps "
-                             f"({args.steps}); --guidance-scale 0 turns guidance off")
+                             f"({args.steps}); --guidance-scale 0 turns guidance off") from None
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
         _load_lora(transformer, args.lora)
