@@ -81,8 +81,11 @@ TARGET_ATTEMPTS = 3
 # Fewer timed rounds than this in any benchmark marks a run as a quick (smoke / CI) run; its
 # results go to cpu-<machine>-quick.json so they never replace a proper measurement.
 _QUICK_ROUNDS = 3
-# Memory probes per case (the smallest reading is kept: unrelated allocations only add).
+# Memory probes per case (the smallest reading is kept: unrelated allocations only add). A quick
+# run's memory pass probes each case once: it checks that every case can be measured, and its
+# file never stands for a measurement (a second probe of every case cost ~15 s of CI's bench run).
 _MEMORY_REPEATS = 2
+_QUICK_MEMORY_REPEATS = 1
 #: Readings below this are within the CPU probe's resolution (page-granular, approximate kernel
 #: RSS counters): no memory ratio is formed when the reference's reading is below 4x this, and a
 #: fused reading below it counts as this much (the ratio is then a lower bound).
@@ -116,6 +119,14 @@ def pytest_addoption(parser):
         help="internal: run the selected cases for their peak extra memory only (no timing) and "
         "write {nodeid: bytes} to PATH; the timing session starts this itself",
     )
+    group.addoption(
+        "--vggrpo-memory-repeats",
+        type=int,
+        default=_MEMORY_REPEATS,
+        metavar="N",
+        help="internal: memory probes per case in the memory pass, the smallest reading kept "
+        f"(default {_MEMORY_REPEATS}; a quick run's pass uses {_QUICK_MEMORY_REPEATS})",
+    )
 
 
 @dataclasses.dataclass
@@ -135,6 +146,7 @@ class Case:
 class _SessionState:
     started: float
     memory_pass: Optional[str]
+    memory_repeats: int = _MEMORY_REPEATS  # probes per case, in a memory pass
     loadavg_start: Optional[list] = None
     cpu_start: Optional[tuple] = None
     allocator: str = ""
@@ -150,7 +162,10 @@ class _SessionState:
 
 def pytest_configure(config):
     memory_pass = config.getoption("--vggrpo-memory-pass")
-    state = _SessionState(started=time.time(), memory_pass=memory_pass)
+    repeats = config.getoption("--vggrpo-memory-repeats")
+    if repeats < 1:
+        raise pytest.UsageError(f"--vggrpo-memory-repeats: expected an int >= 1, got {repeats}")
+    state = _SessionState(started=time.time(), memory_pass=memory_pass, memory_repeats=repeats)
     if memory_pass:
         _CPU_PROBE.init()  # probe mode from the very start: nothing pollutes the heap first
         state.allocator = "probe mode" if _CPU_PROBE.available else _CPU_PROBE.reason
@@ -426,14 +441,15 @@ def memory_probe_note() -> str:
             "malloc_trim, clear_refs=5); CUDA: max_memory_allocated - memory_allocated")
 
 
-def run_memory_pass(config, nodeids: list[str]) -> tuple[dict, Optional[str]]:
-    """Runs ``nodeids`` in a fresh child pytest with ``--vggrpo-memory-pass`` and returns
-    ``({nodeid: reading}, error)``. The child inherits the environment (thread counts) and works
-    on the same deterministic inputs."""
+def run_memory_pass(config, nodeids: list[str],
+                    repeats: int = _MEMORY_REPEATS) -> tuple[dict, Optional[str]]:
+    """Runs ``nodeids`` in a fresh child pytest with ``--vggrpo-memory-pass`` (``repeats`` probes
+    per case) and returns ``({nodeid: reading}, error)``. The child inherits the environment
+    (thread counts) and works on the same deterministic inputs."""
     fd, out = tempfile.mkstemp(prefix="vggrpo-memory-", suffix=".json")
     os.close(fd)
     cmd = [sys.executable, "-m", "pytest", *nodeids, "-q", "--benchmark-disable",
-           f"--vggrpo-memory-pass={out}"]
+           f"--vggrpo-memory-pass={out}", f"--vggrpo-memory-repeats={repeats}"]
     try:
         proc = subprocess.run(cmd, cwd=str(config.rootpath), capture_output=True, text=True,
                               timeout=1800)
@@ -505,7 +521,7 @@ def bench_case(benchmark, request):
         nodeid = request.node.nodeid
         if state.memory_pass:
             result = wrapped(*args)  # warm-up
-            state.memory[nodeid] = peak_extra_memory(wrapped, *args, repeats=_MEMORY_REPEATS)
+            state.memory[nodeid] = peak_extra_memory(wrapped, *args, repeats=state.memory_repeats)
             return result
         benchmark.group = f"{pair} [{size}]"
         B, T, H, W = shape if shape is not None else SIZES[size]
@@ -717,8 +733,8 @@ def target_check(request):
             args = inputs.geometry_args()
             fused(*args), ref(*args)
             state.memory[nodeid] = {
-                "fused": peak_extra_memory(fused, *args, repeats=_MEMORY_REPEATS),
-                "reference": peak_extra_memory(ref, *args, repeats=_MEMORY_REPEATS),
+                "fused": peak_extra_memory(fused, *args, repeats=state.memory_repeats),
+                "reference": peak_extra_memory(ref, *args, repeats=state.memory_repeats),
             }
             return None, False
         result = dict(
@@ -927,8 +943,11 @@ def pytest_sessionfinish(session, exitstatus):
         return
     state.other_cpu_share = _other_cpu_share(state.cpu_start, _cpu_times())
 
+    quick = min(int(_stat(c.stats, "rounds") or 0) for c in done) < _QUICK_ROUNDS
+    memory_repeats = _QUICK_MEMORY_REPEATS if quick else _MEMORY_REPEATS
     # The memory pass, in a fresh child process (see the module docstring).
-    memory, state.memory_error = run_memory_pass(config, [c.nodeid for c in done])
+    memory, state.memory_error = run_memory_pass(config, [c.nodeid for c in done],
+                                                 repeats=memory_repeats)
     for case in done:
         case.memory = memory.get(case.nodeid)
         case.fixture.extra_info["peak_extra_bytes"] = case.memory
@@ -981,7 +1000,6 @@ def pytest_sessionfinish(session, exitstatus):
     size_order = {s: i for i, s in enumerate(SIZES)}
     pairs.sort(key=lambda p: (p["pair"], size_order.get(p["size"], 99)))
 
-    quick = min(b["rounds"] for b in benchmarks) < _QUICK_ROUNDS
     bs = config._benchmarksession
     payload = {
         "schema": 1,
@@ -999,7 +1017,7 @@ def pytest_sessionfinish(session, exitstatus):
             "warmup": bool(bs.options.get("warmup")),
             "allocator": state.allocator,
             "memory_probe": memory_probe_note(),
-            "memory_repeats": _MEMORY_REPEATS,
+            "memory_repeats": memory_repeats,
             "memory_error": state.memory_error,
         },
         "notes": {
