@@ -143,6 +143,11 @@ def test_bad_configurations_are_clear_errors():
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError, match=r"sde_window \(3, 12\) lies outside the schedule's 10"):
         GRPOConfig(sde_window=(3, 12))
+    # The sampler's rule, at construction: a non-int or odd-length window used to pass the config
+    # (or read as "lies outside") and fail only inside the first rollout.
+    for window in ((0.5, 2), (0, 1, 2), 3, None):
+        with pytest.raises(ValueError, match=r"sde_window must be a \(start, end\) pair"):
+            GRPOConfig(sde_window=window)
     with pytest.raises(ValueError, match="no modules named"):
         make_trainer(lora_targets=("q_proj",))
     with pytest.raises(ValueError, match="clip_eps must be a finite number > 0"):

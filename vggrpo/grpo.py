@@ -46,7 +46,8 @@ from . import _io
 from ._checks import is_finite_number, is_positive_int
 from ._nvtx import nvtx_range
 from .rewards import group_advantages
-from .sampling import check_wan_inputs, sample, scheduler_sigmas, sde_step, wan_velocity
+from .sampling import (_check_window, check_wan_inputs, sample, scheduler_sigmas, sde_step,
+                       wan_velocity)
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
 
@@ -87,7 +88,8 @@ class GRPOConfig:
     latent_shape: Tuple[int, int, int, int] = (16, 5, 12, 20)
 
     def __post_init__(self) -> None:
-        self.sde_window = tuple(self.sde_window)
+        if isinstance(self.sde_window, list):  # TOML / YAML give a list
+            self.sde_window = tuple(self.sde_window)
         self.lora_targets = tuple(self.lora_targets)
         self.latent_shape = tuple(self.latent_shape)
         if not isinstance(self.group_size, int) or self.group_size < 2:
@@ -98,11 +100,10 @@ class GRPOConfig:
             value = getattr(self, name)
             if not is_positive_int(value):
                 raise ValueError(f"GRPOConfig.{name} must be a positive int, got {value!r}")
-        start, end = self.sde_window if len(self.sde_window) == 2 else (-1, -1)
-        if not 0 <= start < end <= self.num_inference_steps:
-            raise ValueError(f"sde_window {self.sde_window} lies outside the schedule's "
-                             f"{self.num_inference_steps} steps (need 0 <= start < end <= "
-                             f"{self.num_inference_steps})")
+        if self.sde_window is None:  # the sampler reads None as "no SDE steps": nothing to train
+            raise ValueError("sde_window must be a (start, end) pair of step indices (the steps "
+                             "GRPO trains), got None")
+        _check_window(self.sde_window, self.num_inference_steps, "sde_window")
         # Finite too: an inf learning rate or a NaN alpha would not fail, it would train NaNs.
         for name in ("clip_eps", "lr", "grad_clip", "shift", "lora_alpha"):
             value = getattr(self, name)
