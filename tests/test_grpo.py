@@ -148,6 +148,16 @@ def test_bad_configurations_are_clear_errors():
     for window in ((0.5, 2), (0, 1, 2), 3, None):
         with pytest.raises(ValueError, match=r"sde_window must be a \(start, end\) pair"):
             GRPOConfig(sde_window=window)
+    for targets in ("to_q", (), ("to_q", 3), None):
+        with pytest.raises(ValueError, match="lora_targets must be a non-empty list of module"):
+            GRPOConfig(lora_targets=targets)
+    for shape in (16, (16, 5, 12), None):
+        with pytest.raises(ValueError, match=r"latent_shape must be \(C, T, h, w\)"):
+            GRPOConfig(latent_shape=shape)
+    # TOML / YAML lists are taken as tuples.
+    cfg = GRPOConfig(sde_window=[0, 2], lora_targets=["to_q"], latent_shape=[16, 5, 12, 20])
+    assert (cfg.sde_window, cfg.lora_targets, cfg.latent_shape) == ((0, 2), ("to_q",),
+                                                                    (16, 5, 12, 20))
     with pytest.raises(ValueError, match="no modules named"):
         make_trainer(lora_targets=("q_proj",))
     with pytest.raises(ValueError, match="clip_eps must be a finite number > 0"):

@@ -88,10 +88,15 @@ class GRPOConfig:
     latent_shape: Tuple[int, int, int, int] = (16, 5, 12, 20)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sde_window, list):  # TOML / YAML give a list
-            self.sde_window = tuple(self.sde_window)
-        self.lora_targets = tuple(self.lora_targets)
-        self.latent_shape = tuple(self.latent_shape)
+        # TOML / YAML give lists; anything else is left as it came for the checks below to name.
+        for name in ("sde_window", "lora_targets", "latent_shape"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+        # A bare string would iterate as one-letter module names.
+        if (not isinstance(self.lora_targets, tuple) or not self.lora_targets
+                or not all(isinstance(t, str) and t for t in self.lora_targets)):
+            raise ValueError(f"lora_targets must be a non-empty list of module names, got "
+                             f"{self.lora_targets!r}")
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (a group of one has no relative "
                              f"advantage), got {self.group_size!r}")
@@ -116,7 +121,8 @@ class GRPOConfig:
         if not is_finite_number(self.guidance_scale):
             raise ValueError(f"GRPOConfig.guidance_scale must be a finite number, got "
                              f"{self.guidance_scale!r}")
-        if len(self.latent_shape) != 4 or not all(map(is_positive_int, self.latent_shape)):
+        if (not isinstance(self.latent_shape, tuple) or len(self.latent_shape) != 4
+                or not all(map(is_positive_int, self.latent_shape))):
             raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
                              f"{self.latent_shape}")
 
