@@ -209,7 +209,6 @@ def static_points(
         raise ValueError(f"pointmaps must be [B,T,H,W,3], got {tuple(pointmaps.shape)}")
     if not flow_threshold >= 0:
         raise ValueError(f"flow_threshold must be >= 0, got {flow_threshold}")
-    B = pointmaps.shape[0]
     valid = torch.isfinite(pointmaps).all(dim=-1)
     if scene_flow is not None:
         if scene_flow.shape != pointmaps.shape:
