@@ -79,7 +79,12 @@ def test_reward_on_latents_and_videos(tmp_path, capsys):
     (torch.randint(0, 5, (1, 16, 5, 12, 20)), "'latents' must be a floating-point tensor "
                                                "[B,C,T,h,w], got torch.int64"),
     (torch.randn(0, 16, 5, 12, 20), "'latents' [0, 16, 5, 12, 20] holds no video (batch 0)"),
-], ids=["integer", "batch-0"])
+    (torch.randn(2, 16, 5, 12, 20).index_put_((torch.tensor([1, 0]), torch.tensor([3, 0]),
+                                               torch.tensor([2, 0]), torch.tensor([5, 0]),
+                                               torch.tensor([7, 0])),
+                                              torch.tensor([float("nan"), float("inf")])),
+     "'latents' must be finite; 2 of its 38400 values are NaN or inf"),
+], ids=["integer", "batch-0", "nan"])
 def test_reward_refuses_latents_it_cannot_score(tmp_path, capsys, latents, expected):
     save_file({"latents": latents}, str(tmp_path / "z.safetensors"))
     _one_line_error(capsys, ["reward", str(tmp_path / "z.safetensors"), "--out",

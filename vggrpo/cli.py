@@ -408,13 +408,18 @@ def cmd_reward(args) -> int:
                                  f"{sorted(tensors)}")
             latents = tensors["latents"]
             # Checked here, not by the reward: the .float() below would pass integer codes as
-            # latents, and a batch of 0 would print nothing and exit 0.
+            # latents, a batch of 0 would print nothing and exit 0, and NaN / inf would print
+            # (and save) NaN scores.
             if not latents.is_floating_point():
                 raise UsageError(f"{path}: 'latents' must be a floating-point tensor [B,C,T,h,w], "
                                  f"got {latents.dtype}")
             if latents.dim() == 5 and latents.shape[0] == 0:
                 raise UsageError(f"{path}: 'latents' {list(latents.shape)} holds no video "
                                  f"(batch 0); nothing to score")
+            bad = int((~torch.isfinite(latents)).sum())
+            if bad:
+                raise UsageError(f"{path}: 'latents' must be finite; {bad} of its "
+                                 f"{latents.numel()} values are NaN or inf")
             latents = latents.float()
         else:
             vae = vae if vae is not None else _load_vae(args.vae)
