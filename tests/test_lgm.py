@@ -113,6 +113,22 @@ def test_connector_is_the_papers_conv3d():
     assert torch.allclose(out, ref)
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("kernel_size", 5, "kernel_size must be three ints >= 1, got 5"),
+    ("kernel_size", (5, 0, 5), r"kernel_size must be three ints >= 1, got \(5, 0, 5\)"),
+    ("stride", (1, 2), r"stride must be three ints >= 1, got \(1, 2\)"),
+    ("stride", (1, 2.0, 2), r"stride must be three ints >= 1"),
+    ("padding", (2, -1, 2), r"padding must be three ints >= 0"),
+    ("padding", (True, 2, 2), r"padding must be three ints >= 0"),
+])
+def test_lgm_config_refuses_a_connector_conv3d_cannot_run(field, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        LGMConfig(token_dim=24, **{field: value})
+    # A JSON config's lists are taken as triples; padding 0 is a valid convolution.
+    cfg = LGMConfig(token_dim=24, kernel_size=[3, 3, 3], stride=[1, 1, 1], padding=[0, 0, 0])
+    assert (cfg.kernel_size, cfg.stride, cfg.padding) == ((3, 3, 3), (1, 1, 1), (0, 0, 0))
+
+
 def test_config_from_vae_reads_channels_and_factors(vae):
     assert LGMConfig.from_vae(vae, 32).to_dict()["latent_channels"] == 16
     wan22 = types.SimpleNamespace(config=types.SimpleNamespace(

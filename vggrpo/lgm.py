@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _io
-from ._checks import is_positive_int
+from ._checks import is_int, is_positive_int
 from ._nvtx import nvtx_range
 from .geometry.backbone import missing_backbone_members
 from .geometry.record import Geometry
@@ -48,6 +48,8 @@ class LGMConfig:
 
     ``latent_channels``/``spatial_factor``/``temporal_factor`` describe the VAE the LGM was
     stitched to (:meth:`from_vae`); ``token_dim`` is the backbone's width at the stitch point.
+    ``kernel_size``/``stride``/``padding``: the Conv3d's, ``(t, y, x)`` triples of ints (>= 1,
+    >= 1, >= 0); lists (a JSON config's) are taken as triples.
     """
 
     latent_channels: int = 16
@@ -63,10 +65,14 @@ class LGMConfig:
             value = getattr(self, name)
             if not is_positive_int(value):
                 raise ValueError(f"LGMConfig.{name} must be a positive int, got {value!r}")
-        for name in ("kernel_size", "stride", "padding"):
-            value = tuple(getattr(self, name))
-            if len(value) != 3 or not all(isinstance(v, int) and v >= 0 for v in value):
-                raise ValueError(f"LGMConfig.{name} must be three non-negative ints, got {value!r}")
+        # Conv3d takes a kernel or stride of 0 only to fail in its forward; an int here (not a
+        # triple) would be a TypeError naming nothing.
+        for name, least in (("kernel_size", 1), ("stride", 1), ("padding", 0)):
+            value = getattr(self, name)
+            value = tuple(value) if isinstance(value, (list, tuple)) else value
+            if (not isinstance(value, tuple) or len(value) != 3
+                    or not all(is_int(v) and v >= least for v in value)):
+                raise ValueError(f"LGMConfig.{name} must be three ints >= {least}, got {value!r}")
             setattr(self, name, value)
 
     @classmethod
