@@ -145,7 +145,7 @@ def test_bad_configurations_are_clear_errors():
         GRPOConfig(sde_window=(3, 12))
     # The sampler's rule, at construction: a non-int or odd-length window used to pass the config
     # (or read as "lies outside") and fail only inside the first rollout.
-    for window in ((0.5, 2), (0, 1, 2), 3, None):
+    for window in ((0.5, 2), (0, 1, 2), (False, 2), 3, None):
         with pytest.raises(ValueError, match=r"sde_window must be a \(start, end\) pair"):
             GRPOConfig(sde_window=window)
     for targets in ("to_q", (), ("to_q", 3), None):

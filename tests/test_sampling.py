@@ -179,6 +179,9 @@ def test_bad_schedules_and_windows(transformer, sigmas):
         sample(vel, noise(1), sigmas, sde_window=(4, 9))
     with pytest.raises(ValueError, match="sde_window must be a"):
         sample(vel, noise(1), sigmas, sde_window=(1,))
+    # True is an int to Python, but (True, 3) is a typo, not step 1.
+    with pytest.raises(ValueError, match="sde_window must be a"):
+        sample(vel, noise(1), sigmas, sde_window=(True, 3))
     with pytest.raises(ValueError, match="strictly decreasing"):
         sample(vel, noise(1), torch.tensor([1.0, 0.5, 0.5, 0.0]))
     g = RewardGuidance(lambda x: {"geo": x.sum((1, 2, 3, 4))}, 1.0, (0, 2), {"geo": 1.0})

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import is_finite_number, is_positive_int
+from ._checks import is_finite_number, is_int, is_positive_int
 
 __all__ = [
     "SDEStep",
@@ -291,7 +291,7 @@ def _check_window(window: Optional[Tuple[int, int]], steps: int, name: str) -> r
     if window is None:
         return range(0)
     if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(i, int) for i in window)):
+            or not all(is_int(i) for i in window)):
         raise ValueError(f"{name} must be a (start, end) pair of step indices, got {window!r}")
     start, end = window
     if not 0 <= start < end <= steps:
