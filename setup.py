@@ -69,7 +69,7 @@ def _extensions():
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "kernels", "*.cu")))
     with_cuda = _want_cuda(torch, CUDA_HOME, cuda_sources)
     sources = sorted(glob.glob(os.path.join(csrc, "kernels", "*_cpu.cpp")))
-    torch_glue = ["checks.cpp", "ops.cpp", "library.cpp", "register_cpu.cpp"]
+    torch_glue = ["checks.cpp", "ops.cpp", "library.cpp", "module.cpp", "register_cpu.cpp"]
     sources += [os.path.join(csrc, "torch", f) for f in torch_glue]
     # -fno-math-errno: std::sqrt need not set errno on a negative argument, so loops over it
     # vectorise (static_points 1.65x faster on one thread of the AVX2 CI machine); values are

@@ -1,3 +1,5 @@
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // see ops.cpp
+
 #include "checks.h"
 
 #include <cctype>

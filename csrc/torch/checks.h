@@ -5,7 +5,7 @@
 // Shape and value errors raise ValueError, dtype errors TypeError, in Python.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <initializer_list>
 #include <string>

@@ -1,11 +1,6 @@
-// Schemas of the vggrpo ops (torch.ops.vggrpo.*) and the Python module vggrpo._C.
+// Schemas of the vggrpo ops (torch.ops.vggrpo.*); the Python module vggrpo._C is module.cpp.
 // Autograd formulas and fake (meta) kernels are registered from Python, in vggrpo/ops.py.
-#include <torch/extension.h>
 #include <torch/library.h>
-
-#ifndef VGGRPO_TORCH_VERSION
-#define VGGRPO_TORCH_VERSION "unknown"
-#endif
 
 TORCH_LIBRARY(vggrpo, m) {
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
@@ -46,19 +41,4 @@ TORCH_LIBRARY(vggrpo, m) {
       "Tensor pointmaps, Tensor depths, Tensor extrinsics, Tensor intrinsics) -> "
       "(Tensor, Tensor, Tensor)",
       tags);
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "vggrpo's compiled ops; use them through vggrpo.ops";
-#if defined(VGGRPO_WITH_CUDA)
-  m.attr("cuda_built") = true;
-#else
-  m.attr("cuda_built") = false;
-#endif
-#if defined(_OPENMP)
-  m.attr("openmp") = true;
-#else
-  m.attr("openmp") = false;
-#endif
-  m.attr("torch_version") = VGGRPO_TORCH_VERSION;
 }

@@ -1,7 +1,15 @@
+// Per-operator ATen headers, not <ATen/ATen.h>: the whole operator set is most of the glue's
+// compile time, and the define makes an accidental include of it a compile error.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+
 #include "ops.h"
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 

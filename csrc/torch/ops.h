@@ -4,7 +4,7 @@
 // contract in docs/ops.md.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>
