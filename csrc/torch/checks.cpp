@@ -1,4 +1,5 @@
-#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // see ops.cpp
+#define AT_PER_OPERATOR_HEADERS  // see ops.cpp
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 
 #include "checks.h"
 

@@ -1,5 +1,6 @@
-// Per-operator ATen headers, not <ATen/ATen.h>: the whole operator set is most of the glue's
-// compile time, and the define makes an accidental include of it a compile error.
+// Per-operator ATen headers, not <ATen/ATen.h>: the whole operator set was most of the glue's
+// compile time. The two defines (as PyTorch builds itself) make an include of it a compile error.
+#define AT_PER_OPERATOR_HEADERS
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 
 #include "ops.h"
