@@ -48,6 +48,7 @@ OP_TEST_FILES = [
     "tests/test_reference.py",
     "tests/test_rewards.py",
     "tests/test_errors.py",
+    "tests/test_threads.py",
 ]
 TEST_FILES = {
     "emulated": OP_TEST_FILES,
