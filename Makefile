@@ -17,6 +17,10 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The CPU wheel on this machine kind; a CUDA machine pins its own torch (see README).
 TORCH_SPEC ?= torch==2.13.0
 JOBS ?= 2
+# The three test suites run on JOBS pytest-xdist workers, one torch thread each
+# (tests/conftest.py): 150 s instead of 180 s for tests/ on the 2-core CI machine. The
+# benchmarks stay serial. PYTEST_PAR= runs the suites in one process.
+PYTEST_PAR ?= -n $(JOBS)
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 
 CSRC := $(shell find csrc -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \) 2>/dev/null)
@@ -63,7 +67,7 @@ cuda-compile:
 	else echo "cuda-compile: no nvcc found, CUDA kernels not compiled"; fi
 
 pytest: build
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q $(PYTEST_PAR)
 
 $(CUDA_ENV_STAMP): requirements-dev.txt
 	$(CUDA_PYTHON) -m venv $(CUDA_VENV)
@@ -78,7 +82,7 @@ $(CUDA_ENV_STAMP): requirements-dev.txt
 cuda-build:
 	@if [ -n "$(NVCC)" ]; then \
 	  $(MAKE) --no-print-directory $(CUDA_ENV_STAMP) && \
-	  MAX_JOBS=$(JOBS) $(CUDA_VENV)/bin/python csrc/tests/torch_variant.py cuda; \
+	  MAX_JOBS=$(JOBS) $(CUDA_VENV)/bin/python csrc/tests/torch_variant.py cuda $(PYTEST_PAR); \
 	else echo "cuda-build: no nvcc found, the CUDA build not tried"; fi
 
 # The wheels the lent GPU machine's image lacks (Python 3.12, no registry there), into the ignored
@@ -92,7 +96,7 @@ gpu-wheels:
 # The op tests again on a test-only build whose every call takes the glue's CUDA branch, with the
 # CUDA kernels compiled against the CPU emulation of the CUDA runtime (docs/ops.md).
 cuda-emulated: build
-	MAX_JOBS=$(JOBS) $(PY) csrc/tests/torch_variant.py emulated
+	MAX_JOBS=$(JOBS) $(PY) csrc/tests/torch_variant.py emulated $(PYTEST_PAR)
 
 # One round per benchmark: checks the suite runs and reports the targets; `make bench` measures.
 bench-quick: build
