@@ -1,9 +1,10 @@
 """Test-only constructions that do not use vggrpo: rotations by Rodrigues, random cameras and
-point clouds, uniform trajectories."""
+point clouds, uniform trajectories, a free TCP port."""
 
 from __future__ import annotations
 
 import math
+import socket
 
 import torch
 from torch import Tensor
@@ -89,3 +90,11 @@ def uniform_trajectory(T: int, velocity, angular_velocity, dtype=torch.float64) 
         R_cw = R_wc.T
         out.append(torch.cat([R_cw, (-R_cw @ C)[:, None]], 1))
     return torch.stack(out).to(dtype)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a torchrun rendezvous: pid-derived
+    ports could collide between two pytest-xdist workers (or with another job on the machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import free_port
 from vggrpo.cli import main
 from vggrpo.data import make_scene, write_video
 
@@ -151,7 +152,7 @@ def test_train_under_torchrun_with_two_gloo_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(29700 + os.getpid() % 200), "-m", "vggrpo", "train", "--config", str(config),
+         str(free_port()), "-m", "vggrpo", "train", "--config", str(config),
          "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "run" / "history.json").read_text())

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from grpo_setup import make_trainer, prompt_embeds, tiny_transformer
+from helpers import free_port
 from vggrpo.grpo import LORA_FILE, GRPOConfig, GRPOTrainer
 
 
@@ -113,7 +114,7 @@ def _torchrun(n: int, out: Path) -> None:
     script = Path(__file__).parent / "scripts" / "grpo_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--master_port", str(29500 + n + os.getpid() % 1000), str(script), str(out)]
+           "--master_port", str(free_port()), str(script), str(out)]
     if n == 1:
         cmd = [sys.executable, str(script), str(out)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
