@@ -18,7 +18,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_SPEC ?= torch==2.13.0
 JOBS ?= 2
 # The three test suites run on JOBS pytest-xdist workers, one torch thread each
-# (tests/conftest.py): 150 s instead of 180 s for tests/ on the 2-core CI machine. The
+# (tests/conftest.py): 143 s instead of 180 s for tests/ on the 2-core CI machine. The
 # benchmarks stay serial. PYTEST_PAR= runs the suites in one process.
 PYTEST_PAR ?= -n $(JOBS)
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
