@@ -12,7 +12,11 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
+#if defined(VGGRPO_WITH_CUDA) && !defined(VGGRPO_EMULATED_CUDA)
+// The one CUDA header of the glue, for the caller's current stream. c10::Stream::native_handle()
+// would avoid it, but it is new in torch 2.11, and we support torch >= 2.4.
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <cmath>
 #include <type_traits>
@@ -39,10 +43,11 @@ constexpr bool kEmulatedCuda = false;
 // stream, or torch's CPU thread count (so torch.set_num_threads governs our OpenMP loops too).
 struct Exec {
   explicit Exec(const Tensor& t) : guard(t.device()), cuda(t.is_cuda() || kEmulatedCuda) {
+#if defined(VGGRPO_WITH_CUDA) && !defined(VGGRPO_EMULATED_CUDA)
     if (t.is_cuda()) {
-      stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(t.device())
-                   .native_handle();
+      stream = c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
     }
+#endif
     threads = at::get_num_threads();
     deterministic = at::globalContext().deterministicAlgorithms();
   }
