@@ -128,7 +128,7 @@ setup(
     # torch is not pinned here: the extension is built against the torch already installed
     # (see the module docstring); `make env` installs the tested versions.
     install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "diffusers>=0.33",
-                      "peft>=0.14", "pyyaml"],
+                      "peft>=0.14", "pyyaml", "tomli>=1.1; python_version < '3.11'"],
     # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
     extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"],
                     "nvtx": ["nvtx"], "metrics": ["opencv-python-headless"]},

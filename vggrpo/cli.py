@@ -217,7 +217,10 @@ def _read_config(path: str) -> Dict[str, Any]:
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix == ".toml":
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # the same parser, as a package before it joined the standard library
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
