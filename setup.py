@@ -130,7 +130,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "diffusers>=0.33",
                       "peft>=0.14", "pyyaml", "tomli>=1.1; python_version < '3.11'"],
     # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
-    extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av"],
+    extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av>=16"],
                     "nvtx": ["nvtx"], "metrics": ["opencv-python-headless"]},
     entry_points={"console_scripts": ["vggrpo=vggrpo.cli:main"]},
     ext_modules=ext_modules,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -229,6 +230,21 @@ def test_write_failure_mid_encode_cleans_up(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_video(write_target, random_clip())
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("version", ["15.1.0", "9.2.0", "unknown"])
+def test_too_old_pyav_is_one_clear_error(tmp_path, monkeypatch, version):
+    """Before 16, PyAV cannot convert YUV <-> RGB accurately: an error, not a worse video."""
+    good = write_video(tmp_path / "good.mp4", smooth_clip(T=2))
+    old = type(av)("av")
+    old.__version__ = version
+    monkeypatch.setitem(sys.modules, "av", old)
+    expected = rf"needs PyAV >= 16 .*found {version}; upgrade it with `pip install 'av>=16'`"
+    with pytest.raises(ImportError, match=expected):
+        read_video(good)
+    with pytest.raises(ImportError, match=expected):
+        write_video(tmp_path / "new.mp4", smooth_clip(T=2))
+    assert sorted(os.listdir(tmp_path)) == ["good.mp4"]
 
 
 # --------------------------------------------------------------------------------------------------

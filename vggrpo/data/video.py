@@ -3,10 +3,10 @@
 Videos are tensors ``[T,3,H,W]`` float32 in [0, 1] (RGB, frame-major), the layout the LGM trains on
 and the samplers produce.
 
-* :func:`read_video` reads an ``.mp4`` / ``.mov`` / ``.webm`` / ``.mkv`` / ``.avi`` file (PyAV,
-  ``pip install av``) or a folder of ``.png`` / ``.jpg`` / ``.jpeg`` frames (ordered by the numbers
-  in their names: ``frame_2`` before ``frame_10``), with optional temporal subsampling
-  (``stride``), truncation (``frames``) and resizing (bilinear with antialiasing).
+* :func:`read_video` reads an ``.mp4`` / ``.mov`` / ``.webm`` / ``.mkv`` / ``.avi`` file (PyAV
+  >= 16, ``pip install "av>=16"``) or a folder of ``.png`` / ``.jpg`` / ``.jpeg`` frames (ordered
+  by the numbers in their names: ``frame_2`` before ``frame_10``), with optional temporal
+  subsampling (``stride``), truncation (``frames``) and resizing (bilinear with antialiasing).
 * :func:`write_video` writes a video file (H.264 for ``.mp4`` / ``.mov`` / ``.mkv`` / ``.avi``,
   VP9 for ``.webm``) or, for a path without a video suffix, a folder of PNG frames; atomically:
   everything is written to a hidden temporary sibling first and then renamed into place with
@@ -52,7 +52,17 @@ PathLike = Union[str, "os.PathLike[str]"]
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-AV_INSTALL_HINT = "pip install av"
+# PyAV 16 is the oldest release that takes swscale flags as a plain int and converts exactly as
+# 18 does (measured: bit-identical RGB after a YUV round trip on 16.1, 17.1 and 18.1). 15.1
+# accepts the int but converts differently; 14 and older raise on it.
+AV_MIN_VERSION = (16, 0)
+AV_INSTALL_HINT = "pip install 'av>=16'"
+
+# libswscale's flag bits (swscale.h), fixed across FFmpeg releases. PyAV 18 names them in its
+# Interpolation enum, 16 and 17 do not, so they are passed as an int.
+_SWS_BILINEAR = 0x2
+_SWS_FULL_CHR_H_INT = 0x2000
+_SWS_ACCURATE_RND = 0x40000
 
 
 def _import_av():
@@ -61,12 +71,13 @@ def _import_av():
     except ImportError as err:
         raise ImportError(f"reading and writing video files needs PyAV ({err}); install it with "
                           f"`{AV_INSTALL_HINT}`") from err
+    found = str(getattr(av, "__version__", "unknown"))
+    numbers = re.match(r"(\d+)\.(\d+)", found)
+    if numbers is None or (int(numbers[1]), int(numbers[2])) < AV_MIN_VERSION:
+        raise ImportError(f"reading and writing video files needs PyAV >= 16 (older releases "
+                          f"cannot do the accurate YUV <-> RGB conversion), found {found}; "
+                          f"upgrade it with `{AV_INSTALL_HINT}`")
     return av
-
-
-def _ffmpeg_error(av) -> type:
-    # PyAV >= 14 names the base class FFmpegError; older releases call it AVError.
-    return getattr(av, "FFmpegError", None) or getattr(av, "AVError")
 
 
 def natural_key(name: str) -> Tuple:
@@ -143,31 +154,12 @@ def _read_frame_folder(folder: Path, stride: int, frames: Optional[int]) -> np.n
     return np.stack(arrays)
 
 
-def _scaler_flags(av, *names: str):
-    """swscale interpolation with option flags, or None where this PyAV cannot combine them."""
-    reformatter = getattr(getattr(av, "video", None), "reformatter", None)
-    interp = getattr(reformatter, "Interpolation", None)
-    if interp is None or not all(hasattr(interp, n) for n in names):
-        return None
-    value = interp.BILINEAR
-    for n in names:
-        value = value | getattr(interp, n)
-    return value
-
-
-def _rgb_converter(av):
+def _to_rgb(frame) -> np.ndarray:
     # swscale's default YUV 4:2:0 -> RGB path replicates chroma and truncates: on smooth content
     # that costs ~4x the error (and a -1 level bias) of interpolated chroma with accurate rounding.
-    flags = _scaler_flags(av, "ACCURATE_RND", "FULL_CHR_H_INT")
-
-    def accurate(frame):
-        return frame.reformat(format="rgb24", interpolation=flags,
-                              src_color_range=frame.color_range).to_ndarray()
-
-    def default(frame):
-        return frame.to_ndarray(format="rgb24")
-
-    return default if flags is None else accurate
+    return frame.reformat(format="rgb24",
+                          interpolation=_SWS_BILINEAR | _SWS_ACCURATE_RND | _SWS_FULL_CHR_H_INT,
+                          src_color_range=frame.color_range).to_ndarray()
 
 
 def _read_video_file(path: Path, stride: int, frames: Optional[int]) -> np.ndarray:
@@ -180,14 +172,13 @@ def _read_video_file(path: Path, stride: int, frames: Optional[int]) -> np.ndarr
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # decoding is the slow part; use the codec's threads
             wanted = _wanted(stride, frames)
-            to_rgb = _rgb_converter(av)
             for frame in container.decode(stream):
                 take = next(wanted, None)
                 if take is None:
                     break
                 if take:
-                    arrays.append(to_rgb(frame))
-    except (_ffmpeg_error(av), OSError) as err:
+                    arrays.append(_to_rgb(frame))
+    except (av.FFmpegError, OSError) as err:
         raise ValueError(f"cannot read video {str(path)!r}: {err}") from err
     if not arrays:
         raise ValueError(f"cannot read video {str(path)!r}: no frames could be decoded")
@@ -318,11 +309,9 @@ def _encode_file(path: Path, frames: np.ndarray, fps: float) -> None:
         stream = container.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
         # Converted here rather than by the encoder so the chroma is rounded accurately.
-        flags = _scaler_flags(av, "ACCURATE_RND")
         for t in range(T):
             frame = av.VideoFrame.from_ndarray(frames[t], format="rgb24")
-            if flags is not None:
-                frame = frame.reformat(format=pix_fmt, interpolation=flags)
+            frame = frame.reformat(format=pix_fmt, interpolation=_SWS_BILINEAR | _SWS_ACCURATE_RND)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
