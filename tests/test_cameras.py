@@ -90,12 +90,20 @@ def test_quaternion_to_matrix_normalises_and_ignores_sign():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matrix_to_quaternion_matches_axis_angle(dtype):
     axes, angles = axis_angle_cases(64, seed=2)
-    R = torch.linalg.matrix_exp(skew(axes * angles[:, None])).to(dtype)
+    R = torch.linalg.matrix_exp(skew(axes * angles[:, None]))
+    # At exactly pi, R = 2 n n^T - I, built so that it is exactly symmetric: then w is exactly 0
+    # and both signs have w = 0, so the tie-break is what picks the sign. matrix_exp's rounding
+    # leaves a ~1e-17 asymmetry that differs between torch versions (w came out +1.7e-17, and
+    # q rightly kept its negative xyz, on torch 2.4), so it would not test the tie-break.
+    at_pi = angles == math.pi
+    n = axes[at_pi]
+    R[at_pi] = 2 * n[:, :, None] * n[:, None, :] - torch.eye(3, dtype=F64)
+    R = R.to(dtype)
     q = matrix_to_quaternion(R)
     q_ref = expected_quaternion(axes, angles).to(dtype)
     assert q.dtype == dtype and q.shape == (64, 4)
-    # Exactly at pi both signs have w = 0; the canonical one makes the largest |xyz| positive.
-    at_pi = angles == math.pi
+    assert bool((q[at_pi, 3] == 0).all()), "the exactly symmetric R at pi must give w = 0"
+    # The canonical sign of w = 0 makes the largest |xyz| positive.
     q_ref[at_pi] = torch.where(
         q_ref[at_pi, :3].gather(-1, q_ref[at_pi, :3].abs().argmax(-1, keepdim=True)) < 0,
         -q_ref[at_pi], q_ref[at_pi],
