@@ -35,7 +35,7 @@ CUDA_PYTHON ?= $(or $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin
 CUDA_ENV_STAMP := $(CUDA_VENV)/.vggrpo-env
 EXT_STAMP := build/.vggrpo-ext
 
-.PHONY: env build cpp-test cuda-compile cuda-build cuda-emulated gpu-wheels pytest bench-quick bench bench-check test demo clean
+.PHONY: env build cpp-test cuda-compile cuda-build cuda-emulated floor gpu-wheels pytest bench-quick bench bench-check test demo clean
 
 env: $(ENV_STAMP)
 $(ENV_STAMP): requirements-dev.txt
@@ -85,6 +85,27 @@ cuda-build:
 	  MAX_JOBS=$(JOBS) $(CUDA_VENV)/bin/python csrc/tests/torch_variant.py cuda $(PYTEST_PAR); \
 	else echo "cuda-build: no nvcc found, the CUDA build not tried"; fi
 
+# The oldest versions setup.py admits, checked by hand with `make floor` (not part of make test: the
+# ~5 GB CUDA wheel of torch 2.4.1 from PyPI, its installs and the suite took 7 min on the 2-core
+# CI machine). diffusers 0.41 fails at import on torch < 2.6 (torch.accelerator), so the floor pins
+# the oldest diffusers and peft that vggrpo admits too. The CPU build, in build/cpu_torch-3.10.
+FLOOR_VENV ?= .venv-floor
+FLOOR_PINS ?= torch==2.4.1 diffusers==0.33.1 peft==0.14.0
+FLOOR_PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
+  $$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+FLOOR_ENV_STAMP := $(FLOOR_VENV)/.vggrpo-env
+
+$(FLOOR_ENV_STAMP): requirements-dev.txt
+	@test -n "$(FLOOR_PYTHON)" || { echo "floor: no python3.10 found; set FLOOR_PYTHON" >&2; exit 2; }
+	$(FLOOR_PYTHON) -m venv $(FLOOR_VENV)
+	printf '%s\n' $(FLOOR_PINS) > $(FLOOR_VENV)/floor-pins.txt
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check install -q \
+	  -c $(FLOOR_VENV)/floor-pins.txt $(FLOOR_PINS) -r requirements-dev.txt
+	touch $@
+
+floor: $(FLOOR_ENV_STAMP)
+	MAX_JOBS=$(JOBS) $(FLOOR_VENV)/bin/python csrc/tests/torch_variant.py cpu $(PYTEST_PAR)
+
 # The wheels the lent GPU machine's image lacks (Python 3.12, no registry there), into the ignored
 # .whl/ that scripts/gpu_check.sh installs from: run(..., carry=[".whl"]).
 GPU_WHEELS ?= diffusers==0.42.1 importlib_metadata==8.7.0 nvtx==0.2.17 av==18.1.0
@@ -120,4 +141,4 @@ demo: build
 	$(VENV)/bin/vggrpo demo --out out/demo
 
 clean:
-	rm -rf build $(VENV) $(CUDA_VENV) vggrpo/_C*.so *.egg-info
+	rm -rf build $(VENV) $(CUDA_VENV) $(FLOOR_VENV) vggrpo/_C*.so *.egg-info

@@ -2,6 +2,7 @@
 
     python csrc/tests/torch_variant.py emulated [pytest args...]   # make cuda-emulated
     python csrc/tests/torch_variant.py cuda [pytest args...]       # make cuda-build
+    python csrc/tests/torch_variant.py cpu [pytest args...]        # make floor
 
 ``emulated``: every op call takes the glue's CUDA branch (csrc/torch/ops.cpp built with
 VGGRPO_WITH_CUDA and VGGRPO_EMULATED_CUDA), and the CUDA kernels are csrc/kernels/*.cu compiled
@@ -19,7 +20,12 @@ Python shows on CI and not in the first minutes of a GPU session. The whole of t
 (tests/test_cuda.py skips where there is no GPU). Built in build/cuda_torch; CUDA_HOME is taken
 from the environment, else from the nvcc on PATH.
 
-In both, the installed vggrpo._C is never touched: pytest runs in a fresh process whose
+``cpu``: the CPU build, exactly as ``VGGRPO_NO_CUDA=1 pip install`` makes it, against the torch
+of the interpreter that runs this script. `make floor` runs it in .venv-floor, the oldest Python,
+torch, diffusers and peft that setup.py admits, so that the floors it states stay true. Built in
+build/cpu_torch-<Python version>.
+
+In all three, the installed vggrpo._C is never touched: pytest runs in a fresh process whose
 PYTHONPATH starts with csrc/tests/variant_site, whose sitecustomize.py loads the variant as
 vggrpo._C before anything imports vggrpo, in that process and in every process it starts (CLI
 and torchrun tests). Exit status: pytest's, except that "no tests ran" (5) is a failure.
@@ -37,7 +43,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EMU = ROOT / "csrc" / "tests" / "cuda_emu"
-BUILD = {"emulated": ROOT / "build" / "cuda_emu_torch", "cuda": ROOT / "build" / "cuda_torch"}
+BUILD = {
+    "emulated": ROOT / "build" / "cuda_emu_torch",
+    "cuda": ROOT / "build" / "cuda_torch",
+    "cpu": ROOT / "build" / f"cpu_torch-{sys.version_info[0]}.{sys.version_info[1]}",
+}
 
 # The tests that drive the ops (numerics, gradients, opcheck, errors); the model-level tests only
 # add time here.
@@ -57,6 +67,7 @@ TEST_FILES = {
     # test: its code path is the CPU suite's and the shorter GRPO tests' (which run here), and
     # its 35-40 s kept CI over its 20-minute budget. scripts/gpu_check.sh runs it on the GPU.
     "cuda": ["tests", "--deselect", "tests/test_grpo.py::test_short_run_raises_the_mean_reward"],
+    "cpu": ["tests"],
 }
 SITE = ROOT / "csrc" / "tests" / "variant_site"
 
@@ -133,16 +144,21 @@ def cuda_home() -> str:
              "cuda_runtime.h beside it, no /usr/local/cuda); set CUDA_HOME")
 
 
-def build_cuda() -> Path:
-    """Runs setup.py's own build with FORCE_CUDA=1 into build/cuda_torch; returns the library."""
+def build_setup(variant: str) -> Path:
+    """Runs setup.py's own build (FORCE_CUDA=1 for ``cuda``, VGGRPO_NO_CUDA=1 for ``cpu``) into
+    BUILD[variant]; returns the library."""
     import torch
 
-    if torch.version.cuda is None:
-        sys.exit(f"torch_variant cuda: this interpreter's torch {torch.__version__} is a CPU "
-                 "build; run it with a CUDA build of torch (make cuda-build installs one)")
-    out = BUILD["cuda"]
-    env = dict(os.environ, FORCE_CUDA="1", CUDA_HOME=cuda_home())
-    env.pop("VGGRPO_NO_CUDA", None)
+    out = BUILD[variant]
+    if variant == "cuda":
+        if torch.version.cuda is None:
+            sys.exit(f"torch_variant cuda: this interpreter's torch {torch.__version__} is a CPU "
+                     "build; run it with a CUDA build of torch (make cuda-build installs one)")
+        env = dict(os.environ, FORCE_CUDA="1", CUDA_HOME=cuda_home())
+        env.pop("VGGRPO_NO_CUDA", None)
+    else:
+        env = dict(os.environ, VGGRPO_NO_CUDA="1")
+        env.pop("FORCE_CUDA", None)
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "setup.py", "--quiet", "build_ext", "--build-lib", str(out / "lib"),
@@ -152,11 +168,12 @@ def build_cuda() -> Path:
     if done.returncode != 0:
         # ninja prints every command line: the error is at the end.
         sys.stderr.write(done.stdout[-20000:] + done.stderr[-20000:])
-        sys.exit(f"torch_variant cuda: the CUDA build failed (exit {done.returncode})")
+        sys.exit(f"torch_variant {variant}: the build failed (exit {done.returncode})")
     lib = out / "lib" / "vggrpo" / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
-    print(f"built the CUDA extension with CUDA_HOME={env['CUDA_HOME']}, TORCH_CUDA_ARCH_LIST="
-          f"{env.get('TORCH_CUDA_ARCH_LIST', 'setup.py default')} in "
-          f"{time.monotonic() - start:.0f} s: {lib}", flush=True)
+    how = (f"the CUDA extension with CUDA_HOME={env['CUDA_HOME']}, TORCH_CUDA_ARCH_LIST="
+           f"{env.get('TORCH_CUDA_ARCH_LIST', 'setup.py default')}" if variant == "cuda"
+           else "the CPU extension")
+    print(f"built {how} in {time.monotonic() - start:.0f} s: {lib}", flush=True)
     return lib
 
 
@@ -167,12 +184,12 @@ def main(argv: list[str]) -> int:
         return 2
     variant, pytest_args = argv[0], argv[1:]
     os.environ.setdefault("MAX_JOBS", "2")
-    lib = build_emulated() if variant == "emulated" else build_cuda()
+    lib = build_emulated() if variant == "emulated" else build_setup(variant)
     path = [str(SITE), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     env = dict(os.environ, VGGRPO_VARIANT_LIB=str(lib), PYTHONPATH=os.pathsep.join(path))
     check = ("import vggrpo, torch; c = vggrpo._ext._C; "
              f"assert c.__file__ == {str(lib)!r}, ('vggrpo loaded', c.__file__); "
-             "assert c.cuda_built, 'the variant must be built with VGGRPO_WITH_CUDA'; "
+             f"assert c.cuda_built == {variant != 'cpu'}, ('cuda_built', c.cuda_built); "
              f"print('vggrpo ops on the {variant} variant (%s, torch %s, Python %s)' % "
              "(c.__file__, torch.__version__, __import__('platform').python_version()))")
     if subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env).returncode != 0:
