@@ -92,9 +92,10 @@ def test_matrix_to_quaternion_matches_axis_angle(dtype):
     axes, angles = axis_angle_cases(64, seed=2)
     R = torch.linalg.matrix_exp(skew(axes * angles[:, None]))
     # At exactly pi, R = 2 n n^T - I, built so that it is exactly symmetric: then w is exactly 0
-    # and both signs have w = 0, so the tie-break is what picks the sign. matrix_exp's rounding
+    # and the canonical sign is the one compared. (Shepperd's largest-divisor branch already makes
+    # the largest |xyz| positive; the w == 0 tie-break only guards that.) matrix_exp's rounding
     # leaves a ~1e-17 asymmetry that differs between torch versions (w came out +1.7e-17, and
-    # q rightly kept its negative xyz, on torch 2.4), so it would not test the tie-break.
+    # q rightly kept its negative xyz, on torch 2.4), so its w is not 0.
     at_pi = angles == math.pi
     n = axes[at_pi]
     R[at_pi] = 2 * n[:, :, None] * n[:, None, :] - torch.eye(3, dtype=F64)

@@ -53,10 +53,10 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # PyAV 16 is the oldest release that takes swscale flags as a plain int and converts exactly as
-# 18 does (measured: bit-identical RGB after a YUV round trip on 16.1, 17.1 and 18.1). 15.1
+# 18 does (measured: bit-identical RGB after a YUV round trip on 16.0, 16.1, 17.1 and 18.1). 15.1
 # accepts the int but converts differently; 14 and older raise on it.
 AV_MIN_VERSION = (16, 0)
-AV_INSTALL_HINT = "pip install 'av>=16'"
+AV_INSTALL_HINT = f"pip install 'av>={AV_MIN_VERSION[0]}'"
 
 # libswscale's flag bits (swscale.h), fixed across FFmpeg releases. PyAV 18 names them in its
 # Interpolation enum, 16 and 17 do not, so they are passed as an int.
@@ -74,9 +74,9 @@ def _import_av():
     found = str(getattr(av, "__version__", "unknown"))
     numbers = re.match(r"(\d+)\.(\d+)", found)
     if numbers is None or (int(numbers[1]), int(numbers[2])) < AV_MIN_VERSION:
-        raise ImportError(f"reading and writing video files needs PyAV >= 16 (older releases "
-                          f"cannot do the accurate YUV <-> RGB conversion), found {found}; "
-                          f"upgrade it with `{AV_INSTALL_HINT}`")
+        raise ImportError(f"reading and writing video files needs PyAV >= {AV_MIN_VERSION[0]} "
+                          f"(older releases cannot do the accurate YUV <-> RGB conversion), found "
+                          f"{found}; upgrade it with `{AV_INSTALL_HINT}`")
     return av
 
 
