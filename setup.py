@@ -8,7 +8,8 @@ Environment knobs:
   VGGRPO_NO_CUDA=1        build the CPU extension even where CUDA could be built.
   FORCE_CUDA=1            build the CUDA kernels (needs a CUDA build of torch and nvcc); no GPU
                           is needed at build time.
-  TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0": A100 and H100/H200).
+  TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0": A100 and H100/H200; also when
+                          set but blank).
   MAX_JOBS                parallel compile jobs (read by torch's ninja build).
 
 CUDA is built when FORCE_CUDA=1, or when torch is a CUDA build (torch.version.cuda) and a CUDA
@@ -29,6 +30,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cuda_arch_list(environ) -> str:
+    # A blank TORCH_CUDA_ARCH_LIST (say `TORCH_CUDA_ARCH_LIST=$ARCH` with ARCH unset) would reach
+    # torch's build as an empty list, where it fails with a bare IndexError.
+    return environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or "8.0;9.0"
 
 
 def _want_cuda(torch_mod, cuda_home, cuda_sources) -> bool:
@@ -78,7 +85,7 @@ def _extensions():
            f'-DVGGRPO_TORCH_VERSION="{torch.__version__}"']
     include_dirs = [os.path.join(HERE, csrc, "include"), os.path.join(HERE, csrc, "kernels")]
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list(os.environ)
         sources += cuda_sources
         sources += [os.path.join(csrc, "torch", "register_cuda.cpp")]
         return [

@@ -1,12 +1,16 @@
-"""The source distribution holds what building vggrpo._C from it needs (MANIFEST.in)."""
+"""Packaging: the source distribution holds what building vggrpo._C from it needs (MANIFEST.in),
+and setup.py's build knobs mean what its docstring says."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +49,25 @@ def test_sdist_holds_every_kernel_source_header_and_weight(tmp_path):
     assert {"setup.py", "pyproject.toml", "README.md", "vggrpo/py.typed"} <= packed
     # tests/ would come without the helpers and conftest it imports.
     assert not any(f.startswith("tests/") for f in packed)
+
+
+def _setup_helpers() -> dict:
+    """setup.py's module-level functions, without running setup(): importing it would build."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    tree.body = [node for node in tree.body
+                 if isinstance(node, (ast.FunctionDef, ast.Import, ast.ImportFrom))
+                 and not (isinstance(node, ast.ImportFrom) and node.module == "setuptools")]
+    namespace: dict = {}
+    exec(compile(tree, "setup.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, "8.0;9.0"),
+    ({"TORCH_CUDA_ARCH_LIST": ""}, "8.0;9.0"),
+    ({"TORCH_CUDA_ARCH_LIST": "  "}, "8.0;9.0"),
+    ({"TORCH_CUDA_ARCH_LIST": "9.0"}, "9.0"),
+    ({"TORCH_CUDA_ARCH_LIST": "8.6;9.0+PTX"}, "8.6;9.0+PTX"),
+])
+def test_cuda_arch_list_defaults_to_a100_and_h100_when_unset_or_blank(environ, expected):
+    assert _setup_helpers()["_cuda_arch_list"](environ) == expected
