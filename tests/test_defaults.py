@@ -8,7 +8,9 @@ import torch
 from vggrpo.defaults import (
     WEIGHTS_DIR,
     DefaultsRecipe,
+    build_defaults,
     evaluate_lgm,
+    main,
     load_default_lgm,
     load_tiny_backbone,
     load_tiny_wan_vae,
@@ -99,3 +101,68 @@ def test_stitching_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: VAE folder not found: {tmp_path / 'no-vae'}"]
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("frames", 16, r"frames must be 1 \+ 4k .*got 16"),
+    ("width", 0, "width must be a positive int, got 0"),
+    ("train_scenes", 0, "train_scenes must be a positive int, got 0"),
+    ("eval_scenes", 0, "eval_scenes must be a positive int, got 0"),
+    ("backbone_steps", 0, "backbone_steps must be a positive int, got 0"),
+    ("stitch_batch", True, "stitch_batch must be a positive int, got True"),
+    ("backbone_lr", float("inf"), "backbone_lr must be a finite number > 0, got inf"),
+    ("stitch_lr", 0.0, "stitch_lr must be a finite number > 0, got 0.0"),
+    ("max_jitter", -1.0, "max_jitter must be a finite number >= 0, got -1.0"),
+    ("vae_seed", 0.5, "vae_seed must be an int, got 0.5"),
+])
+def test_recipe_refuses_what_would_fail_late_or_ship_nan(field, value, expected):
+    # Each of these once failed only after the backbone had trained (minutes at the full recipe),
+    # or, for the learning rate, not at all: the build shipped NaN weights.
+    with pytest.raises(ValueError, match=f"^DefaultsRecipe.{expected}"):
+        DefaultsRecipe(**{field: value})
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("frames", 5, "frames must be >= 9 here .*got 5"),
+    ("height", 100, "height must be a multiple of 16 .*got 100"),
+    ("width", 40, "width must be a multiple of 16 .*got 40"),
+])
+def test_build_and_evaluation_check_the_size_before_any_work(field, value, expected, tmp_path):
+    recipe = DefaultsRecipe(**{field: value})  # a valid scene size: stitching draws such scenes
+    with pytest.raises(ValueError, match=f"^DefaultsRecipe.{expected}"):
+        build_defaults(tmp_path / "weights", recipe, progress=False)
+    assert not (tmp_path / "weights").exists()
+    with pytest.raises(ValueError, match=f"^DefaultsRecipe.{expected}"):
+        evaluate_lgm(load_default_lgm(), None, recipe)
+
+
+def test_evaluation_without_rankings_takes_two_latent_frames():
+    q = evaluate_lgm(load_default_lgm(), load_tiny_wan_vae(), DefaultsRecipe(frames=5, height=32,
+                     width=48), scenes=1, ranking_scenes=0)
+    assert q["eval_scenes"] == 1 and "ranking" not in q
+
+
+def test_evaluate_lgm_refuses_empty_counts():
+    with pytest.raises(ValueError, match="scenes must be a positive int .*got 0"):
+        evaluate_lgm(None, None, scenes=0)
+    with pytest.raises(ValueError, match="ranking_scenes must be an int >= 0, got -1"):
+        evaluate_lgm(None, None, ranking_scenes=-1)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--frames", "16"], "--frames must be 1 + 4k (5, 9, 13, 17, ...: the Wan VAE's 4x temporal "
+                         "factor), got 16"),
+    (["--frames", "5"], "--frames must be >= 9 here (3 latent frames, the fewest the camera "
+                        "motion reward takes), got 5"),
+    (["--height", "100"], "--height must be a multiple of 16 (the backbone's patch size), got 100"),
+    (["--backbone-lr", "inf"], "--backbone-lr must be a finite number > 0, got inf"),
+])
+def test_defaults_command_names_the_bad_option_and_writes_nothing(argv, expected, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "weights"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(out)])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"python -m vggrpo.defaults: error: {expected}"
+    assert not out.exists()

@@ -189,3 +189,23 @@ def test_training_reduces_the_loss():
     first = sum(h["loss"] for h in history[:5]) / 5
     last = sum(h["loss"] for h in history[-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("steps", 0, "steps must be a positive int, got 0"),
+    ("batch_size", True, "batch_size must be a positive int, got True"),
+    ("lr", float("inf"), "lr must be a finite number > 0, got inf"),
+    ("lr", -1e-3, "lr must be a finite number > 0, got -0.001"),
+    ("grad_clip", float("nan"), "grad_clip must be a finite number > 0, got nan"),
+    ("weight_decay", -0.1, "weight_decay must be a finite number >= 0, got -0.1"),
+    ("warmup_steps", -1, "warmup_steps must be an int >= 0, got -1"),
+    ("seed", 0.5, "seed must be an int, got 0.5"),
+])
+def test_training_config_refuses_values_that_would_fail_late_or_train_to_nan(field, value,
+                                                                             expected):
+    # Before these checks lr=inf trained without a complaint to NaN losses, and steps=0 failed
+    # only in the caller, on an empty history.
+    with pytest.raises(ValueError, match=f"^BackboneTrainingConfig.{expected}$"):
+        BackboneTrainingConfig(**{field: value})
+    BackboneTrainingConfig(**{field: 1})  # the same field with a good value is taken
+

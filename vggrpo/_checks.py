@@ -1,14 +1,17 @@
 """What counts as an int or a finite number in a user's setting, defined once.
 
-The callers word their own errors (they know the argument's name and what it is for); these only
-answer yes or no. ``bool`` is refused everywhere: ``True`` is an ``int`` to Python but never a
-count or a scale a user meant.
+The predicates only answer yes or no; the callers word their own errors (they know the
+argument's name and what it is for). :func:`check_fields` is the one exception: a config
+dataclass's fields get the same sentence everywhere, ``"<Config>.<field> must be a positive int,
+got 0"``. ``bool`` is refused everywhere: ``True`` is an ``int`` to Python but never a count or a
+scale a user meant.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable, Dict, Iterable
 
 
 def is_int(value) -> bool:
@@ -25,3 +28,24 @@ def is_finite_number(value) -> bool:
     """A finite real number (Python or NumPy scalar), not a ``bool``."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
+
+
+_RULES: Dict[str, Callable[[object], bool]] = {
+    "positive int": is_positive_int,
+    "int >= 0": lambda v: is_int(v) and v >= 0,
+    "int": is_int,
+    "finite number > 0": lambda v: is_finite_number(v) and v > 0,
+    "finite number >= 0": lambda v: is_finite_number(v) and v >= 0,
+}
+
+
+def check_fields(config: object, rule: str, names: Iterable[str]) -> None:
+    """Raise ``ValueError`` for the first field of ``config`` among ``names`` that breaks
+    ``rule`` (a key of ``_RULES``), naming the class, the field, the rule and the value."""
+    test = _RULES[rule]
+    for name in names:
+        value = getattr(config, name)
+        if not test(value):
+            article = "an" if rule[0] in "aeiou" else "a"
+            raise ValueError(f"{type(config).__name__}.{name} must be {article} {rule}, "
+                             f"got {value!r}")

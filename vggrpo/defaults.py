@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor
 
 from . import _io
+from ._checks import check_fields, is_int, is_positive_int
 
 __all__ = ["WEIGHTS_DIR", "TINY_WAN_TRANSFORMER_CONFIG", "tiny_wan_transformer", "DefaultsRecipe", "load_default_lgm", "load_tiny_wan_vae",
            "load_tiny_backbone", "scene_pool", "build_defaults", "evaluate_lgm"]
@@ -66,7 +68,24 @@ def tiny_wan_transformer(seed: int = 0):
 
 @dataclass
 class DefaultsRecipe:
-    """Everything :func:`build_defaults` depends on (saved in quality.json)."""
+    """Everything :func:`build_defaults` depends on (saved in quality.json).
+
+    Video ``frames`` of ``height x width`` pixels; ``train_scenes`` / ``eval_scenes`` synthetic
+    scenes; camera jitter drawn from ``[0, max_jitter]``; the backbone's and the connector's
+    optimiser settings; ``seed`` for scenes and training, ``vae_seed`` for the tiny VAE's
+    initialisation. Checked on construction, so a recipe that cannot finish fails before
+    minutes of training rather than after them:
+
+    * ``frames = 1 + 4k`` (the Wan VAE's 4x temporal factor), ``height``, ``width``, counts,
+      steps, epochs and batches positive ints, ``seed`` and ``vae_seed`` ints;
+    * learning rates finite and > 0 (an infinite one trains to NaN and ships it), ``max_jitter``
+      finite and >= 0.
+
+    :func:`build_defaults` and :func:`evaluate_lgm` need more, and check it first:
+    ``frames >= 9`` (3 latent frames for the camera motion reward) and ``height`` and ``width``
+    multiples of the backbone's patch size (16 for the tiny one). ``python -m vggrpo.stitching
+    --synthetic`` draws its scenes from a recipe at any valid size.
+    """
 
     height: int = 96
     width: int = 160
@@ -82,6 +101,30 @@ class DefaultsRecipe:
     stitch_lr: float = 5e-4
     seed: int = 0
     vae_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "positive int", ("height", "width", "frames", "train_scenes",
+                                            "eval_scenes", "backbone_steps", "backbone_batch",
+                                            "stitch_epochs", "stitch_batch"))
+        check_fields(self, "int", ("seed", "vae_seed"))
+        check_fields(self, "finite number > 0", ("backbone_lr", "stitch_lr"))
+        check_fields(self, "finite number >= 0", ("max_jitter",))
+        if (self.frames - 1) % 4:
+            raise ValueError(f"DefaultsRecipe.frames must be 1 + 4k (5, 9, 13, 17, ...: the Wan "
+                             f"VAE's 4x temporal factor), got {self.frames}")
+
+
+def _check_build_size(recipe: DefaultsRecipe, patch: int, rewards: bool = True) -> None:
+    """What training and evaluating need beyond a valid scene size: ``height`` and ``width``
+    multiples of the backbone's ``patch``, and with ``rewards`` 3 latent frames (``python -m
+    vggrpo.stitching --synthetic`` draws its scenes from a recipe too, at any size)."""
+    if rewards and recipe.frames < 9:
+        raise ValueError(f"DefaultsRecipe.frames must be >= 9 here (3 latent frames, the fewest "
+                         f"the camera motion reward takes), got {recipe.frames}")
+    for name in ("height", "width"):
+        if getattr(recipe, name) % patch:
+            raise ValueError(f"DefaultsRecipe.{name} must be a multiple of {patch} (the "
+                             f"backbone's patch size), got {getattr(recipe, name)}")
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -167,6 +210,13 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *, scenes:
     from .quality import camera_errors, depth_abs_rel, spearman
     from .vae import encode_video
 
+    if scenes is not None and not is_positive_int(scenes):
+        raise ValueError(f"evaluate_lgm: scenes must be a positive int (or None for the "
+                         f"recipe's eval_scenes), got {scenes!r}")
+    if not (is_int(ranking_scenes) and ranking_scenes >= 0):
+        raise ValueError(f"evaluate_lgm: ranking_scenes must be an int >= 0, got "
+                         f"{ranking_scenes!r}")
+    _check_build_size(recipe, lgm.backbone.patch_size, rewards=ranking_scenes > 0)
     n = scenes if scenes is not None else recipe.eval_scenes
     data = scene_pool(n, recipe, seed=recipe.seed + _HELD_OUT, progress=progress)
     sums: Dict[str, float] = {}
@@ -251,6 +301,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     from .stitching import StitchingConfig, train_stitching
     from .vae import TINY_WAN_VAE_CONFIG
 
+    _check_build_size(recipe, TinyVGGTConfig.patch_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
@@ -319,8 +370,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             default=field.default)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    recipe = DefaultsRecipe(**{f.name: getattr(args, f.name)
-                               for f in dataclasses.fields(DefaultsRecipe)})
+    try:
+        recipe = DefaultsRecipe(**{f.name: getattr(args, f.name)
+                                   for f in dataclasses.fields(DefaultsRecipe)})
+        from .geometry.tiny import TinyVGGTConfig
+
+        _check_build_size(recipe, TinyVGGTConfig.patch_size)
+    except ValueError as err:  # one usage line naming the option the user typed, no traceback
+        field = re.match(r"DefaultsRecipe\.(\w+) (.*)", str(err), re.S)
+        parser.error(f"--{field[1].replace('_', '-')} {field[2]}" if field else str(err))
     report = build_defaults(args.out, recipe, progress=not args.no_progress)
     print(report["quality"])
     return 0

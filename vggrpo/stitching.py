@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _io
-from ._checks import is_finite_number, is_int, is_positive_int
+from ._checks import check_fields
 from .lgm import LatentGeometryModel
 from .vae import check_video_frames, encode_video
 
@@ -59,24 +59,12 @@ class StitchingConfig:
     output_weight: float = 1.0  # used only when the LGM has LoRA adapters
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            value = getattr(self, name)
-            if not is_positive_int(value):
-                raise ValueError(f"StitchingConfig.{name} must be a positive int, got {value!r}")
-        if not (is_int(self.warmup_steps) and self.warmup_steps >= 0):
-            raise ValueError(f"StitchingConfig.warmup_steps must be an int >= 0, "
-                             f"got {self.warmup_steps!r}")
-        if not is_int(self.seed):
-            raise ValueError(f"StitchingConfig.seed must be an int, got {self.seed!r}")
+        check_fields(self, "positive int", ("epochs", "batch_size", "checkpoint_every"))
+        check_fields(self, "int >= 0", ("warmup_steps",))
+        check_fields(self, "int", ("seed",))
         # Finite: an infinite learning rate trains the connector to NaN and saves that.
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if not (is_finite_number(value) and value > 0):
-                raise ValueError(f"StitchingConfig.{name} must be a finite number > 0, "
-                                 f"got {value!r}")
-        if not (is_finite_number(self.output_weight) and self.output_weight >= 0):
-            raise ValueError(f"StitchingConfig.output_weight must be a finite number >= 0, "
-                             f"got {self.output_weight!r}")
+        check_fields(self, "finite number > 0", ("lr", "grad_clip"))
+        check_fields(self, "finite number >= 0", ("output_weight",))
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -20,6 +20,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from .._checks import check_fields
 from .cameras import cameras_to_pose_encoding, relative_to_first_camera
 from ..stitching import warmup_cosine
 from .record import Geometry
@@ -30,6 +31,14 @@ __all__ = ["BackboneTrainingConfig", "supervised_targets", "supervised_loss",
 
 @dataclass
 class BackboneTrainingConfig:
+    """Hyper-parameters of :func:`train_tiny_backbone`.
+
+    ``steps`` optimiser steps of ``batch_size`` videos each; peak learning rate ``lr`` after
+    ``warmup_steps`` linear warm-up steps, then cosine decay to 0; AdamW ``weight_decay``;
+    gradient-norm clip ``grad_clip``; ``seed`` draws the batches. Checked on construction, so a
+    bad value fails before any training (an infinite ``lr`` would otherwise train to NaN).
+    """
+
     steps: int = 1500
     batch_size: int = 4
     lr: float = 1e-3
@@ -37,6 +46,13 @@ class BackboneTrainingConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "positive int", ("steps", "batch_size"))
+        check_fields(self, "int >= 0", ("warmup_steps",))
+        check_fields(self, "int", ("seed",))
+        check_fields(self, "finite number > 0", ("lr", "grad_clip"))
+        check_fields(self, "finite number >= 0", ("weight_decay",))
 
 
 def supervised_targets(batch: Dict[str, Tensor], temporal: int = 4) -> Dict[str, Tensor]:
