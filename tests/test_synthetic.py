@@ -4,6 +4,7 @@ determinism, scene flow, trajectory smoothness, the rendered RGB video and the t
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -735,3 +736,22 @@ def test_dataset_bad_arguments(kwargs, name):
     message = str(info.value)
     assert name in message and "must be" in message
     assert repr(kwargs[name]) in message
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({"lo": 5}, "Box.lo must be 3 numbers, got 5"),
+    ({"lo": "abc"}, "Box.lo must be 3 numbers, got 'abc'"),
+    ({"hi": (1, 1, None)}, r"Box.hi must be 3 numbers, got \(1, 1, None\)"),
+    ({"velocity": (True, 0, 0)}, r"Box.velocity must be 3 numbers, got \(True, 0, 0\)"),
+    ({"colour": "red"}, r"Box.colour must be 3 numbers in \[0, 1\] \(or None\), got 'red'"),
+])
+def test_box_names_the_field_that_is_not_three_numbers(kw, expected):
+    # These once surfaced as float()'s or iter()'s own TypeError / ValueError, naming no field.
+    with pytest.raises(ValueError, match=f"^{expected}$"):
+        Box(**{"lo": (0, 0, 0), "hi": (1, 1, 1), **kw})
+
+
+def test_box_takes_numpy_and_torch_vectors():
+    box = Box(torch.zeros(3, dtype=torch.float64), np.ones(3), [0, 0, 0.5], torch.tensor([1, 0, 0]))
+    assert box == Box((0, 0, 0), (1, 1, 1), (0, 0, 0.5), (1, 0, 0))
+    assert all(type(v) is float for v in box.lo + box.hi + box.velocity + box.colour)

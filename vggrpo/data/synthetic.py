@@ -109,6 +109,21 @@ _MAX_MOVING_SPEED = 0.3
 # --------------------------------------------------------------------------------------------------
 
 
+def _three_floats(name: str, value, what: str = "") -> Tuple[float, float, float]:
+    """``value`` as 3 Python floats (tuples, lists, NumPy or torch vectors all come in), or one
+    ``ValueError`` naming ``name``; a ``bool`` or a string is not a coordinate."""
+    try:
+        if isinstance(value, (str, bytes)) or any(isinstance(v, (bool, str, bytes))
+                                                   for v in value):
+            raise TypeError
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3:
+        raise ValueError(f"{name} must be 3 numbers{what}, got {value!r}")
+    return out  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Box:
     """An axis-aligned box in world coordinates (metres).
@@ -128,11 +143,8 @@ class Box:
     colour: Optional[Vec3] = None
 
     def __post_init__(self) -> None:
-        lo = tuple(float(v) for v in self.lo)
-        hi = tuple(float(v) for v in self.hi)
-        vel = tuple(float(v) for v in self.velocity)
-        if len(lo) != 3 or len(hi) != 3 or len(vel) != 3:
-            raise ValueError("Box lo, hi and velocity must have 3 components each")
+        lo, hi, vel = (_three_floats(f"Box.{name}", getattr(self, name))
+                       for name in ("lo", "hi", "velocity"))
         if not all(math.isfinite(v) for v in lo + hi + vel):
             raise ValueError(f"Box coordinates must be finite: lo={lo}, hi={hi}, velocity={vel}")
         if not all(a < b for a, b in zip(lo, hi)):
@@ -142,10 +154,10 @@ class Box:
         object.__setattr__(self, "hi", hi)
         object.__setattr__(self, "velocity", vel)
         if self.colour is not None:
-            colour = tuple(float(v) for v in self.colour)
-            if len(colour) != 3 or not all(0.0 <= v <= 1.0 for v in colour):
+            colour = _three_floats("Box.colour", self.colour, " in [0, 1] (or None)")
+            if not all(0.0 <= v <= 1.0 for v in colour):
                 raise ValueError(
-                    f"Box colour must be 3 values in [0, 1] (or None), got {self.colour!r}"
+                    f"Box.colour must be 3 numbers in [0, 1] (or None), got {self.colour!r}"
                 )
             object.__setattr__(self, "colour", colour)
 
