@@ -755,3 +755,9 @@ def test_box_takes_numpy_and_torch_vectors():
     box = Box(torch.zeros(3, dtype=torch.float64), np.ones(3), [0, 0, 0.5], torch.tensor([1, 0, 0]))
     assert box == Box((0, 0, 0), (1, 1, 1), (0, 0, 0.5), (1, 0, 0))
     assert all(type(v) is float for v in box.lo + box.hi + box.velocity + box.colour)
+
+
+def test_camera_centres_refuses_a_bare_rotation():
+    with pytest.raises(ValueError,
+                       match=r"extrinsics must be \[...,3,4\] or \[...,4,4\]: \(2, 3, 3\)"):
+        camera_centres(torch.eye(3).expand(2, 3, 3))

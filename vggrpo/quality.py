@@ -28,11 +28,13 @@ def depth_abs_rel(depths: Tensor, target: Tensor) -> Tensor:
 
 
 def camera_errors(extrinsics: Tensor, target: Tensor) -> Dict[str, Tensor]:
-    """``[B,T,3,4]`` camera-from-world pairs (both relative to their first frame) ->
-    ``{"rotation_deg": [B], "centre": [B]}`` means over frames ``1..T-1``."""
-    if extrinsics.shape[:2] != target.shape[:2] or extrinsics.shape[1] < 2:
+    """``[B,T,3,4]`` (or ``[B,T,4,4]``) camera-from-world pairs, both relative to their first
+    frame -> ``{"rotation_deg": [B], "centre": [B]}`` means over frames ``1..T-1``."""
+    if (extrinsics.shape[:2] != target.shape[:2] or extrinsics.dim() != 4 or target.dim() != 4
+            or extrinsics.shape[1] < 2
+            or not {extrinsics.shape[2:], target.shape[2:]} <= {(3, 4), (4, 4)}):
         raise ValueError(f"extrinsics {list(extrinsics.shape)} and target {list(target.shape)} "
-                         f"must share [B,T] with T >= 2")
+                         f"must be [B,T,3,4] (or [B,T,4,4]) sharing [B,T], with T >= 2")
     R, Rg = extrinsics[..., :3, :3], target[..., :3, :3]
     rel = R @ Rg.transpose(-1, -2)
     cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
@@ -43,7 +45,8 @@ def camera_errors(extrinsics: Tensor, target: Tensor) -> Dict[str, Tensor]:
 
 
 def rankdata(x: Tensor) -> Tensor:
-    """Ranks ``1..n`` of a 1D tensor, ties given their average rank (float64)."""
+    """Ranks ``1..n`` of ``x``'s ``n`` elements (flattened), ties given their average rank
+    (float64)."""
     x = x.detach().to(torch.float64).flatten()
     order = torch.argsort(x, stable=True)
     ranks = torch.empty_like(x)

@@ -356,6 +356,8 @@ def _extrinsics_from(R_wc: Tensor, centres: Tensor) -> Tensor:
 
 def camera_centres(extrinsics: Tensor) -> Tensor:
     """Camera centres ``C = -R^T t`` ``[...,3]`` (world, metres) of extrinsics ``[...,3|4,4]``."""
+    if extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [...,3,4] or [...,4,4]: {tuple(extrinsics.shape)}")
     R = extrinsics[..., :3, :3]
     t = extrinsics[..., :3, 3]
     return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
