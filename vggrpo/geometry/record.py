@@ -30,7 +30,10 @@ class Geometry:
       t+1 (length units per frame step; None means "all static", e.g. for VGGT).
     * ``confidences``: optional dict of per-pixel confidences ``[B,T,H,W]`` (e.g. ``"depth"``).
 
-    All floating fields share one dtype and device. Frozen; :meth:`replace` makes a modified copy.
+    All fields share the depths' floating dtype and device, and every shape must agree with the
+    depths' ``[B,T,H,W]``: both are checked on construction (metadata only, no device sync), and a
+    field that disagrees gets a ``ValueError`` naming it. Frozen; :meth:`replace` makes a
+    modified copy.
     """
 
     extrinsics: Tensor
@@ -41,6 +44,25 @@ class Geometry:
     confidences: Optional[Dict[str, Tensor]] = None
 
     def __post_init__(self) -> None:
+        tensors = {"extrinsics": self.extrinsics, "intrinsics": self.intrinsics,
+                   "depths": self.depths, "pointmaps": self.pointmaps}
+        if self.scene_flow is not None:
+            tensors["scene_flow"] = self.scene_flow
+        if self.confidences is not None and not isinstance(self.confidences, dict):
+            raise TypeError(f"confidences must be a dict of tensors or None, got "
+                            f"{type(self.confidences).__name__}")
+        tensors.update({f"confidences[{k!r}]": v for k, v in (self.confidences or {}).items()})
+        for name, value in tensors.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        # The docstring's promise, checked here (metadata only, no sync): a float64 pose next to
+        # float32 depths, or a field left on the CPU, would otherwise surface deep in an op.
+        for name, value in tensors.items():
+            if value.dtype != self.depths.dtype or value.device != self.depths.device:
+                raise ValueError(f"{name} is {value.dtype} on {value.device}; every field must "
+                                 f"match depths ({self.depths.dtype} on {self.depths.device})")
+        if not self.depths.is_floating_point():
+            raise ValueError(f"depths must be floating point, got {self.depths.dtype}")
         E, K, D, P = self.extrinsics, self.intrinsics, self.depths, self.pointmaps
         if D.dim() != 4:
             raise ValueError(f"depths must be [B,T,H,W], got {tuple(D.shape)}")
