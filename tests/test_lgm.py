@@ -1,5 +1,6 @@
 """The LGM: VAE side, connector, stitching training, files, LoRA, bad input."""
 
+import json
 import types
 
 import pytest
@@ -206,6 +207,32 @@ def test_missing_and_broken_files_are_clear_errors(vae, tmp_path):
     (tmp_path / "m" / "config.json").write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match="is not an LGM config"):
         LatentGeometryModel.from_pretrained(tmp_path / "m")
+
+
+def test_tampered_config_and_weights_are_clear_errors(vae, tmp_path):
+    lgm = make_lgm(vae)
+    folder = tmp_path / "m"
+    lgm.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    for text, expected in [
+        ("{not json", r"LGM config .*config.json is not valid JSON"),
+        ("[1, 2]", r"LGM config .*config.json must hold a JSON object, got list"),
+        (json.dumps({**config, "lgm": [16]}), r"LGMConfig: expected a JSON object, got list"),
+        (json.dumps({**config, "lgm": {**config["lgm"], "bogus": 1}}),
+         r"LGMConfig: unknown keys \['bogus'\]"),
+    ]:
+        (folder / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=expected):
+            LatentGeometryModel.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = dict(lgm.connector.state_dict())
+    first = sorted(weights)[0]
+    _io.save_tensors(folder / "connector.safetensors",
+                     {**{k: v for k, v in weights.items() if k != first},
+                      "extra.bias": weights[first]})
+    with pytest.raises(ValueError, match=rf"does not fit the model config: missing \['{first}'\]; "
+                                         rf"unexpected \['extra.bias'\]"):
+        LatentGeometryModel.from_pretrained(folder)
 
 
 def test_training_state_is_never_unpickled(tmp_path):
