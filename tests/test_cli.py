@@ -113,6 +113,32 @@ def test_train_sample_eval_bench(tmp_path):
     assert "latent_vs_rgb_reward_b4" in json.loads((tmp_path / "bench.json").read_text())
 
 
+def test_sample_decode_writes_one_readable_video_per_sample(tmp_path):
+    from vggrpo.data import read_video
+
+    out = tmp_path / "s.safetensors"
+    assert main(["sample", "--steps", "2", "--decode", "--out", str(out)]) == 0
+    video = read_video(tmp_path / "s-0.mp4")
+    # 5 latent frames of 12x20 -> 1 + 4*4 RGB frames of 96x160.
+    assert video.shape == (17, 3, 96, 160)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-0.mp4", "s.safetensors"]
+
+
+def test_sample_decode_checks_the_vae_before_sampling(tmp_path, capsys):
+    from diffusers import AutoencoderKLWan
+
+    from vggrpo.vae import TINY_WAN_VAE_CONFIG
+
+    _one_line_error(capsys, ["sample", "--decode", "--vae", str(tmp_path / "no-vae"), "--out",
+                             str(tmp_path / "a.safetensors")], "is not a diffusers VAE folder")
+    # A VAE of other latents (Wan2.2's has 48 channels) would fail only after sampling.
+    AutoencoderKLWan(**{**TINY_WAN_VAE_CONFIG, "z_dim": 8}).save_pretrained(tmp_path / "vae8")
+    _one_line_error(capsys, ["sample", "--decode", "--vae", str(tmp_path / "vae8"), "--out",
+                             str(tmp_path / "b.safetensors")],
+                    "decodes 8-channel latents but the model makes 16-channel ones")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae8"]  # no latents written
+
+
 def _one_line_error(capsys, argv, expected):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -514,7 +514,7 @@ def cmd_sample(args) -> int:
     from .latent_reward import LatentGeometryReward
     from .sampling import (RewardGuidance, _check_window, check_wan_inputs, sample,
                            scheduler_sigmas, wan_velocity)
-    from .vae import decode_latents
+    from .vae import decode_latents, vae_factors
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -529,9 +529,21 @@ def cmd_sample(args) -> int:
             raise UsageError(f"--guidance-start {args.guidance_start} and --guidance-end "
                              f"{end}{default} must satisfy 0 <= start < end <= --steps "
                              f"({args.steps}); --guidance-scale 0 turns guidance off") from None
+    vae = None
+    if args.decode:
+        # Before sampling, which may take minutes: a missing PyAV or a bad --vae must not surface
+        # only after the latents are written.
+        from .data.video import _import_av
+
+        _import_av()
+        vae = _load_vae(args.vae)
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
         _load_lora(transformer, args.lora)
+    if vae is not None and vae_factors(vae)["channels"] != int(transformer.config.in_channels):
+        raise UsageError(f"--vae {args.vae} decodes {vae_factors(vae)['channels']}-channel "
+                         f"latents but the model makes {transformer.config.in_channels}-channel "
+                         f"ones: pass the model's own VAE")
     embeds, negative = _load_embeds(args.prompt_embeds, transformer, count=1)
     latent = (int(transformer.config.in_channels), args.latent_frames, args.latent_height,
               args.latent_width)
@@ -559,8 +571,7 @@ def cmd_sample(args) -> int:
     _io.save_tensors(out, {"latents": final},
                      metadata={"rewards": json.dumps({k: v.tolist() for k, v in r.items()})})
     print(f"wrote {out}: motion {r['motion'].tolist()}, geo {r['geo'].tolist()}")
-    if args.decode:
-        vae = _load_vae(args.vae)
+    if vae is not None:
         with torch.no_grad():
             video = decode_latents(vae, final)
         for b in range(video.shape[0]):
