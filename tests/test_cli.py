@@ -165,7 +165,18 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
                     "group_size must be an int >= 2")
     _one_line_error(capsys, ["reward", str(tmp_path / "broken.mp4"), "--lgm",
                              str(tmp_path / "no-lgm")], "LGM folder not found")
-    assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
+    # Settings and the LGM are checked before the video model loads (minutes for a real one):
+    # with a model folder that does not exist, the error is still about them.
+    config.write_text(f'model = "{tmp_path / "no-such-model"}"\n[grpo]\nsteps = 0\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o4")],
+                    "GRPOConfig.steps must be a positive int, got 0")
+    config.write_text(f'model = "{tmp_path / "no-such-model"}"\n[reward]\ntopk = 0\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o5")],
+                    "topk must be a positive int, got 0")
+    config.write_text(f'model = "{tmp_path / "no-such-model"}"\nlgm = "{tmp_path / "no-lgm"}"\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o6")],
+                    "LGM folder not found")
+    assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3", "o4", "o5", "o6"))
 
 
 def test_train_under_torchrun_with_two_gloo_processes(tmp_path):

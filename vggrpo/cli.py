@@ -487,18 +487,20 @@ def cmd_train(args) -> int:
         raise UsageError(f"config dtype must be float32, bfloat16 or float16, got "
                          f"{cfg.get('dtype')!r}")
     out = _out_dir(args.out or cfg.get("out", "runs/grpo"))
-    device = _init_distributed()
-    transformer = _load_transformer(cfg.get("model", "tiny"), dtype).to(device)
-    embeds, negative = _load_embeds(cfg.get("prompt_embeds"), transformer)
+    # The settings, then the small LGM, then the video model, which may take minutes to load:
+    # a bad [grpo] or [reward] value must not wait for it.
     grpo = dict(cfg.get("grpo", {}))
     try:
         config = GRPOConfig(**grpo)
     except TypeError as err:
         raise UsageError(f"config [grpo]: {err}") from None
+    device = _init_distributed()
     lgm = _load_lgm(cfg.get("lgm", "default"))
-    _check_lgm_fits(lgm, transformer)
     # [reward]'s keys were checked above; the reward's own defaults fill what is not given.
     reward = LatentGeometryReward(lgm.to(device), **cfg.get("reward", {}))
+    transformer = _load_transformer(cfg.get("model", "tiny"), dtype).to(device)
+    embeds, negative = _load_embeds(cfg.get("prompt_embeds"), transformer)
+    _check_lgm_fits(lgm, transformer)
     trainer = GRPOTrainer(transformer, reward, embeds, config, negative_prompt_embeds=negative)
     if args.resume and (out / "trainer_state.pt").is_file():
         trainer.load_checkpoint(out)
