@@ -330,6 +330,43 @@ def test_resume_reproduces_the_uninterrupted_run(vae, tmp_path):
                         resume=True, progress=False)
 
 
+def test_stitching_with_lora_distils_outputs_trains_only_adapters_and_resumes_exactly(vae,
+                                                                                       tmp_path):
+    data = Videos(videos(3, 9, seed=5))
+    cfg = StitchingConfig(epochs=4, batch_size=2, lr=1e-3, warmup_steps=2, output_weight=1.0)
+
+    def lora_lgm():
+        lgm = make_lgm(vae)
+        lgm.add_lora(rank=2, alpha=2.0)
+        return lgm
+
+    straight = lora_lgm()
+    base = {k: v.clone() for k, v in straight.backbone.state_dict().items() if "lora_" not in k}
+    h1 = train_stitching(straight, vae, data, cfg, out_dir=tmp_path / "a", progress=False)
+    # The output term (depth and camera against the backbone on RGB) is in the loss.
+    assert all(h["loss"] > h["feature_loss"] for h in h1)
+    after = straight.backbone.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in base.items())  # the base stays frozen
+    assert any(v.abs().max() > 0 for k, v in straight.lora_state_dict().items()
+               if "lora_B" in k)  # B starts at zero: the adapters did train
+
+    resumed = lora_lgm()
+    train_stitching(resumed, vae, data, cfg, out_dir=tmp_path / "b", stop_after=2, progress=False)
+    fresh = lora_lgm()  # a new process: same init, connector and adapters from the checkpoint
+    h2 = train_stitching(fresh, vae, data, cfg, out_dir=tmp_path / "b", resume=True,
+                         progress=False)
+    assert [h["loss"] for h in h2] == [h["loss"] for h in h1]
+    for k, v in straight.lora_state_dict().items():
+        assert torch.equal(v, fresh.lora_state_dict()[k]), k
+    for k, v in straight.connector.state_dict().items():
+        assert torch.equal(v, fresh.connector.state_dict()[k]), k
+    other = make_lgm(vae)
+    other.add_lora(rank=2, alpha=2.0, target_modules=("qkv",))
+    with pytest.raises(ValueError, match="its LoRA weights are not this LGM's adapters"):
+        train_stitching(other, vae, data, cfg, out_dir=tmp_path / "b", resume=True,
+                        progress=False)
+
+
 @pytest.mark.parametrize("field,value,expected", [
     ("lr", float("inf"), "lr must be a finite number > 0, got inf"),
     ("lr", float("nan"), "lr must be a finite number > 0, got nan"),

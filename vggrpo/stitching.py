@@ -199,8 +199,12 @@ def train_stitching(
             lgm.connector, _io.load_tensors(ckpt / "connector.safetensors", "connector weights"),
             f"connector weights in {ckpt}")
         if use_lora:
-            lgm.backbone.blocks.load_state_dict(
-                _io.load_tensors(ckpt / "lora.safetensors", "LoRA weights"), strict=False)
+            lora = _io.load_tensors(ckpt / "lora.safetensors", "LoRA weights")
+            # strict=False below because the file holds only the adapters; so check them here.
+            if set(lora) != set(lgm.lora_state_dict()):
+                raise ValueError(f"cannot resume {ckpt}: its LoRA weights are not this LGM's "
+                                 f"adapters (another rank or target_modules)")
+            lgm.backbone.blocks.load_state_dict(lora, strict=False)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"]["torch"])
