@@ -10,7 +10,7 @@ def prompt_embeds(P: int = 2, seed: int = 0):
     return torch.randn(P, 8, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def make_trainer(**overrides):
+def make_trainer(negative_prompt_embeds=None, **overrides):
     from vggrpo import LatentGeometryReward
     from vggrpo.defaults import load_default_lgm
     from vggrpo.grpo import GRPOConfig, GRPOTrainer
@@ -21,4 +21,4 @@ def make_trainer(**overrides):
     transformer = tiny_transformer()
     torch.manual_seed(1)  # LoRA A is initialised from the global generator
     return GRPOTrainer(transformer, LatentGeometryReward(load_default_lgm()), prompt_embeds(),
-                       GRPOConfig(**kw))
+                       GRPOConfig(**kw), negative_prompt_embeds=negative_prompt_embeds)

@@ -32,6 +32,28 @@ def test_first_update_is_on_policy_with_zero_kl():
     assert abs(log["advantage_mean"]) < 1e-6
 
 
+def test_rollouts_with_classifier_free_guidance_use_each_prompts_negative_and_stay_on_policy():
+    negative = prompt_embeds(seed=7)
+    trainer = make_trainer(negative_prompt_embeds=negative, guidance_scale=4.0, group_size=2)
+    model = trainer.transformer
+    x = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(3))
+    s = 0.7
+    t = torch.full((4,), s * 1000)
+    with torch.no_grad():
+        got = trainer._velocity([1, 0])(x, s)
+        # Written out: prompts 1, 1, 0, 0 (a group of 2 each), positive and negative run apart.
+        idx = torch.tensor([1, 1, 0, 0])
+        pos = model(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds()[idx],
+                    return_dict=False)[0]
+        neg = model(hidden_states=x, timestep=t, encoder_hidden_states=negative[idx],
+                    return_dict=False)[0]
+    torch.testing.assert_close(got, neg + 4.0 * (pos - neg), rtol=1e-5, atol=1e-5)
+    assert (pos - neg).abs().max() > 1e-3  # the negative prompt does change the velocity
+    # The rollout and the recomputed log-probabilities make the same guided calls: on-policy.
+    log = trainer.train_step()
+    assert log["ratio_min"] == log["ratio_max"] == 1.0 and log["kl"] == 0.0
+
+
 def test_only_lora_is_trained_and_the_kl_grows_after_updates():
     trainer = make_trainer()
     base = {n: p.detach().clone() for n, p in trainer.transformer.named_parameters()
