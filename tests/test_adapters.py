@@ -254,23 +254,43 @@ class _Aggregator(nn.Module):
         return out, self.patch_start_idx
 
 
+class _CameraHead(nn.Module):
+    # The released head's call: the aggregator's token list -> a list of pose encodings.
+    def __init__(self, dim):
+        super().__init__()
+        self.cam = nn.Linear(dim, 9)
+
+    def forward(self, tokens):
+        base = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.2])
+        return [base + 0.1 * torch.tanh(self.cam(tokens[-1].mean(2)))]
+
+
+class _DepthHead(nn.Module):
+    # The released DPT head's call: (tokens, images=, patch_start_idx=) -> (depth, conf).
+    def __init__(self, dim):
+        super().__init__()
+        self.dense = nn.Linear(dim, 14 * 14)
+
+    def forward(self, tokens, images, patch_start_idx):
+        B, S, _, H, W = images.shape
+        h, w = H // 14, W // 14
+        d = self.dense(tokens[-1]).reshape(B, S, h, w, 14, 14).permute(0, 1, 2, 4, 3, 5)
+        depth = 1.0 + F.softplus(d.reshape(B, S, H, W))
+        return depth[..., None], 1.0 + depth
+
+
 class VGGT(nn.Module):
     def __init__(self, dim=8):
         super().__init__()
         self.aggregator = _Aggregator(dim)
-        self.cam = nn.Linear(dim, 9)
-        self.dense = nn.Linear(dim, 14 * 14)
+        self.camera_head = _CameraHead(dim)
+        self.depth_head = _DepthHead(dim)
+        self.point_head = None
 
     def forward(self, images):
-        B, S, _, H, W = images.shape
-        tokens, _ = self.aggregator(images)
-        last = tokens[-1]
-        base = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.2])
-        pose_enc = base + 0.1 * torch.tanh(self.cam(last.mean(2)))
-        h, w = H // 14, W // 14
-        d = self.dense(last).reshape(B, S, h, w, 14, 14).permute(0, 1, 2, 4, 3, 5)
-        depth = 1.0 + F.softplus(d.reshape(B, S, H, W))
-        return {"pose_enc": pose_enc, "depth": depth[..., None], "depth_conf": 1.0 + depth,
+        tokens, start = self.aggregator(images)
+        depth, conf = self.depth_head(tokens, images=images, patch_start_idx=start)
+        return {"pose_enc": self.camera_head(tokens)[-1], "depth": depth, "depth_conf": conf,
                 "images": images}
 '''
 
@@ -361,6 +381,13 @@ def test_vggt_adapter_backbone_hooks_with_stand_in(fake_vggt):
     assert not torch.allclose(other.depths, direct.depths)
     # The real patch embed is put back afterwards.
     assert type(adapter.model.aggregator.patch_embed).__name__ == "_PatchEmbed"
+    # heads(): the aggregator's token list through the model's own heads, as in its forward.
+    with torch.no_grad():
+        token_list, _ = adapter.model.aggregator(video)
+        from_heads = adapter.heads(token_list, (2, 3))
+    torch.testing.assert_close(from_heads.depths, direct.depths, rtol=0, atol=0)
+    torch.testing.assert_close(from_heads.extrinsics, direct.extrinsics, rtol=0, atol=0)
+    torch.testing.assert_close(from_heads.intrinsics, direct.intrinsics, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------
