@@ -218,6 +218,23 @@ def test_write_is_atomic_and_replaces(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_write_refuses_bad_targets_and_settings_before_writing(tmp_path):
+    clip = random_clip(T=2)
+    for fps in (0, -1.0, float("nan"), float("inf"), "24"):
+        with pytest.raises(ValueError, match=f"fps must be a positive number, got {fps!r}"):
+            write_video(tmp_path / "a.mp4", clip, fps=fps)
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(IsADirectoryError, match="dir.mp4': it is a folder"):
+        write_video(tmp_path / "dir.mp4", clip)
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="cannot write a frame folder at .*file': a file"):
+        write_video(tmp_path / "file", clip)
+    with pytest.raises(ValueError, match=r"at least one frame and pixel, got \[0, 3, 8, 8\]"):
+        write_video(tmp_path / "b.mp4", torch.zeros(0, 3, 8, 8))
+    assert sorted(os.listdir(tmp_path)) == ["dir.mp4", "file"]
+    assert os.listdir(tmp_path / "dir.mp4") == [] and (tmp_path / "file").read_bytes() == b"x"
+
+
 def test_write_failure_mid_encode_cleans_up(tmp_path, monkeypatch):
     import vggrpo.data.video as video_module
 
