@@ -88,5 +88,9 @@ def test_spearman_with_ties_and_degenerate_input():
     assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(
         3 / math.sqrt(10))
     assert math.isnan(spearman(torch.ones(4), torch.arange(4.0)))  # undefined, not 0
+    # A broken model's NaN reward is not ranked as the largest value: the result says so.
+    assert math.isnan(spearman(torch.tensor([1.0, float("nan"), 3.0]), torch.arange(3.0)))
+    assert math.isnan(spearman(torch.arange(3.0), torch.tensor([0.0, float("nan"), 1.0])))
+    assert spearman(torch.arange(3.0), torch.tensor([-float("inf"), 0.0, float("inf")])) == 1.0
     with pytest.raises(ValueError, match="equal length >= 2, got 3 and 4"):
         spearman(torch.zeros(3), torch.zeros(4))

@@ -59,11 +59,15 @@ def rankdata(x: Tensor) -> Tensor:
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two 1D sequences of equal length ``>= 2`` (nan if constant)."""
+    """Spearman rank correlation of two 1D sequences of equal length ``>= 2``; nan if either is
+    constant or holds a NaN (a NaN has no rank: a sort would place it last and return a number
+    that means nothing). Infinities rank as the extremes they are."""
     a, b = torch.as_tensor(a).flatten(), torch.as_tensor(b).flatten()
     if a.numel() != b.numel() or a.numel() < 2:
         raise ValueError(f"spearman needs two sequences of equal length >= 2, "
                          f"got {a.numel()} and {b.numel()}")
+    if bool(torch.isnan(a).any() or torch.isnan(b).any()):
+        return float("nan")
     ra, rb = rankdata(a), rankdata(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = (ra.square().sum() * rb.square().sum()).sqrt()
