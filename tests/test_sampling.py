@@ -173,6 +173,33 @@ def test_reward_guidance_raises_the_reward(transformer, sigmas, latent_reward):
     assert float((r_guided - r_plain).mean()) > 0.02, (r_guided, r_plain)
 
 
+def test_guided_step_is_the_reward_gradient_on_the_predicted_clean_latent():
+    """One guided Euler step with a quadratic reward, worked by hand. Velocity v = 0 at sigma
+    0.25, so x0_hat = x; reward r = -|x0_hat - c|^2 / 2 has gradient -(x - c); the guided velocity
+    is v - scale * s/(1-s) * grad = (scale / 3)(x - c); the Euler step to 0 moves x by
+    -0.25 * that."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 3, 2, 2, generator=gen, dtype=torch.float64)
+    c = torch.randn(2, 3, 3, 2, 2, generator=gen, dtype=torch.float64)
+
+    def reward(z):
+        return {"r": -0.5 * (z - c).square().flatten(1).sum(1), "other": z.sum((1, 2, 3, 4))}
+
+    zero = lambda z, s: torch.zeros_like(z)  # noqa: E731
+    out = sample(zero, x, torch.tensor([0.25, 0.0]),
+                 guidance=RewardGuidance(reward, 1.5, (0, 1), {"r": 1.0, "other": 0.0}))
+    torch.testing.assert_close(out.final, x - 0.25 * (1.5 / 3.0) * (x - c), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.guidance[0], reward(x)["r"].float())
+    # Every weight 0: the step is the plain one, and the logged total is 0.
+    plain = sample(zero, x, torch.tensor([0.25, 0.0]),
+                   guidance=RewardGuidance(reward, 1.5, (0, 1), {"r": 0.0}))
+    assert torch.equal(plain.final, x) and torch.equal(plain.guidance[0], torch.zeros(2))
+    with pytest.raises(ValueError, match=r"guidance weights name rewards \['geo'\] the reward "
+                                         r"does not give \(it gives \['other', 'r'\]\)"):
+        sample(zero, x, torch.tensor([0.25, 0.0]),
+               guidance=RewardGuidance(reward, 1.5, (0, 1), {"geo": 1.0}))
+
+
 def test_bad_schedules_and_windows(transformer, sigmas):
     vel = wan_velocity(transformer, embeds(1))
     with pytest.raises(ValueError, match=r"sde_window \(4, 9\) lies outside the schedule's 6"):
