@@ -1,5 +1,6 @@
 """The tiny VGGT-like backbone, its protocol, and its supervised training on synthetic scenes."""
 
+import dataclasses
 import math
 
 import pytest
@@ -112,6 +113,40 @@ def test_bad_video_is_a_clear_error():
         model(torch.rand(1, 2, 3, 30, 32))
     with pytest.raises(ValueError, match="tokens must be"):
         model.forward_tokens(torch.rand(1, 2, 2, 2, 31))
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("depth_init", float("inf"), "depth_init must be a finite number > 0, got inf"),
+    ("depth_init", 0.0, "depth_init must be a finite number > 0, got 0.0"),
+    ("fov_init", float("nan"), "fov_init must be a finite number > 0, got nan"),
+    ("fov_init", 3.2, "fov_init must be < pi radians, got 3.2"),
+    ("mlp_ratio", -1.0, "mlp_ratio must be a finite number > 0, got -1.0"),
+    ("mlp_ratio", 0.001, "mlp_ratio 0.001 leaves the MLPs no hidden units at dim 96"),
+    ("stitch_layer", True, r"stitch_layer must be -1 or in 0..encoder_depth \(2\), got True"),
+    ("stitch_layer", 3, r"stitch_layer must be -1 or in 0..encoder_depth \(2\), got 3"),
+])
+def test_config_refuses_values_that_would_build_a_broken_model(field, value, expected):
+    with pytest.raises(ValueError, match=f"^TinyVGGTConfig.{expected}$"):
+        TinyVGGTConfig(**{field: value})
+
+
+@pytest.mark.parametrize("stitch_layer", [0, 1])
+def test_an_earlier_stitch_point_runs_the_rest_of_the_encoder_after_it(stitch_layer):
+    # Same weights, stitched after all encoder blocks or after `stitch_layer` of them: the
+    # model's output must not change, only where embed() stops and forward_tokens() starts.
+    torch.manual_seed(0)
+    full = TinyVGGT(dataclasses.replace(SMALL, encoder_depth=2)).eval()
+    early = TinyVGGT(dataclasses.replace(SMALL, encoder_depth=2, stitch_layer=stitch_layer))
+    early.load_state_dict(full.state_dict())
+    early.eval()
+    video = torch.rand(1, 3, 3, 32, 48)
+    with torch.no_grad():
+        expected = full(video)
+        tokens = early.embed(video)
+        split = early.forward_tokens(tokens)
+        assert not torch.allclose(tokens, full.embed(video))  # it does stop earlier
+    for name in ("extrinsics", "depths", "pointmaps", "scene_flow"):
+        torch.testing.assert_close(getattr(split, name), getattr(expected, name), rtol=0, atol=0)
 
 
 def test_config_is_strict():

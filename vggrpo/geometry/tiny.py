@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import is_positive_int
+from .._checks import is_finite_number, is_int, is_positive_int
 from .cameras import pose_encoding_to_cameras
 from .record import Geometry
 
@@ -66,11 +66,20 @@ class TinyVGGTConfig:
         if self.dim % (2 * self.num_heads) != 0 or self.dim % 4 != 0:
             raise ValueError(f"TinyVGGTConfig.dim must be a multiple of 4 and of 2*num_heads, "
                              f"got dim={self.dim}, num_heads={self.num_heads}")
-        if not isinstance(self.stitch_layer, int) or not -1 <= self.stitch_layer <= self.encoder_depth:
+        if not is_int(self.stitch_layer) or not -1 <= self.stitch_layer <= self.encoder_depth:
             raise ValueError(f"TinyVGGTConfig.stitch_layer must be -1 or in 0..encoder_depth "
                              f"({self.encoder_depth}), got {self.stitch_layer!r}")
-        if not self.depth_init > 0 or not self.fov_init > 0:
-            raise ValueError("TinyVGGTConfig.depth_init and fov_init must be > 0")
+        # Finite: an infinite depth_init or fov_init gives infinite depths or focal lengths.
+        for name in ("depth_init", "fov_init", "mlp_ratio"):
+            value = getattr(self, name)
+            if not (is_finite_number(value) and value > 0):
+                raise ValueError(f"TinyVGGTConfig.{name} must be a finite number > 0, "
+                                 f"got {value!r}")
+        if self.fov_init >= math.pi:  # focal = (W/2) / tan(fov/2): infinite or negative
+            raise ValueError(f"TinyVGGTConfig.fov_init must be < pi radians, got {self.fov_init!r}")
+        if int(self.dim * self.mlp_ratio) < 1:
+            raise ValueError(f"TinyVGGTConfig.mlp_ratio {self.mlp_ratio} leaves the MLPs no "
+                             f"hidden units at dim {self.dim}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
