@@ -5,7 +5,8 @@ Architecture (VGGT's shape at toy size; every part is a plain ``nn.Module`` belo
 1. ``embed``: a ``patch_size`` convolutional patch embedding plus fixed 2D sine-cosine positions,
    then ``encoder_depth`` frame-wise transformer blocks (VGGT's per-frame DINO encoder). Its output,
    the patch tokens ``[B,T,h,w,C]``, is the stitch point of the LGM (``stitch_layer =
-   encoder_depth``).
+   encoder_depth`` by default; with a smaller ``stitch_layer``, ``embed`` runs that many encoder
+   blocks and ``forward_tokens`` the rest, which are not in ``blocks`` and take no LoRA).
 2. ``forward_tokens``: a learned camera token per frame (one for frame 0, one shared by the
    others, as VGGT), a sine-cosine frame-index embedding (so scene flow knows which way time runs),
    then ``aggregator_depth`` pairs of blocks alternating frame attention and global attention
