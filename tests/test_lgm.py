@@ -279,6 +279,60 @@ def test_lora_on_remaining_blocks(vae, tmp_path):
         make_lgm(vae).add_lora(target_modules=("to_q",))
 
 
+class _OwnBackbone(torch.nn.Module):
+    """A user's backbone (not a TinyVGGT): the protocol's members, delegating to a tiny model.
+    This is how an LGM on VGGT or Any4D is saved and loaded."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inner = TinyVGGT(SMALL).eval().requires_grad_(False)
+        self.patch_size, self.dim = self.inner.patch_size, self.inner.dim
+        self.stitch_layer = self.inner.stitch_layer
+
+    @property
+    def blocks(self):
+        return self.inner.blocks
+
+    def embed(self, video):
+        return self.inner.embed(video)
+
+    def forward_tokens(self, tokens):
+        return self.inner.forward_tokens(tokens)
+
+    def heads(self, tokens, grid):
+        return self.inner.heads(tokens, grid)
+
+
+def test_an_lgm_on_a_users_backbone_saves_without_it_and_loads_with_it(vae, tmp_path):
+    torch.manual_seed(1)
+    lgm = LatentGeometryModel(_OwnBackbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim)).eval()
+    lgm.add_lora(rank=2, alpha=2.0)
+    with torch.no_grad():
+        for p in lgm.lora_state_dict().values():
+            p.add_(0.05 * torch.randn_like(p))
+    lgm.save_pretrained(tmp_path / "m")
+    # The backbone's weights stay where the user keeps them: no backbone file, its type named.
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "connector.safetensors", "lora.safetensors"]
+    with pytest.raises(ValueError, match="stitched to a _OwnBackbone backbone: pass it as "
+                                         "backbone="):
+        LatentGeometryModel.from_pretrained(tmp_path / "m")
+    loaded = LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_OwnBackbone(seed=0))
+    z = torch.randn(1, 16, 3, 4, 6)
+    with torch.no_grad():
+        a, b = lgm(z), loaded(z)
+    assert torch.equal(a.depths, b.depths) and torch.equal(a.extrinsics, b.extrinsics)
+    with pytest.raises(ValueError, match="this LGM already has LoRA adapters"):
+        loaded.add_lora(rank=2)
+    # The adapters file of another rank does not half-load.
+    other = LatentGeometryModel(_OwnBackbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim))
+    other.add_lora(rank=4, alpha=4.0, target_modules=("qkv",))
+    _io.save_tensors(tmp_path / "m" / "lora.safetensors", other.lora_state_dict())
+    with pytest.raises(ValueError, match="do not match the config's adapters"):
+        LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_OwnBackbone(seed=0))
+
+
 # -- stitching ------------------------------------------------------------------------------------
 
 def test_warmup_cosine_schedule():
