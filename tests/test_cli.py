@@ -139,6 +139,25 @@ def test_sample_decode_checks_the_vae_before_sampling(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae8"]  # no latents written
 
 
+def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
+    """The real-checkpoint path at toy size: a folder in the diffusers Wan layout (as
+    Wan2.1-T2V-1.3B-Diffusers), its transformer for --model and its vae/ for --vae."""
+    from vggrpo.defaults import load_tiny_wan_vae, tiny_wan_transformer
+
+    pipe = tmp_path / "Wan-tiny-Diffusers"
+    tiny_wan_transformer(0).save_pretrained(pipe / "transformer")
+    load_tiny_wan_vae().save_pretrained(pipe / "vae")
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    args = ["sample", "--steps", "2", "--guidance-scale", "0"]
+    assert main([*args, "--model", str(pipe), "--decode", "--vae", str(pipe), "--out",
+                 str(tmp_path / "a.safetensors")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.safetensors")]) == 0  # the same tiny model
+    # Same weights, same seed: the folder's model is the tiny one, bit for bit.
+    assert torch.equal(load_file(tmp_path / "a.safetensors")["latents"],
+                       load_file(tmp_path / "b.safetensors")["latents"])
+    assert (tmp_path / "a-0.mp4").is_file()
+
+
 def _one_line_error(capsys, argv, expected):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
