@@ -141,21 +141,30 @@ def test_sample_decode_checks_the_vae_before_sampling(tmp_path, capsys):
 
 def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
     """The real-checkpoint path at toy size: a folder in the diffusers Wan layout (as
-    Wan2.1-T2V-1.3B-Diffusers), its transformer for --model and its vae/ for --vae."""
-    from vggrpo.defaults import load_tiny_wan_vae, tiny_wan_transformer
+    Wan2.1-T2V-1.3B-Diffusers), its transformer for --model and, by default, its vae/ for
+    --decode."""
+    from diffusers import AutoencoderKLWan
+
+    from vggrpo.data import read_video
+    from vggrpo.defaults import tiny_wan_transformer
+    from vggrpo.vae import TINY_WAN_VAE_CONFIG
 
     pipe = tmp_path / "Wan-tiny-Diffusers"
     tiny_wan_transformer(0).save_pretrained(pipe / "transformer")
-    load_tiny_wan_vae().save_pretrained(pipe / "vae")
+    torch.manual_seed(5)  # a VAE unlike the embedded tiny one, to tell which one decoded
+    AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).save_pretrained(pipe / "vae")
     (pipe / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
     args = ["sample", "--steps", "2", "--guidance-scale", "0"]
-    assert main([*args, "--model", str(pipe), "--decode", "--vae", str(pipe), "--out",
-                 str(tmp_path / "a.safetensors")]) == 0
-    assert main([*args, "--out", str(tmp_path / "b.safetensors")]) == 0  # the same tiny model
+    for name, extra in (("a", []), ("b", ["--vae", str(pipe)]), ("c", ["--vae", "tiny"])):
+        assert main([*args, "--model", str(pipe), "--decode", *extra, "--out",
+                     str(tmp_path / f"{name}.safetensors")]) == 0
+    assert main([*args, "--out", str(tmp_path / "d.safetensors")]) == 0  # the same tiny model
     # Same weights, same seed: the folder's model is the tiny one, bit for bit.
-    assert torch.equal(load_file(tmp_path / "a.safetensors")["latents"],
-                       load_file(tmp_path / "b.safetensors")["latents"])
-    assert (tmp_path / "a-0.mp4").is_file()
+    latents = [load_file(tmp_path / f"{n}.safetensors")["latents"] for n in "abcd"]
+    assert all(torch.equal(z, latents[0]) for z in latents)
+    videos = {n: read_video(tmp_path / f"{n}-0.mp4") for n in "abc"}
+    assert torch.equal(videos["a"], videos["b"])  # the folder's own vae/ by default
+    assert not torch.equal(videos["a"], videos["c"])
 
 
 def _one_line_error(capsys, argv, expected):

@@ -538,12 +538,14 @@ def cmd_sample(args) -> int:
         from .data.video import _import_av
 
         _import_av()
-        vae = _load_vae(args.vae)
+        # A pipeline folder's own VAE by default: the tiny one would decode its latents to noise.
+        vae_spec = args.vae or ("tiny" if args.model == "tiny" else args.model)
+        vae = _load_vae(vae_spec)
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
         _load_lora(transformer, args.lora)
     if vae is not None and vae_factors(vae)["channels"] != int(transformer.config.in_channels):
-        raise UsageError(f"--vae {args.vae} decodes {vae_factors(vae)['channels']}-channel "
+        raise UsageError(f"--vae {vae_spec} decodes {vae_factors(vae)['channels']}-channel "
                          f"latents but the model makes {transformer.config.in_channels}-channel "
                          f"ones: pass the model's own VAE")
     embeds, negative = _load_embeds(args.prompt_embeds, transformer, count=1)
@@ -674,8 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "negative_prompt_embeds); default: seeded random ones, for the tiny model")
     s.add_argument("--lgm", default="default", help="LGM folder for the guidance reward, or "
                    "'default' for the embedded one (default: %(default)s)")
-    s.add_argument("--vae", default="tiny", help="VAE folder for --decode, or 'tiny' "
-                   "(default: %(default)s)")
+    s.add_argument("--vae", help="VAE folder for --decode, or 'tiny' (default: the --model "
+                   "folder's vae/, or 'tiny' with --model tiny)")
     s.add_argument("--steps", type=_positive_int, default=10,
                    help="sampling steps (default: %(default)s)")
     s.add_argument("--shift", type=_positive_float, default=3.0,
