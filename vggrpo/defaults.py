@@ -376,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .geometry.tiny import TinyVGGTConfig
 
         _check_build_size(recipe, TinyVGGTConfig.patch_size)
-    except ValueError as err:  # one usage line naming the option the user typed, no traceback
+    except ValueError as err:  # argparse's usage error naming the option typed, no traceback
         field = re.match(r"DefaultsRecipe\.(\w+) (.*)", str(err), re.S)
         parser.error(f"--{field[1].replace('_', '-')} {field[2]}" if field else str(err))
     report = build_defaults(args.out, recipe, progress=not args.no_progress)
