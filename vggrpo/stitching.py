@@ -200,8 +200,10 @@ def train_stitching(
             f"connector weights in {ckpt}")
         if use_lora:
             lora = _io.load_tensors(ckpt / "lora.safetensors", "LoRA weights")
-            # strict=False below because the file holds only the adapters; so check them here.
-            if set(lora) != set(lgm.lora_state_dict()):
+            # strict=False below because the file holds only the adapters; so check them here
+            # (names differ with target_modules, shapes with the rank).
+            own = lgm.lora_state_dict()
+            if set(lora) != set(own) or any(lora[k].shape != own[k].shape for k in own):
                 raise ValueError(f"cannot resume {ckpt}: its LoRA weights are not this LGM's "
                                  f"adapters (another rank or target_modules)")
             lgm.backbone.blocks.load_state_dict(lora, strict=False)

@@ -113,10 +113,12 @@ def _three_floats(name: str, value, what: str = "") -> Tuple[float, float, float
     """``value`` as 3 Python floats (tuples, lists, NumPy or torch vectors all come in), or one
     ``ValueError`` naming ``name``; a ``bool`` or a string is not a coordinate."""
     try:
-        if isinstance(value, (str, bytes)) or any(isinstance(v, (bool, str, bytes))
-                                                   for v in value):
+        if isinstance(value, (str, bytes)):
             raise TypeError
-        out = tuple(float(v) for v in value)
+        items = list(value)  # once: a generator would be spent by a second pass
+        if any(isinstance(v, (bool, str, bytes)) for v in items):
+            raise TypeError
+        out = tuple(float(v) for v in items)
     except (TypeError, ValueError):
         out = ()
     if len(out) != 3:
