@@ -335,6 +335,10 @@ def write_video(path: PathLike, video: Tensor, fps: float = 8) -> Path:
     ``.avi`` H.264 (CRF 16, ``yuv420p``, or ``yuv444p`` when a side is odd, which keeps the exact
     size but fewer players support it), ``.webm`` VP9 (CRF 20); ``fps`` frames per second.
     Any other path becomes a folder of lossless PNG frames ``frame_00000.png, ...``.
+    An H.264 file is not byte-reproducible: 40 writes of the same frames, each followed by a
+    decode, gave 5 different files (x264 through PyAV 18 and 19, with one encoder thread or
+    several), whose frames differ by up to 8 of 255 levels in a few pixels. Write PNG frames
+    where exact pixels matter.
 
     The output is written to a hidden temporary sibling and moved into place with ``os.replace``;
     an existing target is replaced (for a folder: moved aside, the new one renamed in, the old one
