@@ -127,16 +127,26 @@ def test_sample_decode_writes_one_readable_video_per_sample(tmp_path):
 def test_sample_decode_checks_the_vae_before_sampling(tmp_path, capsys):
     from diffusers import AutoencoderKLWan
 
+    from vggrpo.defaults import load_default_lgm
     from vggrpo.vae import TINY_WAN_VAE_CONFIG
 
     _one_line_error(capsys, ["sample", "--decode", "--vae", str(tmp_path / "no-vae"), "--out",
                              str(tmp_path / "a.safetensors")], "is not a diffusers VAE folder")
-    # A VAE of other latents (Wan2.2's has 48 channels) would fail only after sampling.
+    # A VAE of other latents (Wan2.2's has 48 channels) would fail only after sampling. The
+    # default LGM knows its VAE, so that check comes first; an LGM with no record (a file from
+    # before records) still meets the model's own check.
     AutoencoderKLWan(**{**TINY_WAN_VAE_CONFIG, "z_dim": 8}).save_pretrained(tmp_path / "vae8")
     _one_line_error(capsys, ["sample", "--decode", "--vae", str(tmp_path / "vae8"), "--out",
                              str(tmp_path / "b.safetensors")],
+                    "is not the VAE this LGM was stitched to: its latents have channels 8, the "
+                    "expected VAE's have 16")
+    lgm = load_default_lgm()
+    lgm.vae_signature = None
+    lgm.save_pretrained(tmp_path / "lgm")
+    _one_line_error(capsys, ["sample", "--decode", "--vae", str(tmp_path / "vae8"), "--lgm",
+                             str(tmp_path / "lgm"), "--out", str(tmp_path / "c.safetensors")],
                     "decodes 8-channel latents but the model makes 16-channel ones")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae8"]  # no latents written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lgm", "vae8"]  # no latents written
 
 
 def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
@@ -146,7 +156,7 @@ def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
     from diffusers import AutoencoderKLWan
 
     from vggrpo.data import read_video
-    from vggrpo.defaults import tiny_wan_transformer
+    from vggrpo.defaults import load_default_lgm, tiny_wan_transformer
     from vggrpo.vae import TINY_WAN_VAE_CONFIG
 
     pipe = tmp_path / "Wan-tiny-Diffusers"
@@ -154,8 +164,14 @@ def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
     torch.manual_seed(5)  # a VAE unlike the embedded tiny one, to tell which one decoded
     AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).save_pretrained(pipe / "vae")
     (pipe / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    # The default LGM reads the embedded tiny VAE's latents; an LGM for this folder's VAE:
+    lgm = load_default_lgm()
+    lgm.record_vae(AutoencoderKLWan.from_pretrained(pipe / "vae"))
+    lgm.save_pretrained(tmp_path / "lgm")
     args = ["sample", "--steps", "2", "--guidance-scale", "0"]
-    for name, extra in (("a", []), ("b", ["--vae", str(pipe)]), ("c", ["--vae", "tiny"])):
+    for name, extra in (("a", ["--lgm", str(tmp_path / "lgm")]),
+                        ("b", ["--vae", str(pipe), "--lgm", str(tmp_path / "lgm")]),
+                        ("c", ["--vae", "tiny"])):
         assert main([*args, "--model", str(pipe), "--decode", *extra, "--out",
                      str(tmp_path / f"{name}.safetensors")]) == 0
     assert main([*args, "--out", str(tmp_path / "d.safetensors")]) == 0  # the same tiny model
@@ -163,8 +179,42 @@ def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
     latents = [load_file(tmp_path / f"{n}.safetensors")["latents"] for n in "abcd"]
     assert all(torch.equal(z, latents[0]) for z in latents)
     videos = {n: read_video(tmp_path / f"{n}-0.mp4") for n in "abc"}
-    assert torch.equal(videos["a"], videos["b"])  # the folder's own vae/ by default
-    assert not torch.equal(videos["a"], videos["c"])
+    # The folder's own vae/ by default. Compared through the mp4s, which x264 does not make
+    # byte-reproducible (write_video's docstring): the same VAE differs by a few pixel levels at
+    # most, another VAE everywhere.
+    same = (videos["a"] - videos["b"]).abs()
+    other = (videos["a"] - videos["c"]).abs()
+    assert float(same.mean()) < 1e-3 and float(other.mean()) > 2e-2
+
+
+def test_an_lgm_is_never_paired_with_a_vae_it_was_not_stitched_to(tmp_path, capsys):
+    """Same channel count, other latent space: the default LGM (stitched to the embedded tiny
+    VAE) on a model whose VAE differs would give rewards that mean nothing. Every command that
+    pairs them refuses, before the video model loads or anything is written."""
+    from diffusers import AutoencoderKLWan
+
+    from vggrpo.vae import TINY_WAN_VAE_CONFIG
+
+    pipe = tmp_path / "pipe"
+    torch.manual_seed(5)
+    AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).save_pretrained(pipe / "vae")
+    (pipe / "model_index.json").write_text("{}")
+    (pipe / "transformer").mkdir()
+    (pipe / "transformer" / "config.json").write_text("not read: the check comes first")
+    refusal = "is not the VAE this LGM was stitched to: its encoder weights differ"
+    _one_line_error(capsys, ["sample", "--model", str(pipe), "--out",
+                             str(tmp_path / "a.safetensors")],
+                    f"the VAE of model {pipe} {refusal}")
+    _one_line_error(capsys, ["sample", "--decode", "--vae", str(pipe), "--out",
+                             str(tmp_path / "b.safetensors")], f"--vae {pipe} {refusal}")
+    config = tmp_path / "c.toml"
+    config.write_text(f'model = "{pipe}"\n')
+    _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "run")],
+                    f"the VAE of model {pipe} {refusal}")
+    write_video(tmp_path / "clip", make_scene(1, 9, 32, 48, seed=2).video[0])
+    _one_line_error(capsys, ["reward", str(tmp_path / "clip"), "--vae", str(pipe), "--out",
+                             str(tmp_path / "scores.json")], f"--vae {pipe} {refusal}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "clip", "pipe"]
 
 
 def _one_line_error(capsys, argv, expected):

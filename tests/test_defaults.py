@@ -16,7 +16,7 @@ from vggrpo.defaults import (
     load_tiny_wan_vae,
 )
 from vggrpo.geometry import TinyVGGT
-from vggrpo.vae import TINY_WAN_VAE_CONFIG, encode_video
+from vggrpo.vae import TINY_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +53,13 @@ def test_default_lgm_reads_tiny_vae_latents():
         g = lgm(encode_video(vae, video))
     assert g.depths.shape == (1, 3, 48, 80)
     assert load_tiny_backbone().patch_size == 16
+    # The shipped LGM names the shipped VAE as the one it reads, and refuses another tiny one.
+    assert lgm.vae_signature == vae_signature(vae)
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(1)
+    assert "encoder weights differ" in vae_mismatch(lgm.vae_signature,
+                                                    AutoencoderKLWan(**TINY_WAN_VAE_CONFIG))
 
 
 def test_missing_default_folder_names_the_fix(tmp_path):
@@ -142,6 +149,15 @@ def test_evaluation_without_rankings_takes_two_latent_frames():
     assert q["eval_scenes"] == 1 and "ranking" not in q
 
 
+def test_evaluate_lgm_refuses_a_vae_the_lgm_was_not_stitched_to():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="vae is not the VAE this LGM was stitched to"):
+        evaluate_lgm(load_default_lgm(), AutoencoderKLWan(**TINY_WAN_VAE_CONFIG),
+                     DefaultsRecipe(frames=5, height=32, width=48), scenes=1, ranking_scenes=0)
+
+
 def test_evaluate_lgm_refuses_empty_counts():
     with pytest.raises(ValueError, match="scenes must be a positive int .*got 0"):
         evaluate_lgm(None, None, scenes=0)
@@ -186,6 +202,7 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     with torch.no_grad():
         g = lgm(encode_video(vae, torch.rand(1, 9, 3, 32, 48)))
     assert g.depths.shape == (1, 3, 32, 48) and bool(torch.isfinite(g.depths).all())
+    assert lgm.vae_signature == vae_signature(vae)
 
     ranking = report["quality"]["ranking"]
     for key in ("spearman_jitter_vs_lgm_motion_reward", "spearman_jitter_vs_true_motion_reward",

@@ -18,6 +18,8 @@ from vggrpo.vae import (
     decode_latents,
     encode_video,
     latent_frame_count,
+    vae_mismatch,
+    vae_signature,
 )
 
 SMALL = TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1, aggregator_depth=1, head_channels=8)
@@ -448,3 +450,105 @@ def test_stitching_bad_input(vae):
         train_stitching(lgm, vae, Videos(torch.rand(1, 8, 3, 32, 48)), progress=False)
     with pytest.raises(ValueError, match="resume=True needs out_dir"):
         train_stitching(lgm, vae, Videos(videos(1, 5)), resume=True, progress=False)
+
+
+# -- the VAE an LGM reads -------------------------------------------------------------------------
+
+def tiny_vae(seed, **overrides):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**{**TINY_WAN_VAE_CONFIG, **overrides}).eval()
+
+
+def test_vae_signature_covers_exactly_the_encoder_side(vae):
+    sig = vae_signature(vae)
+    encoder = [p for n, p in vae.named_parameters() if n.split(".")[0] in ("encoder", "quant_conv")]
+    assert sig["encoder_numels"] == [p.numel() for p in encoder]
+    assert sig["encoder_norms"] == pytest.approx(
+        [torch.linalg.vector_norm(p.detach().double()).item() for p in encoder], rel=1e-12)
+    assert (sig["channels"], sig["spatial"], sig["temporal"]) == (16, 8, 4)
+    assert json.loads(json.dumps(sig)) == sig  # goes into config.json as it is
+    # The decoder does not change what the LGM reads: a new decoder keeps the signature.
+    other = tiny_vae(0)
+    with torch.no_grad():
+        for p in other.decoder.parameters():
+            p.mul_(3.0)
+    assert vae_mismatch(sig, other) is None
+
+
+def test_vae_mismatch_names_what_differs_and_accepts_a_half_precision_copy(vae):
+    sig = vae_signature(vae)
+    assert vae_mismatch(sig, tiny_vae(0)) is None
+    assert vae_mismatch(sig, tiny_vae(0).to(torch.bfloat16)) is None
+    assert vae_mismatch(sig, tiny_vae(0).half()) is None
+    assert "encoder weights differ" in vae_mismatch(sig, tiny_vae(1))
+    assert "channels 8" in vae_mismatch(sig, tiny_vae(0, z_dim=8))
+    assert "encoder has" in vae_mismatch(sig, tiny_vae(0, base_dim=4))
+    stats = {"latents_mean": [0.1] * 16, "latents_std": [2.0] * 16}
+    assert "latent normalisation (latents_mean)" in vae_mismatch(sig, tiny_vae(0, **stats))
+    with_stats = vae_signature(tiny_vae(0, **stats))
+    assert vae_mismatch(with_stats, tiny_vae(0, **stats)) is None
+    assert "latents_std" in vae_mismatch(
+        with_stats, tiny_vae(0, **{**stats, "latents_std": [2.0] * 15 + [2.1]}))
+
+
+def test_stitching_records_the_vae_and_the_file_keeps_it(vae, tmp_path):
+    lgm = make_lgm(vae)
+    assert lgm.vae_signature is None
+    lgm.check_vae(tiny_vae(1))  # nothing recorded (an older file): nothing to check against
+    train_stitching(lgm, vae, Videos(videos(1, 5)), StitchingConfig(epochs=1), progress=False)
+    assert lgm.vae_signature == vae_signature(vae)
+    lgm.save_pretrained(tmp_path / "m")
+    loaded = LatentGeometryModel.from_pretrained(tmp_path / "m")
+    assert loaded.vae_signature == vae_signature(vae)
+    loaded.check_vae(vae)
+    with pytest.raises(ValueError, match=r"^--vae x is not the VAE this LGM was stitched to: its "
+                                         r"encoder weights differ .*vggrpo train-lgm"):
+        loaded.check_vae(tiny_vae(1), name="--vae x")
+    # Re-stitching moves the LGM to the new VAE.
+    train_stitching(loaded, tiny_vae(1), Videos(videos(1, 5)), StitchingConfig(epochs=1),
+                    progress=False)
+    loaded.check_vae(tiny_vae(1))
+    with pytest.raises(ValueError, match="not the VAE this LGM was stitched to"):
+        loaded.check_vae(vae)
+    # A model never stitched saves no record and loads with none.
+    make_lgm(vae).save_pretrained(tmp_path / "n")
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["vae"] is None
+    assert LatentGeometryModel.from_pretrained(tmp_path / "n").vae_signature is None
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda s: "16", "expected an object, got str"),
+    (lambda s: {**s, "channels": True}, "channels must be a positive int, got True"),
+    (lambda s: {**s, "latents_mean": [0.0] * 3}, "latents_mean must be null or 16 numbers"),
+    (lambda s: {**s, "encoder_numels": "many"}, "encoder_numels must be a list of ints"),
+    (lambda s: {**s, "encoder_norms": s["encoder_norms"][:-1]},
+     "encoder_norms must be 58 finite numbers"),
+    (lambda s: {**s, "encoder_norms": [float("nan")] * 58}, "encoder_norms must be 58 finite"),
+    (lambda s: {**s, "channels": 48, "latents_mean": None, "latents_std": None}, "inconsistent: its VAE has 48 latent channels, its "
+                                      "connector reads 16"),
+], ids=["not-object", "bool-channels", "short-mean", "numels", "short-norms", "nan-norms",
+        "channels"])
+def test_a_tampered_vae_record_is_a_clear_error(vae, tmp_path, edit, expected):
+    lgm = make_lgm(vae)
+    lgm.record_vae(vae)
+    lgm.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "vae": edit(config["vae"])}))
+    with pytest.raises(ValueError) as err:
+        LatentGeometryModel.from_pretrained(tmp_path / "m")
+    assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+
+
+def test_resume_with_another_vae_is_refused(vae, tmp_path):
+    data, cfg = Videos(videos(1, 5)), StitchingConfig(epochs=2)
+    train_stitching(make_lgm(vae), vae, data, cfg, out_dir=tmp_path, stop_after=1, progress=False)
+    with pytest.raises(ValueError, match=r"cannot resume .*checkpoint: vae is not the VAE it was "
+                                         r"stitched to \(its encoder weights differ"):
+        train_stitching(make_lgm(vae), tiny_vae(1), data, cfg, out_dir=tmp_path, resume=True,
+                        progress=False)
+    history = train_stitching(make_lgm(vae), vae, data, cfg, out_dir=tmp_path, resume=True,
+                              progress=False)
+    assert [h["epoch"] for h in history] == [0, 1]

@@ -210,6 +210,23 @@ def _check_lgm_fits(lgm, transformer) -> None:
                          f"LGM to this model's VAE (vggrpo train-lgm)")
 
 
+def _check_lgm_vae(lgm, model: str, vae=None, name: Optional[str] = None) -> None:
+    """When the LGM records the VAE it was stitched to, that VAE must be the model's: ``vae``
+    when given (sample --decode has one; ``name`` names it), else the model's own (the tiny VAE
+    for ``model == "tiny"``, ``model/vae`` for a pipeline folder). Run before the transformer
+    loads, which takes minutes for a real model."""
+    if lgm.vae_signature is None:
+        return
+    name = name or f"the VAE of model {model}"
+    if vae is None:
+        if model != "tiny":
+            _check_pipeline_layout(Path(model))
+        vae = _load_vae(model)
+    # A matching channel count is not enough: the default LGM (tiny VAE) and Wan2.1 both read
+    # 16, and its rewards on Wan2.1 latents would be noise that trains or guides nothing.
+    lgm.check_vae(vae, name=name)
+
+
 def _read_config(path: str) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -425,7 +442,9 @@ def cmd_reward(args) -> int:
                                  f"{latents.numel()} values are NaN or inf")
             latents = latents.float()
         else:
-            vae = vae if vae is not None else _load_vae(args.vae)
+            if vae is None:
+                vae = _load_vae(args.vae)
+                lgm.check_vae(vae, name=f"--vae {args.vae}")
             video = read_video(path, frames=args.frames, height=args.height, width=args.width)
             latents = encode_video(vae, video[None])
         with torch.no_grad():
@@ -498,6 +517,7 @@ def cmd_train(args) -> int:
     lgm = _load_lgm(cfg.get("lgm", "default"))
     # [reward]'s keys were checked above; the reward's own defaults fill what is not given.
     reward = LatentGeometryReward(lgm.to(device), **cfg.get("reward", {}))
+    _check_lgm_vae(lgm, cfg.get("model", "tiny"))
     transformer = _load_transformer(cfg.get("model", "tiny"), dtype).to(device)
     embeds, negative = _load_embeds(cfg.get("prompt_embeds"), transformer)
     _check_lgm_fits(lgm, transformer)
@@ -541,6 +561,8 @@ def cmd_sample(args) -> int:
         # A pipeline folder's own VAE by default: the tiny one would decode its latents to noise.
         vae_spec = args.vae or ("tiny" if args.model == "tiny" else args.model)
         vae = _load_vae(vae_spec)
+    lgm = _load_lgm(args.lgm)
+    _check_lgm_vae(lgm, args.model, vae, f"--vae {args.vae}" if args.vae else None)
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
         _load_lora(transformer, args.lora)
@@ -556,7 +578,6 @@ def cmd_sample(args) -> int:
         check_wan_inputs(transformer, latent_shape=latent, min_frames=3)
     except ValueError as err:  # name the options the user gave
         raise UsageError(f"--latent-frames/--latent-height/--latent-width: {err}") from None
-    lgm = _load_lgm(args.lgm)
     _check_lgm_fits(lgm, transformer)
     reward = LatentGeometryReward(lgm, {"motion": args.w_motion, "geo": args.w_geo})
     noise = torch.randn((embeds.shape[0],) + latent,

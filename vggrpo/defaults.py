@@ -205,7 +205,8 @@ def scene_pool(count: int, recipe: DefaultsRecipe, *, seed: int, jitter: Optiona
 def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *, scenes: Optional[int] = None,
                  ranking_scenes: int = 4, progress: bool = False) -> Dict[str, object]:
     """Held-out quality of the tiny backbone (RGB) and the LGM (latents) against ground truth,
-    and whether LGM rewards rank smooth over jittered and clean over noisy (Spearman)."""
+    and whether LGM rewards rank smooth over jittered and clean over noisy (Spearman).
+    ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`)."""
     from .geometry.training import supervised_targets
     from .quality import camera_errors, depth_abs_rel, spearman
     from .vae import encode_video
@@ -217,6 +218,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *, scenes:
         raise ValueError(f"evaluate_lgm: ranking_scenes must be an int >= 0, got "
                          f"{ranking_scenes!r}")
     _check_build_size(recipe, lgm.backbone.patch_size, rewards=ranking_scenes > 0)
+    lgm.check_vae(vae)
     n = scenes if scenes is not None else recipe.eval_scenes
     data = scene_pool(n, recipe, seed=recipe.seed + _HELD_OUT, progress=progress)
     sums: Dict[str, float] = {}

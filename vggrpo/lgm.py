@@ -150,6 +150,9 @@ class LatentGeometryModel(nn.Module):
         self.backbone = backbone
         self.connector = connector if connector is not None else LatentConnector(config)
         self.lora_config: Optional[Dict[str, Any]] = None
+        # The signature of the VAE the connector was stitched to (vggrpo.vae.vae_signature);
+        # None for an LGM not stitched yet, or loaded from a file written before it was recorded.
+        self.vae_signature: Optional[Dict[str, Any]] = None
 
     @property
     def temporal_factor(self) -> int:
@@ -168,6 +171,33 @@ class LatentGeometryModel(nn.Module):
     def forward(self, latents: Tensor) -> Geometry:
         with nvtx_range("vggrpo.lgm"):
             return self.backbone.forward_tokens(self.tokens(latents))
+
+    # -- the VAE the connector reads ---------------------------------------------------------
+
+    def record_vae(self, vae) -> None:
+        """Remember ``vae`` as the VAE this LGM reads latents of (stitching calls this); the
+        record is saved with the model and checked by :meth:`check_vae`."""
+        from .vae import vae_signature
+
+        self.vae_signature = vae_signature(vae)
+
+    def check_vae(self, vae, name: str = "vae") -> None:
+        """Raise a ValueError when ``vae`` is not the VAE this LGM was stitched to.
+
+        Latents of another VAE with the same channel count have the right shape and the wrong
+        meaning, so the LGM's geometry (and every reward read from it) would be silently wrong.
+        An LGM with no record (``vae_signature`` None: files from before the record existed)
+        passes. ``name`` is how the error names the argument (a CLI passes ``"--vae PATH"``).
+        """
+        from .vae import vae_mismatch
+
+        if self.vae_signature is None:
+            return
+        why = vae_mismatch(self.vae_signature, vae)
+        if why is not None:
+            raise ValueError(f"{name} is not the VAE this LGM was stitched to: {why}. Pass the "
+                             f"VAE its connector was trained on, or stitch a connector to this "
+                             f"VAE (vggrpo train-lgm)")
 
     # -- LoRA on the remaining blocks -------------------------------------------------------
 
@@ -206,10 +236,13 @@ class LatentGeometryModel(nn.Module):
         """Write ``config.json``, ``connector.safetensors``, ``backbone.safetensors`` (tiny
         backbones only: a real backbone's weights stay where the user keeps them) and
         ``lora.safetensors`` (when adapters are present). Each file is written atomically.
+        ``config.json`` also records :attr:`vae_signature`, which :meth:`from_pretrained` restores
+        so that :meth:`check_vae` still works on the loaded model.
         """
         directory = Path(directory)
         config: Dict[str, Any] = {"format": LGM_FORMAT, "version": 1,
-                                  "lgm": self.config.to_dict(), "lora": self.lora_config}
+                                  "lgm": self.config.to_dict(), "lora": self.lora_config,
+                                  "vae": self.vae_signature}
         cast = lambda sd: {k: v.to(dtype) for k, v in sd.items()}  # noqa: E731
         _io.save_tensors(directory / _CONNECTOR_FILE, cast(self.connector.state_dict()))
         if isinstance(self.backbone, TinyVGGT):
@@ -253,6 +286,14 @@ class LatentGeometryModel(nn.Module):
                 backbone, _io.load_tensors(directory / _BACKBONE_FILE, "backbone weights"),
                 f"backbone weights {directory / _BACKBONE_FILE}")
         model = cls(backbone, config)
+        if meta.get("vae") is not None:
+            from .vae import check_vae_signature
+
+            model.vae_signature = check_vae_signature(meta["vae"], str(directory / _CONFIG_FILE))
+            if model.vae_signature["channels"] != config.latent_channels:
+                raise ValueError(f"{directory / _CONFIG_FILE} is inconsistent: its VAE has "
+                                 f"{model.vae_signature['channels']} latent channels, its "
+                                 f"connector reads {config.latent_channels}")
         _io.load_state_dict_strict(
             model.connector, _io.load_tensors(directory / _CONNECTOR_FILE, "connector weights"),
             f"connector weights {directory / _CONNECTOR_FILE}")

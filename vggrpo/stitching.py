@@ -38,7 +38,7 @@ from torch import Tensor
 from . import _io
 from ._checks import check_fields
 from .lgm import LatentGeometryModel
-from .vae import check_video_frames, encode_video
+from .vae import check_vae_signature, check_video_frames, encode_video, vae_mismatch
 
 __all__ = ["StitchingConfig", "train_stitching", "stitching_targets", "warmup_cosine"]
 
@@ -129,7 +129,9 @@ def train_stitching(
 
     Args:
         lgm: the model; its backbone and ``vae`` are frozen here (``requires_grad_(False)``).
-        vae: the diffusers Wan VAE the LGM reads latents of.
+        vae: the diffusers Wan VAE the LGM reads latents of; recorded in ``lgm``
+            (:meth:`~vggrpo.lgm.LatentGeometryModel.record_vae`), and on ``resume`` the
+            checkpoint's record must match it.
         dataset: items are videos ``[T,3,H,W]`` in [0,1] with ``T = 1 + 4k`` (or dicts with a
             ``"video"``), e.g. :class:`vggrpo.data.SyntheticSceneDataset` or
             :class:`vggrpo.data.video.VideoFolderDataset`. Encoded latents and targets are
@@ -152,6 +154,10 @@ def train_stitching(
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
     vae.requires_grad_(False).eval()
+    # The connector trained here reads this VAE's latents: recorded now so every checkpoint and
+    # the final model carry it (replacing any earlier record: re-stitching moves an LGM to a new
+    # VAE).
+    lgm.record_vae(vae)
     for name, p in lgm.backbone.named_parameters():
         p.requires_grad_("lora_" in name)
     lgm.connector.requires_grad_(True)
@@ -195,6 +201,12 @@ def train_stitching(
         if state.get("config") != dataclasses.asdict(config):
             raise ValueError(f"cannot resume {ckpt}: it was trained with config "
                              f"{state.get('config')}, not {dataclasses.asdict(config)}")
+        recorded = _io.load_json(ckpt / "config.json", "LGM checkpoint config").get("vae")
+        why = None if recorded is None else vae_mismatch(
+            check_vae_signature(recorded, str(ckpt / "config.json")), vae)
+        if why is not None:
+            raise ValueError(f"cannot resume {ckpt}: vae is not the VAE it was stitched to "
+                             f"({why})")
         _io.load_state_dict_strict(
             lgm.connector, _io.load_tensors(ckpt / "connector.safetensors", "connector weights"),
             f"connector weights in {ckpt}")

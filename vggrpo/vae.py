@@ -14,13 +14,15 @@ channel count (16 / 48) are read from the VAE config.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import math
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor
 
 __all__ = ["TINY_WAN_VAE_CONFIG", "vae_factors", "encode_video", "decode_latents",
-           "aligned_frames", "latent_frame_count", "check_video_frames"]
+           "aligned_frames", "latent_frame_count", "check_video_frames", "vae_signature",
+           "vae_mismatch", "check_vae_signature"]
 
 # diffusers' own test size of AutoencoderKLWan (~14k parameters): runs in well under a second on a
 # CPU, with Wan2.1's layout (16 latent channels, 8x spatial, 4x temporal).
@@ -41,6 +43,105 @@ def vae_factors(vae) -> Dict[str, int]:
         "spatial": int(getattr(cfg, "scale_factor_spatial", None) or 8),
         "temporal": int(getattr(cfg, "scale_factor_temporal", None) or 4),
     }
+
+
+# Encoder weights whose norms agree within this relative tolerance count as the same weights: a
+# bf16 or fp16 copy of a VAE moves a norm by < 0.5%, two different VAEs (or two random
+# initialisations of the tiny one) move most norms by far more.
+_NORM_RTOL = 1e-2
+
+
+def _encoder_parameters(vae):
+    # Everything but the decoder side: those weights (and the latent statistics) fix what
+    # encode_video returns.
+    return [p for n, p in vae.named_parameters()
+            if not n.startswith(("decoder.", "post_quant_conv."))]
+
+
+def vae_signature(vae) -> Dict[str, Any]:
+    """What identifies the latent space ``vae`` encodes to, as a JSON-ready dict.
+
+    An LGM is stitched to one VAE's latents; another VAE with the same channel count (the tiny
+    test VAE and Wan2.1's both have 16) gives latents of the right shape that mean something
+    else, and a reward read from them is silently wrong. The LGM stores this signature
+    (``config.json`` key ``"vae"``) and :func:`vae_mismatch` compares it with a VAE at hand.
+
+    Returns:
+        ``{"channels", "spatial", "temporal"}`` (:func:`vae_factors`), ``"latents_mean"`` and
+        ``"latents_std"`` (lists of ``channels`` floats, or None when the config has none),
+        ``"encoder_numels"`` (ints) and ``"encoder_norms"`` (float64 L2 norms), one entry per
+        encoder-side parameter tensor in module order. The norms are dtype-robust (a bf16 copy
+        matches) but tell different weights apart; the cost is one pass over the encoder weights.
+    """
+    cfg = vae.config
+    stats = {}
+    for key in ("latents_mean", "latents_std"):
+        value = getattr(cfg, key, None)
+        stats[key] = None if value is None else [float(v) for v in value]
+    params = _encoder_parameters(vae)
+    with torch.no_grad():
+        norms = [float(p.detach().double().norm()) for p in params]
+    return {**vae_factors(vae), **stats, "encoder_numels": [int(p.numel()) for p in params],
+            "encoder_norms": norms}
+
+
+def check_vae_signature(value: Any, where: str) -> Dict[str, Any]:
+    """``value`` (read from an untrusted file) if it is a well-formed :func:`vae_signature`;
+    otherwise a ValueError naming ``where``."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{where}: the VAE signature is malformed ({why})")
+
+    if not isinstance(value, dict):
+        raise bad(f"expected an object, got {type(value).__name__}")
+    for key in ("channels", "spatial", "temporal"):
+        if not (isinstance(value.get(key), int) and not isinstance(value.get(key), bool)
+                and value[key] >= 1):
+            raise bad(f"{key} must be a positive int, got {value.get(key)!r}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    for key in ("latents_mean", "latents_std"):
+        stats = value.get(key)
+        if stats is not None and not (isinstance(stats, list) and len(stats) == value["channels"]
+                                      and all(number(v) for v in stats)):
+            raise bad(f"{key} must be null or {value['channels']} numbers")
+    numels, norms = value.get("encoder_numels"), value.get("encoder_norms")
+    if not (isinstance(numels, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                             for v in numels)):
+        raise bad("encoder_numels must be a list of ints")
+    if not (isinstance(norms, list) and len(norms) == len(numels)
+            and all(number(v) and math.isfinite(v) for v in norms)):
+        raise bad(f"encoder_norms must be {len(numels)} finite numbers, one per encoder tensor")
+    return value
+
+
+def vae_mismatch(expected: Dict[str, Any], vae) -> Optional[str]:
+    """Why ``vae`` is not the VAE whose :func:`vae_signature` is ``expected`` (None when it is).
+
+    The reason names the first difference found: the latent layout (channels, factors), the
+    latent normalisation (``latents_mean`` / ``latents_std``, relative tolerance 1e-4), the
+    encoder's architecture (tensor count and sizes), or its weights (norms more than 1% apart).
+    """
+    got = vae_signature(vae)
+    for key in ("channels", "spatial", "temporal"):
+        if got[key] != expected.get(key):
+            return (f"its latents have {key} {got[key]}, the expected VAE's have "
+                    f"{expected.get(key)}")
+    for key in ("latents_mean", "latents_std"):
+        a, b = expected.get(key), got[key]
+        if (a is None) != (b is None) or (a is not None and (
+                len(a) != len(b) or not all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6)
+                                            for x, y in zip(a, b)))):
+            return f"its latent normalisation ({key}) differs"
+    numels = expected.get("encoder_numels")
+    if numels != got["encoder_numels"]:
+        return (f"its encoder has {len(got['encoder_numels'])} weight tensors of "
+                f"{sum(got['encoder_numels'])} values, the expected VAE's "
+                f"{len(numels or [])} of {sum(numels or [])}")
+    off = sum(not math.isclose(x, y, rel_tol=_NORM_RTOL, abs_tol=1e-8)
+              for x, y in zip(expected["encoder_norms"], got["encoder_norms"]))
+    if off:
+        return (f"its encoder weights differ ({off} of {len(numels)} weight tensors have norms "
+                f"more than {_NORM_RTOL:.0%} from the expected VAE's)")
+    return None
 
 
 def latent_frame_count(frames: int, temporal: int = 4) -> int:
