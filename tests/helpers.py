@@ -98,3 +98,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def assert_same_vae_signature(a: dict, b: dict) -> None:
+    """Two vggrpo.vae.vae_signature dicts are equal, the float64 norms up to summation order (a
+    parallel reduction on another machine may round the last bit differently)."""
+    import pytest
+
+    assert {k: v for k, v in a.items() if k != "encoder_norms"} == \
+        {k: v for k, v in b.items() if k != "encoder_norms"}
+    assert a["encoder_norms"] == pytest.approx(b["encoder_norms"], rel=1e-12, abs=0)
