@@ -80,7 +80,8 @@ def vae_signature(vae) -> Dict[str, Any]:
         stats[key] = None if value is None else [float(v) for v in value]
     params = _encoder_parameters(vae)
     with torch.no_grad():
-        norms = [float(p.detach().double().norm()) for p in params]
+        # On the CPU in float64: the same on every device (MPS has no float64) and dtype.
+        norms = [float(p.detach().to("cpu", torch.float64).norm()) for p in params]
     return {**vae_factors(vae), **stats, "encoder_numels": [int(p.numel()) for p in params],
             "encoder_norms": norms}
 
