@@ -527,8 +527,8 @@ def test_stitching_records_the_vae_and_the_file_keeps_it(vae, tmp_path):
     (lambda s: {**s, "encoder_norms": s["encoder_norms"][:-1]},
      "encoder_norms must be 58 finite numbers"),
     (lambda s: {**s, "encoder_norms": [float("nan")] * 58}, "encoder_norms must be 58 finite"),
-    (lambda s: {**s, "channels": 48, "latents_mean": None, "latents_std": None}, "inconsistent: its VAE has 48 latent channels, its "
-                                      "connector reads 16"),
+    (lambda s: {**s, "channels": 48, "latents_mean": None, "latents_std": None},
+     "inconsistent: its VAE has 48 latent channels, its connector reads 16"),
 ], ids=["not-object", "bool-channels", "short-mean", "numels", "short-norms", "nan-norms",
         "channels"])
 def test_a_tampered_vae_record_is_a_clear_error(vae, tmp_path, edit, expected):
