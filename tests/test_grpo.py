@@ -229,6 +229,25 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_any_rollout(overrid
                     prompt_embeds() if embeds is None else embeds, GRPOConfig(**kw))
 
 
+def test_an_lgm_of_other_latents_is_refused_before_any_rollout():
+    """A 48-channel model (Wan2.2 TI2V's VAE) with the shipped 16-channel LGM: refused when the
+    trainer is built, not by the LGM after the first rollout."""
+    from diffusers import WanTransformer3DModel
+
+    from vggrpo import LatentGeometryReward
+    from vggrpo.defaults import TINY_WAN_TRANSFORMER_CONFIG, load_default_lgm
+
+    transformer = WanTransformer3DModel(**{**TINY_WAN_TRANSFORMER_CONFIG, "in_channels": 48,
+                                           "out_channels": 48})
+    kw = dict(group_size=2, num_inference_steps=3, sde_window=(0, 2), lora_rank=2,
+              lora_alpha=2.0, latent_shape=(48, 3, 12, 20))
+    with pytest.raises(ValueError, match=r"^reward: its LGM reads 16-channel latents but the "
+                                         r"model makes 48-channel ones \(latent_shape "
+                                         r"\(48, 3, 12, 20\)\): stitch an LGM"):
+        GRPOTrainer(transformer, LatentGeometryReward(load_default_lgm()), prompt_embeds(),
+                    GRPOConfig(**kw))
+
+
 def test_prompts_must_split_across_ranks(monkeypatch):
     import vggrpo.grpo as grpo
 

@@ -156,6 +156,32 @@ def test_latent_geometry_reward(latent_reward):
         LatentGeometryReward(latent_reward.lgm, {"smooth": 1.0})
 
 
+def test_latent_reward_checks_the_vae_it_is_told_of(latent_reward):
+    """``vae=`` compares the VAE with the one the LGM was stitched to: the shipped LGM takes the
+    shipped tiny VAE and refuses another tiny VAE, whose latents have the same shape."""
+    from diffusers import AutoencoderKLWan
+
+    from vggrpo.defaults import load_tiny_wan_vae
+    from vggrpo.vae import TINY_WAN_VAE_CONFIG
+
+    reward = LatentGeometryReward(latent_reward.lgm, {"geo": 1.0}, vae=load_tiny_wan_vae())
+    assert reward.lgm is latent_reward.lgm
+    assert not any(isinstance(m, AutoencoderKLWan) for m in reward.modules())  # not kept
+    torch.manual_seed(1)
+    other = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
+    with pytest.raises(ValueError, match=r"^vae is not the VAE this LGM was stitched to: its "
+                                         r"encoder weights differ"):
+        LatentGeometryReward(latent_reward.lgm, vae=other)
+
+    class Plain(torch.nn.Module):  # latents -> Geometry, with no record of a VAE
+        def forward(self, latents):
+            return latent_reward.lgm(latents)
+
+    LatentGeometryReward(Plain())  # no vae: nothing to check
+    with pytest.raises(TypeError, match=r"^vae: given, but the lgm \(Plain\) has no check_vae"):
+        LatentGeometryReward(Plain(), vae=other)
+
+
 def test_reward_guidance_raises_the_reward(transformer, sigmas, latent_reward):
     """Same starting noise, same model: the guided sample scores a higher geometry reward than the
     unguided one for every video. Measured over starting-noise seeds 0-4: +0.06 to +0.12 (the

@@ -76,11 +76,25 @@ class LatentGeometryReward(GeometryReward):
     Args:
         lgm: a :class:`~vggrpo.lgm.LatentGeometryModel` (or any module latents -> Geometry).
         weights, topk, flow_threshold: see :class:`GeometryReward`.
+        vae: the diffusers VAE whose latents this reward will read, or None. When given, it is
+            checked against the VAE the LGM was stitched to
+            (:meth:`~vggrpo.lgm.LatentGeometryModel.check_vae`; ValueError when it is another):
+            latents of another VAE with the same channel count give rewards that train nothing.
+            Only the check uses it; the reward keeps no reference to it.
     """
 
     def __init__(self, lgm: nn.Module, weights: Optional[Mapping[str, float]] = None, *,
-                 topk: int = 3, flow_threshold: float = 0.1) -> None:
+                 vae: Optional[nn.Module] = None, topk: int = 3,
+                 flow_threshold: float = 0.1) -> None:
         super().__init__(weights, topk=topk, flow_threshold=flow_threshold)
+        if vae is not None:
+            check_vae = getattr(lgm, "check_vae", None)
+            if not callable(check_vae):
+                # Skipping the check would read as "checked" to the caller who asked for it.
+                raise TypeError(f"vae: given, but the lgm ({type(lgm).__name__}) has no "
+                                f"check_vae to compare it with; pass a LatentGeometryModel or "
+                                f"leave vae out")
+            check_vae(vae, name="vae")
         self.lgm = lgm.requires_grad_(False).eval()
 
     def geometry(self, latents: Tensor):
