@@ -88,8 +88,9 @@ def geometry_reprojection_reward(
         pointmaps: ``[B, T, H, W, 3]`` world-frame point maps.
         depths: ``[B, T, H, W]`` predicted z-depth (valid where finite and > 0).
         extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes).
-        intrinsics: ``[B, T, 3, 3]`` pinhole, pixels; principal point of a centred camera at
-            ``(W/2, H/2)``.
+        intrinsics: ``[B, T, 3, 3]`` pinhole, in pixels of the ``H x W`` depth grid; principal
+            point of a centred camera at ``(W/2, H/2)``. Normalised intrinsics are not detected
+            (docs/ops.md): scale rows 0 and 1 by ``W`` and ``H`` first.
         scene_flow: ``[B, T, H, W, 3]`` world-frame motion per pixel, or None (all static).
         flow_threshold: flow norm above which a pixel is dynamic (world units).
         topk: number of worst views averaged, ``>= 1``.
