@@ -229,23 +229,28 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_any_rollout(overrid
                     prompt_embeds() if embeds is None else embeds, GRPOConfig(**kw))
 
 
-def test_an_lgm_of_other_latents_is_refused_before_any_rollout():
-    """A 48-channel model (Wan2.2 TI2V's VAE) with the shipped 16-channel LGM: refused when the
-    trainer is built, not by the LGM after the first rollout."""
+def test_a_reward_of_other_latents_is_refused_before_any_rollout():
+    """A 48-channel model (Wan2.2 TI2V's VAE) with the shipped 16-channel LGM, or with the RGB
+    baseline decoding through the 16-channel tiny VAE: refused when the trainer is built, not by
+    a shape error inside the reward after the first rollout."""
     from diffusers import WanTransformer3DModel
 
-    from vggrpo import LatentGeometryReward
-    from vggrpo.defaults import TINY_WAN_TRANSFORMER_CONFIG, load_default_lgm
+    from vggrpo import LatentGeometryReward, RGBGeometryReward
+    from vggrpo.defaults import TINY_WAN_TRANSFORMER_CONFIG, load_default_lgm, load_tiny_wan_vae
 
     transformer = WanTransformer3DModel(**{**TINY_WAN_TRANSFORMER_CONFIG, "in_channels": 48,
                                            "out_channels": 48})
     kw = dict(group_size=2, num_inference_steps=3, sde_window=(0, 2), lora_rank=2,
               lora_alpha=2.0, latent_shape=(48, 3, 12, 20))
-    with pytest.raises(ValueError, match=r"^reward: its LGM reads 16-channel latents but the "
-                                         r"model makes 48-channel ones \(latent_shape "
-                                         r"\(48, 3, 12, 20\)\): stitch an LGM"):
-        GRPOTrainer(transformer, LatentGeometryReward(load_default_lgm()), prompt_embeds(),
-                    GRPOConfig(**kw))
+    lgm = load_default_lgm()
+    for reward, reader, fix in (
+            (LatentGeometryReward(lgm), "LGM reads", "stitch an LGM to this model's VAE"),
+            (RGBGeometryReward(load_tiny_wan_vae(), lgm.backbone), "VAE decodes",
+             "pass this model's VAE")):
+        with pytest.raises(ValueError, match=rf"^reward: its {reader} 16-channel latents but the "
+                                             rf"model makes 48-channel ones \(latent_shape "
+                                             rf"\(48, 3, 12, 20\)\): {fix}"):
+            GRPOTrainer(transformer, reward, prompt_embeds(), GRPOConfig(**kw))
 
 
 def test_prompts_must_split_across_ranks(monkeypatch):

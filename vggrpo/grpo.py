@@ -160,9 +160,9 @@ class GRPOTrainer:
 
     The embeddings and ``config.latent_shape`` are checked against the model before anything
     runs (:func:`~vggrpo.sampling.check_wan_inputs`, with at least 3 latent frames for the
-    motion reward), and the reward's LGM against the model's latent channels. Whether the LGM
-    was stitched to the model's VAE is checked where the reward is built
-    (``LatentGeometryReward(lgm, vae=vae)``): the trainer never sees the VAE.
+    motion reward), and the reward's LGM (or the RGB baseline's VAE) against the model's latent
+    channels. Whether the LGM was stitched to the model's VAE is checked where the reward is
+    built (``LatentGeometryReward(lgm, vae=vae)``): the trainer never sees the VAE.
     """
 
     def __init__(self, transformer, reward, prompt_embeds: Tensor,
@@ -185,14 +185,18 @@ class GRPOTrainer:
         check_wan_inputs(transformer, prompt_embeds=prompt_embeds,
                          negative_prompt_embeds=negative_prompt_embeds,
                          latent_shape=config.latent_shape, min_frames=3)
-        # Else the first rollout (minutes on a real model) would end in the LGM's shape error.
+        # Else the first rollout (minutes on a real model) would end in a shape error inside the
+        # reward: the LGM's (LatentGeometryReward) or the decoder's (the RGB baseline).
         lgm_config = getattr(getattr(reward, "lgm", None), "config", None)
-        lgm_channels = getattr(lgm_config, "latent_channels", None)
-        if lgm_channels is not None and int(lgm_channels) != config.latent_shape[0]:
-            raise ValueError(f"reward: its LGM reads {int(lgm_channels)}-channel latents but the "
-                             f"model makes {config.latent_shape[0]}-channel ones "
-                             f"(latent_shape {tuple(config.latent_shape)}): stitch an LGM to "
-                             f"this model's VAE (vggrpo train-lgm)")
+        vae_config = getattr(getattr(reward, "vae", None), "config", None)
+        for reader, channels, fix in (
+                ("LGM reads", getattr(lgm_config, "latent_channels", None),
+                 "stitch an LGM to this model's VAE (vggrpo train-lgm)"),
+                ("VAE decodes", getattr(vae_config, "z_dim", None), "pass this model's VAE")):
+            if channels is not None and int(channels) != config.latent_shape[0]:
+                raise ValueError(f"reward: its {reader} {int(channels)}-channel latents but the "
+                                 f"model makes {config.latent_shape[0]}-channel ones "
+                                 f"(latent_shape {tuple(config.latent_shape)}): {fix}")
         self.config = config
         self.transformer = transformer
         self.reward = reward
