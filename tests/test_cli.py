@@ -241,8 +241,11 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
     config.write_text('model = "tiny"\n[grpo]\ngroup_size = 1\n')
     _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o3")],
                     "group_size must be an int >= 2")
+    # A missing LGM of the user's is named as such: not as a missing embedded default, whose
+    # advice (rebuild the defaults) would mislead.
     _one_line_error(capsys, ["reward", str(tmp_path / "broken.mp4"), "--lgm",
-                             str(tmp_path / "no-lgm")], "LGM folder not found")
+                             str(tmp_path / "no-lgm")],
+                    f"error: LGM folder not found: {tmp_path / 'no-lgm'} (expected a folder")
     # Settings and the LGM are checked before the video model loads (minutes for a real one):
     # with a model folder that does not exist, the error is still about them.
     config.write_text(f'model = "{tmp_path / "no-such-model"}"\n[grpo]\nsteps = 0\n')
@@ -253,7 +256,7 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
                     "topk must be a positive int, got 0")
     config.write_text(f'model = "{tmp_path / "no-such-model"}"\nlgm = "{tmp_path / "no-lgm"}"\n')
     _one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o6")],
-                    "LGM folder not found")
+                    f"error: LGM folder not found: {tmp_path / 'no-lgm'} (expected a folder")
     assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3", "o4", "o5", "o6"))
 
 

@@ -114,8 +114,13 @@ def _add_video_size_options(parser: argparse.ArgumentParser, *, frames_type,
 
 def _load_lgm(spec: str):
     from .defaults import load_default_lgm
+    from .lgm import LatentGeometryModel
 
-    return load_default_lgm(None if spec == "default" else spec)
+    if spec == "default":
+        return load_default_lgm()
+    # Not through load_default_lgm: a missing folder of the user's is not a missing embedded
+    # default, and that error's advice (rebuild the defaults) would send them the wrong way.
+    return LatentGeometryModel.from_pretrained(spec)
 
 
 def _load_vae(spec: str):
