@@ -253,6 +253,20 @@ def test_a_reward_of_other_latents_is_refused_before_any_rollout():
             GRPOTrainer(transformer, reward, prompt_embeds(), GRPOConfig(**kw))
 
 
+def test_a_reward_on_another_device_is_refused_before_any_rollout():
+    """The meta device stands in for a GPU: a reward left on another device than the model is
+    refused when the trainer is built, not by a device error after the first rollout."""
+    from vggrpo import LatentGeometryReward
+    from vggrpo.defaults import load_default_lgm
+
+    kw = dict(group_size=2, num_inference_steps=3, sde_window=(0, 2), lora_rank=2,
+              lora_alpha=2.0)
+    with pytest.raises(ValueError, match=r"^reward: its weights are on meta but the model is on "
+                                         r"cpu; move it first \(reward.to\('cpu'\)\)"):
+        GRPOTrainer(tiny_transformer(), LatentGeometryReward(load_default_lgm().to("meta")),
+                    prompt_embeds(), GRPOConfig(**kw))
+
+
 def test_prompts_must_split_across_ranks(monkeypatch):
     import vggrpo.grpo as grpo
 

@@ -161,8 +161,9 @@ class GRPOTrainer:
     The embeddings and ``config.latent_shape`` are checked against the model before anything
     runs (:func:`~vggrpo.sampling.check_wan_inputs`, with at least 3 latent frames for the
     motion reward), and the reward's LGM (or the RGB baseline's VAE) against the model's latent
-    channels. Whether the LGM was stitched to the model's VAE is checked where the reward is
-    built (``LatentGeometryReward(lgm, vae=vae)``): the trainer never sees the VAE.
+    channels, and the reward's weights must be on the model's device. Whether the LGM was
+    stitched to the model's VAE is checked where the reward is built
+    (``LatentGeometryReward(lgm, vae=vae)``): the trainer never sees the VAE.
     """
 
     def __init__(self, transformer, reward, prompt_embeds: Tensor,
@@ -197,6 +198,13 @@ class GRPOTrainer:
                 raise ValueError(f"reward: its {reader} {int(channels)}-channel latents but the "
                                  f"model makes {config.latent_shape[0]}-channel ones "
                                  f"(latent_shape {tuple(config.latent_shape)}): {fix}")
+        # Else the first rollout would end in a device error inside the reward.
+        model_device = next(transformer.parameters()).device
+        weights = reward.parameters() if isinstance(reward, torch.nn.Module) else ()
+        reward_device = next((p.device for p in weights), model_device)
+        if reward_device != model_device:
+            raise ValueError(f"reward: its weights are on {reward_device} but the model is on "
+                             f"{model_device}; move it first (reward.to({str(model_device)!r}))")
         self.config = config
         self.transformer = transformer
         self.reward = reward
@@ -224,7 +232,7 @@ class GRPOTrainer:
         self.sigmas = scheduler_sigmas(FlowMatchEulerDiscreteScheduler(shift=config.shift),
                                        config.num_inference_steps)
         self.step_index = 0
-        self.device = next(transformer.parameters()).device
+        self.device = model_device
 
     # -- pieces ---------------------------------------------------------------------------------
 
