@@ -158,11 +158,14 @@ class GRPOTrainer:
         negative_prompt_embeds: ``[P,L,D]`` for classifier-free guidance (with
             ``config.guidance_scale != 1``).
 
-    The embeddings and ``config.latent_shape`` are checked against the model before anything
-    runs (:func:`~vggrpo.sampling.check_wan_inputs`, with at least 3 latent frames for the
-    motion reward), and the reward's LGM (or the RGB baseline's VAE) against the model's latent
-    channels, and the reward's weights must be on the model's device. Whether the LGM was
-    stitched to the model's VAE is checked where the reward is built
+    Checked against the model before anything runs, each a ValueError naming the argument:
+
+    * the embeddings and ``config.latent_shape`` (:func:`~vggrpo.sampling.check_wan_inputs`,
+      with at least 3 latent frames for the motion reward);
+    * the latent channels the reward reads (its LGM's, or the RGB baseline's VAE's);
+    * the device of the reward's weights.
+
+    Whether the LGM was stitched to the model's VAE is checked where the reward is built
     (``LatentGeometryReward(lgm, vae=vae)``): the trainer never sees the VAE.
     """
 
