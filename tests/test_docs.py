@@ -7,8 +7,9 @@ an empty working folder, with the tiny models standing in for the names an examp
 given (``transformer``, ``vae``, ...; see ``GIVEN``). A block whose fence is preceded by an
 HTML comment saying "does not run it" (a Wan2.1-size training run) is only checked.
 
-The README's command table must list every ``vggrpo`` command, each with options it has, and
-its ``grpo.toml`` must pass every check ``vggrpo train`` makes before it loads a model.
+The README's command table must list every ``vggrpo`` command; every command line in the docs
+must use only options its command has; the README's ``grpo.toml`` must pass every check
+``vggrpo train`` makes before it loads a model.
 """
 
 from __future__ import annotations
@@ -173,27 +174,62 @@ def test_an_example_runs(source, run, tmp_path, monkeypatch):
 
 
 def _command_options() -> dict:
-    """``{command: {option strings}}`` of the ``vggrpo`` command line."""
+    """``{command: {option strings}}`` of the ``vggrpo`` command line and of the two module
+    commands the docs name (``python -m vggrpo.stitching``, ``python -m vggrpo.defaults``)."""
     import argparse
+    import contextlib
+    import io
 
+    from vggrpo import defaults
     from vggrpo.cli import build_parser
     from vggrpo.stitching import build_parser as stitching_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     # main() hands train-lgm to the stitching parser; the entry here only lists it for --help.
-    parsers = {**sub.choices, "train-lgm": stitching_parser()}
-    return {name: {s for a in p._actions for s in a.option_strings}
-            for name, p in parsers.items()}
+    parsers = {**sub.choices, "train-lgm": stitching_parser(),
+               "vggrpo.stitching": stitching_parser()}
+    out = {name: {s for a in p._actions for s in a.option_strings}
+           for name, p in parsers.items()}
+    # vggrpo.defaults builds its parser inside main(): read the options from its --help.
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        defaults.main(["--help"])
+    out["vggrpo.defaults"] = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", text.getvalue()))
+    return out
 
 
-def test_the_readme_cli_table_names_every_command_and_only_real_options():
+def _command_lines():
+    """``(file, command, rest)`` of every command line in the docs: code spans and lines of
+    bash blocks that start with ``vggrpo``, ``python -m vggrpo...`` or ``torchrun ... -m``."""
+    pattern = re.compile(r"^(?:python -m vggrpo\.(stitching|defaults)(?![\w.])"
+                         r"|(?:torchrun .*?-m |python -m )?vggrpo ([a-z][\w-]*))(.*)$")
+    for path in [*DOCS, ROOT / "bench" / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        lines = re.findall(r"`([^`\n]+)`", text)
+        for block in re.findall(r"^```(?:bash|sh|console)\n(.*?)^```", text, re.S | re.M):
+            lines += block.splitlines()
+        for line in lines:
+            m = pattern.match(line.strip())
+            if m:
+                module, command, rest = m.groups()
+                yield path.name, f"vggrpo.{module}" if module else command, rest
+
+
+def test_the_readme_cli_table_names_every_command():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `vggrpo ([\w-]+)([^`]*)` \|", text, re.M)
+    rows = re.findall(r"^\| `vggrpo ([\w-]+)[^`]*` \|", text, re.M)
+    commands = set(_command_options()) - {"vggrpo.stitching", "vggrpo.defaults"}
+    assert sorted(rows) == sorted(commands), "one README row per command"
+
+
+def test_every_command_line_in_the_docs_names_real_options():
     options = _command_options()
-    assert sorted(cmd for cmd, _ in rows) == sorted(options), "one README row per command"
-    for cmd, usage in rows:
-        named = set(re.findall(r"--[a-z][\w-]*", usage))
-        assert named <= options[cmd], (cmd, sorted(named - options[cmd]))
+    lines = list(_command_lines())
+    assert len(lines) >= 15 and {c for _, c, _ in lines} >= set(options), lines
+    for name, command, rest in lines:
+        named = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", rest))
+        assert command in options, (name, command)
+        assert named <= options[command], (name, command, sorted(named - options[command]))
 
 
 def test_the_readme_train_config_is_accepted_up_to_loading_the_models(tmp_path, monkeypatch,
