@@ -1,5 +1,5 @@
-"""Test-only constructions that do not use vggrpo: rotations by Rodrigues, random cameras and
-point clouds, uniform trajectories, a free TCP port."""
+"""Test-only constructions: rotations by Rodrigues, random cameras and point clouds, uniform
+trajectories, a free TCP port (none of these use vggrpo), and tiny Wan VAEs of a given seed."""
 
 from __future__ import annotations
 
@@ -98,6 +98,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_vae(seed: int, **overrides):
+    """diffusers' ``AutoencoderKLWan`` at the embedded tiny VAE's config (``overrides`` changed),
+    freshly initialised from ``seed``: seed 0 is the embedded one, any other seed a VAE of the
+    same latent shape and other latents. Eval mode."""
+    from diffusers import AutoencoderKLWan
+
+    from vggrpo.vae import TINY_WAN_VAE_CONFIG
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**{**TINY_WAN_VAE_CONFIG, **overrides}).eval()
 
 
 def assert_same_vae_signature(a: dict, b: dict) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import free_port
+from helpers import free_port, tiny_vae
 from vggrpo.cli import main
 from vggrpo.data import make_scene, write_video
 
@@ -157,12 +157,10 @@ def test_sample_from_a_local_diffusers_pipeline_folder(tmp_path):
 
     from vggrpo.data import read_video
     from vggrpo.defaults import load_default_lgm, tiny_wan_transformer
-    from vggrpo.vae import TINY_WAN_VAE_CONFIG
 
     pipe = tmp_path / "Wan-tiny-Diffusers"
     tiny_wan_transformer(0).save_pretrained(pipe / "transformer")
-    torch.manual_seed(5)  # a VAE unlike the embedded tiny one, to tell which one decoded
-    AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).save_pretrained(pipe / "vae")
+    tiny_vae(5).save_pretrained(pipe / "vae")  # unlike the embedded one: tells which decoded
     (pipe / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
     # The default LGM reads the embedded tiny VAE's latents; an LGM for this folder's VAE:
     lgm = load_default_lgm()
@@ -191,13 +189,8 @@ def test_an_lgm_is_never_paired_with_a_vae_it_was_not_stitched_to(tmp_path, caps
     """Same channel count, other latent space: the default LGM (stitched to the embedded tiny
     VAE) on a model whose VAE differs would give rewards that mean nothing. Every command that
     pairs them refuses, before the video model loads or anything is written."""
-    from diffusers import AutoencoderKLWan
-
-    from vggrpo.vae import TINY_WAN_VAE_CONFIG
-
     pipe = tmp_path / "pipe"
-    torch.manual_seed(5)
-    AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).save_pretrained(pipe / "vae")
+    tiny_vae(5).save_pretrained(pipe / "vae")
     (pipe / "model_index.json").write_text("{}")
     (pipe / "transformer").mkdir()
     (pipe / "transformer" / "config.json").write_text("not read: the check comes first")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_same_vae_signature
+from helpers import assert_same_vae_signature, tiny_vae
 from vggrpo.defaults import (
     WEIGHTS_DIR,
     DefaultsRecipe,
@@ -56,11 +56,7 @@ def test_default_lgm_reads_tiny_vae_latents():
     assert load_tiny_backbone().patch_size == 16
     # The shipped LGM names the shipped VAE as the one it reads, and refuses another tiny one.
     assert_same_vae_signature(lgm.vae_signature, vae_signature(vae))
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(1)
-    assert "encoder weights differ" in vae_mismatch(lgm.vae_signature,
-                                                    AutoencoderKLWan(**TINY_WAN_VAE_CONFIG))
+    assert "encoder weights differ" in vae_mismatch(lgm.vae_signature, tiny_vae(1))
 
 
 def test_missing_default_folder_names_the_fix(tmp_path):
@@ -151,11 +147,8 @@ def test_evaluation_without_rankings_takes_two_latent_frames():
 
 
 def test_evaluate_lgm_refuses_a_vae_the_lgm_was_not_stitched_to():
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(1)
     with pytest.raises(ValueError, match="vae is not the VAE this LGM was stitched to"):
-        evaluate_lgm(load_default_lgm(), AutoencoderKLWan(**TINY_WAN_VAE_CONFIG),
+        evaluate_lgm(load_default_lgm(), tiny_vae(1),
                      DefaultsRecipe(frames=5, height=32, width=48), scenes=1, ranking_scenes=0)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_same_vae_signature
+from helpers import assert_same_vae_signature, tiny_vae
 from vggrpo import _io
 from vggrpo.data.synthetic import make_scene
 from vggrpo.geometry import TinyVGGT, TinyVGGTConfig
@@ -454,13 +454,6 @@ def test_stitching_bad_input(vae):
 
 
 # -- the VAE an LGM reads -------------------------------------------------------------------------
-
-def tiny_vae(seed, **overrides):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(**{**TINY_WAN_VAE_CONFIG, **overrides}).eval()
-
 
 def test_vae_signature_covers_exactly_the_encoder_side(vae):
     sig = vae_signature(vae)

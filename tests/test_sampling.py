@@ -161,14 +161,13 @@ def test_latent_reward_checks_the_vae_it_is_told_of(latent_reward):
     shipped tiny VAE and refuses another tiny VAE, whose latents have the same shape."""
     from diffusers import AutoencoderKLWan
 
+    from helpers import tiny_vae
     from vggrpo.defaults import load_tiny_wan_vae
-    from vggrpo.vae import TINY_WAN_VAE_CONFIG
 
     reward = LatentGeometryReward(latent_reward.lgm, {"geo": 1.0}, vae=load_tiny_wan_vae())
     assert reward.lgm is latent_reward.lgm
     assert not any(isinstance(m, AutoencoderKLWan) for m in reward.modules())  # not kept
-    torch.manual_seed(1)
-    other = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
+    other = tiny_vae(1)
     with pytest.raises(ValueError, match=r"^vae is not the VAE this LGM was stitched to: its "
                                          r"encoder weights differ"):
         LatentGeometryReward(latent_reward.lgm, vae=other)
