@@ -1,10 +1,10 @@
 # The README's two commands, and what they stand on.
 #
-#   make test   create .venv, build the extension, run the C++ tests (the CUDA kernels too, under
-#               a CPU emulation), compile the CUDA kernels (when nvcc is present), the real CUDA
-#               build of the extension against the GPU machine's torch and pytest tests/ on it,
-#               then pytest tests/, the op tests again through the glue's CUDA branch on the
-#               emulated kernels, and a one-round pytest bench/
+#   make test   create .venv, lint (ruff), build the extension, run the C++ tests (the CUDA
+#               kernels too, under a CPU emulation), compile the CUDA kernels (when nvcc is
+#               present), the real CUDA build of the extension against the GPU machine's torch
+#               and pytest tests/ on it, then pytest tests/, the op tests again through the
+#               glue's CUDA branch on the emulated kernels, and a one-round pytest bench/
 #   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
 #               with LoRA on the tiny Wan model, guided sampling, latent-vs-RGB timing
 #
@@ -35,7 +35,7 @@ CUDA_PYTHON ?= $(or $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin
 CUDA_ENV_STAMP := $(CUDA_VENV)/.vggrpo-env
 EXT_STAMP := build/.vggrpo-ext
 
-.PHONY: env build cpp-test cuda-compile cuda-build cuda-emulated floor gpu-wheels pytest bench-quick bench bench-check test demo clean
+.PHONY: env lint build cpp-test cuda-compile cuda-build cuda-emulated floor gpu-wheels pytest bench-quick bench bench-check test demo clean
 
 env: $(ENV_STAMP)
 $(ENV_STAMP): requirements-dev.txt
@@ -44,6 +44,11 @@ $(ENV_STAMP): requirements-dev.txt
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
+
+# pyproject.toml's [tool.ruff] rules on every Python file; first in make test, as it takes 1 s.
+LINT_PATHS := vggrpo tests bench scripts examples csrc setup.py
+lint: $(ENV_STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
 
 # --no-build-isolation: compile against the torch in .venv, not a freshly downloaded one.
 build: $(EXT_STAMP)
@@ -131,7 +136,7 @@ bench: build
 bench-check: build
 	$(PY) -m pytest bench -q --benchmark-min-rounds=10 --vggrpo-check-targets
 
-test: build cpp-test cuda-compile cuda-build pytest cuda-emulated bench-quick
+test: lint build cpp-test cuda-compile cuda-build pytest cuda-emulated bench-quick
 
 # The main job on the embedded tiny models (measured: 32-34 s on 2 cores, once built):
 # synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided

@@ -62,7 +62,8 @@ def _want_cuda(torch_mod, cuda_home, cuda_sources) -> bool:
         if cuda_home is None:
             sys.exit(
                 "vggrpo: FORCE_CUDA=1 but no CUDA toolkit was found. Set CUDA_HOME to the "
-                f"toolkit matching torch's CUDA {torch_mod.version.cuda} (it must contain bin/nvcc)."
+                f"toolkit matching torch's CUDA {torch_mod.version.cuda} "
+                "(it must contain bin/nvcc)."
             )
         return True
     return torch_mod.version.cuda is not None and cuda_home is not None

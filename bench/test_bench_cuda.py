@@ -24,10 +24,10 @@ import time
 
 import pytest
 import torch
-
-import vggrpo
 from conftest import RESULTS_DIR, _atomic_write_json, _clean, build_info
 from profiling import kernel_breakdown
+
+import vggrpo
 from vggrpo import reference
 from vggrpo.data.synthetic import make_scene
 
@@ -137,7 +137,8 @@ def test_fused_kernel_breakdown_paper_scale(scene):
 
     def forward_backward():
         args = [t.detach().requires_grad_() for t in scene[:3]]
-        return torch.autograd.grad(vggrpo.geometry_reprojection_reward(*args, *scene[3:]).sum(), args)
+        return torch.autograd.grad(vggrpo.geometry_reprojection_reward(*args, *scene[3:]).sum(),
+                                   args)
 
     for name, fn in (("forward", forward), ("fwd_bwd", forward_backward)):
         rows = kernel_breakdown(fn)
@@ -145,7 +146,8 @@ def test_fused_kernel_breakdown_paper_scale(scene):
         RESULTS[f"kernels_{name}"] = rows[:12]
         print(f"kernels, fused {name} (per call):")
         for r in rows[:12]:
-            print(f"  {r['total_s'] * 1e6:9.1f} us {100 * r['share']:5.1f}%  x{r['calls']:<3d} {r['name'][:90]}")
+            print(f"  {r['total_s'] * 1e6:9.1f} us {100 * r['share']:5.1f}%  x{r['calls']:<3d} "
+                  f"{r['name'][:90]}")
 
 
 _CEILING_SRC = r"""
@@ -168,9 +170,11 @@ void atomic_min(torch::Tensor buf, long long count) {
 def test_splat_throughput_vs_atomic_ceiling(scene, request):
     from torch.utils.cpp_extension import load_inline
 
-    ext = load_inline("vggrpo_atomic_ceiling", cpp_sources="void atomic_min(torch::Tensor, long long);",
-                      cuda_sources=_CEILING_SRC.replace("#include <torch/extension.h>",
-                                                        "#include <torch/extension.h>\n#include <ATen/cuda/CUDAContext.h>"),
+    ext = load_inline("vggrpo_atomic_ceiling",
+                      cpp_sources="void atomic_min(torch::Tensor, long long);",
+                      cuda_sources=_CEILING_SRC.replace(
+                          "#include <torch/extension.h>",
+                          "#include <torch/extension.h>\n#include <ATen/cuda/CUDAContext.h>"),
                       functions=["atomic_min"], verbose=False)
     pointmaps, _, extrinsics, intrinsics, flow = scene
     points, valid = vggrpo.ops.static_points(pointmaps, flow, 0.1)
@@ -185,6 +189,7 @@ def test_splat_throughput_vs_atomic_ceiling(scene, request):
                fraction_of_ceiling=t_ceiling / t_splat)
     RESULTS["splat_throughput"] = row
     print(f"splat: {row['splat_projections_per_s'] / 1e9:.2f} G projections/s; bare atomicMin "
-          f"ceiling {row['ceiling_atomics_per_s'] / 1e9:.2f} G/s ({100 * row['fraction_of_ceiling']:.0f}%)")
+          f"ceiling {row['ceiling_atomics_per_s'] / 1e9:.2f} G/s "
+          f"({100 * row['fraction_of_ceiling']:.0f}%)")
     if request.config.getoption("--vggrpo-check-targets"):
         assert row["fraction_of_ceiling"] >= TARGET_CEILING_FRACTION, row

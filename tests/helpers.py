@@ -72,7 +72,9 @@ def random_reprojection_inputs(B, T, H, W, gen, dtype=torch.float64, flow=True):
     depths = (3.0 + 2.0 * torch.rand(B, T, H, W, generator=gen, dtype=torch.float64)).to(dtype)
     scene_flow = None
     if flow:
-        scene_flow = (torch.randn(B, T, H, W, 3, generator=gen, dtype=torch.float64) * 0.08).to(dtype)
+        scene_flow = (
+            torch.randn(B, T, H, W, 3, generator=gen, dtype=torch.float64) * 0.08
+        ).to(dtype)
     return pointmaps, depths, E, K, scene_flow
 
 

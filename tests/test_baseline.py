@@ -66,6 +66,7 @@ def test_frames_are_resized_to_the_patch_grid(models):
 
 def test_the_trainer_accepts_the_rgb_reward(models):
     from grpo_setup import prompt_embeds, tiny_transformer
+
     from vggrpo.grpo import GRPOConfig, GRPOTrainer
 
     vae, lgm = models

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from helpers import free_port, tiny_vae
 from safetensors.torch import load_file, save_file
 
-from helpers import free_port, tiny_vae
 from vggrpo.cli import main
 from vggrpo.data import make_scene, write_video
 
@@ -323,6 +323,7 @@ def lora_files(tmp_path_factory):
     """A LoRA trained for the tiny model, and broken variants of it."""
     from grpo_setup import make_trainer
     from safetensors import safe_open
+
     from vggrpo.grpo import LORA_FILE
 
     folder = tmp_path_factory.mktemp("lora")
@@ -413,7 +414,8 @@ def test_an_out_file_that_cannot_be_written_is_refused_before_any_work(tmp_path,
                  ["reward", str(tmp_path / "z.safetensors")]):
         _one_line_error(capsys, argv + ["--out", str(folder)],
                         f"--out {folder} is a folder; expected the path of a file to write")
-        _one_line_error(capsys, argv + ["--out", under_file], f"{tmp_path / 'file'} is not a folder")
+        _one_line_error(capsys, argv + ["--out", under_file],
+                        f"{tmp_path / 'file'} is not a folder")
     _one_line_error(capsys, ["eval", str(tmp_path), "--out", str(tmp_path / "file" / "o")],
                     f"{tmp_path / 'file'} is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder", "z.safetensors"]

@@ -15,9 +15,9 @@ lent GPU machine); CI has no GPU, so there every test here is skipped, by design
 
 import pytest
 import torch
+from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 import vggrpo
-from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 from vggrpo import ops
 
 pytestmark = pytest.mark.skipif(
@@ -60,8 +60,9 @@ def test_so3_and_motion_parity(dtype):
     for a, b in zip(ops.motion_smoothness(E.cuda()), ops.motion_smoothness(E)):
         torch.testing.assert_close(a.cpu(), b, **_close(dtype))
     gt, gr = torch.rand(4, dtype=dtype), torch.rand(4, dtype=dtype)
-    torch.testing.assert_close(raw.motion_smoothness_backward(gt.cuda(), gr.cuda(), E.cuda(), 1e-8).cpu(),
-                               raw.motion_smoothness_backward(gt, gr, E, 1e-8), **_close(dtype))
+    torch.testing.assert_close(
+        raw.motion_smoothness_backward(gt.cuda(), gr.cuda(), E.cuda(), 1e-8).cpu(),
+        raw.motion_smoothness_backward(gt, gr, E, 1e-8), **_close(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -95,7 +96,8 @@ def test_large_clouds_take_the_all_views_splat_and_match_the_cpu(need_winner):
     # the fused path with 2^20+ points (T*H*W = 6 * 416 * 424), with and without winners
     pm, depths, Ef, Kf, flow = random_reprojection_inputs(1, 6, 416, 424, gen, torch.float32)
     cpu = raw.reprojection_errors(pm, depths, Ef, Kf, flow, 0.1, True)
-    gpu = [t.cpu() for t in raw.reprojection_errors(*_cuda(pm, depths, Ef, Kf, flow), 0.1, need_winner)]
+    gpu = [t.cpu() for t in
+           raw.reprojection_errors(*_cuda(pm, depths, Ef, Kf, flow), 0.1, need_winner)]
     torch.testing.assert_close(gpu[0], cpu[0], **_close(torch.float32))
     assert torch.equal(gpu[1], cpu[1])
     if need_winner:
@@ -108,7 +110,8 @@ def test_static_points_view_error_worst_k_parity(dtype):
     pm, depths, E, K, flow = random_reprojection_inputs(2, 5, 16, 20, gen, dtype)
     for a, b in zip(ops.static_points(*_cuda(pm, flow), 0.1), ops.static_points(pm, flow, 0.1)):
         assert torch.equal(a.cpu(), b)
-    rendered = depths * (1 + 0.1 * torch.randn(depths.shape, generator=gen, dtype=torch.float64).to(dtype))
+    rendered = depths * (
+        1 + 0.1 * torch.randn(depths.shape, generator=gen, dtype=torch.float64).to(dtype))
     rendered[rendered < 3.3] = 0
     mask = torch.rand(depths.shape, generator=gen) > 0.2
     e_cpu, c_cpu = ops.view_depth_error(rendered, depths, mask)
@@ -131,7 +134,8 @@ def test_fused_forward_parity(dtype, need_winner):
     K[0, 4, 0, 2] = float("inf")
     cpu = raw.reprojection_errors(pm, depths, E, K, flow, 0.1, True)
     assert cpu[1][1, 3] == 0 and cpu[1][0, 4] == 0
-    gpu = [t.cpu() for t in raw.reprojection_errors(*_cuda(pm, depths, E, K, flow), 0.1, need_winner)]
+    gpu = [t.cpu() for t in
+           raw.reprojection_errors(*_cuda(pm, depths, E, K, flow), 0.1, need_winner)]
     torch.testing.assert_close(gpu[0], cpu[0], **_close(dtype))
     assert torch.equal(gpu[1], cpu[1])
     assert torch.equal(gpu[3], cpu[3])
@@ -190,14 +194,16 @@ def test_gradcheck_float64_on_cuda():
         lambda a, b, c: vggrpo.geometry_reprojection_reward(a, b, c, K, flow, topk=2), args)
     R = random_rotations(4, gen).cuda().requires_grad_()
     assert torch.autograd.gradcheck(ops.so3_log, (R,))
-    assert torch.autograd.gradcheck(vggrpo.camera_motion_reward, (E.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(vggrpo.camera_motion_reward,
+                                    (E.detach().clone().requires_grad_(),))
 
 
 def test_opcheck_on_cuda():
     from test_library import SAMPLES  # the same samples as on the CPU, moved to the GPU
 
     for op, args in SAMPLES:
-        moved = tuple(a.detach().cuda().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+        moved = tuple(a.detach().cuda().requires_grad_(a.requires_grad)
+                      if isinstance(a, torch.Tensor) else a
                       for a in args)
         torch.library.opcheck(op, moved)
 

@@ -76,7 +76,8 @@ def test_cli_reports_usage_and_errors(tmp_path):
     bad = tmp_path / "bad.cu"
     bad.write_text("void f() { k<<<1, 2>>> ; }\n")
     out = tmp_path / "bad.cpp"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(bad), str(out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(bad), str(out)],
+                          capture_output=True, text=True)
     assert proc.returncode == 1 and "bad.cu: line 1" in proc.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [bad]

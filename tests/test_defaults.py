@@ -4,17 +4,17 @@ import json
 
 import pytest
 import torch
-
 from helpers import assert_same_vae_signature, tiny_vae
+
 from vggrpo.defaults import (
     WEIGHTS_DIR,
     DefaultsRecipe,
     build_defaults,
     evaluate_lgm,
-    main,
     load_default_lgm,
     load_tiny_backbone,
     load_tiny_wan_vae,
+    main,
 )
 from vggrpo.geometry import TinyVGGT
 from vggrpo.vae import TINY_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature

@@ -3,8 +3,8 @@ agreement with the reference, exact composition, gradients, determinism."""
 
 import pytest
 import torch
-
 from helpers import random_cameras, random_cloud, random_reprojection_inputs
+
 from vggrpo import ops, reference
 
 DTYPES = [torch.float32, torch.float64]
@@ -116,7 +116,8 @@ def test_splat_depth_winners_are_distinct_within_a_view():
     E, K = random_cameras(B, V, H, W, gen)
     _, winner = ops.splat_depth(random_cloud((B, N), gen), None, E, K, H, W)
     pm, depths, E2, K2, flow = random_reprojection_inputs(2, 5, 9, 13, gen)
-    _, _, fused_winner, _ = torch.ops.vggrpo.reprojection_errors(pm, depths, E2, K2, flow, 0.1, True)
+    _, _, fused_winner, _ = torch.ops.vggrpo.reprojection_errors(
+        pm, depths, E2, K2, flow, 0.1, True)
     for w in (winner, fused_winner):
         for view in w.flatten(0, 1).flatten(1):
             won = view[view >= 0]
@@ -147,7 +148,8 @@ def test_splat_depth_gradcheck_float64():
     pts = random_cloud((B, N), gen).requires_grad_()
     E = E.requires_grad_()
     assert torch.autograd.gradcheck(lambda p, e: ops.splat_depth(p, None, e, K, H, W)[0], (pts, E))
-    E4 = torch.cat([E.detach(), torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(B, V, 1, 4)], -2)
+    E4 = torch.cat(
+        [E.detach(), torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(B, V, 1, 4)], -2)
     E4.requires_grad_()
     assert torch.autograd.gradcheck(lambda p, e: ops.splat_depth(p, None, e, K, H, W)[0], (pts, E4))
 
@@ -250,7 +252,8 @@ def test_fused_gradcheck_float64():
     gen = torch.Generator().manual_seed(10)
     pm, depths, E, K, flow = random_reprojection_inputs(1, 3, 6, 7, gen)
     args = tuple(t.requires_grad_() for t in (pm, depths, E))
-    assert torch.autograd.gradcheck(lambda a, b, c: ops.reprojection_errors(a, b, c, K, flow, 0.1)[0], args)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: ops.reprojection_errors(a, b, c, K, flow, 0.1)[0], args)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -43,7 +43,8 @@ def test_sanitize_workload_covers_every_op_both_dtypes_and_modes():
             assert any(c.startswith(op) and mode in c for c in cases), (op, mode, cases)
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and vggrpo.cuda_built, reason="a CUDA machine runs it for real")
+@pytest.mark.skipif(torch.cuda.is_available() and vggrpo.cuda_built,
+                    reason="a CUDA machine runs it for real")
 def test_sanitize_script_refuses_without_cuda():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "cuda_sanitize.py")],
                           capture_output=True, text=True, timeout=120)
@@ -66,7 +67,8 @@ def test_gpu_check_is_valid_bash_within_the_file_limit():
 
 def test_gpu_check_rejects_an_unknown_stage_before_doing_anything(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "cuda", "benchh"],
-                          capture_output=True, text=True, timeout=60, env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=60,
+                          env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "unknown stage 'benchh'" in done.stdout
     assert list(tmp_path.iterdir()) == []
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from grpo_setup import make_trainer, prompt_embeds, tiny_transformer
 from helpers import free_port
+from safetensors.torch import load_file
+
 from vggrpo.grpo import LORA_FILE, GRPOConfig, GRPOTrainer
 
 

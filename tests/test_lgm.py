@@ -6,8 +6,8 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import assert_same_vae_signature, tiny_vae
+
 from vggrpo import _io
 from vggrpo.data.synthetic import make_scene
 from vggrpo.geometry import TinyVGGT, TinyVGGTConfig

@@ -3,9 +3,9 @@ registration, AOT dispatch with dynamic shapes) and torch.compile without graph 
 
 import pytest
 import torch
+from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 import vggrpo
-from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 _ops = torch.ops.vggrpo
 
@@ -25,7 +25,8 @@ def _samples():
 
         E, K = random_cameras(2, 5, 6, 7, g, dtype)
         out.append((_ops.motion_smoothness, (E.clone().requires_grad_(), 1e-8)))
-        out.append((_ops.motion_smoothness_backward, (torch.ones(2, dtype=dtype), torch.ones(2, dtype=dtype), E, 1e-8)))
+        out.append((_ops.motion_smoothness_backward,
+                    (torch.ones(2, dtype=dtype), torch.ones(2, dtype=dtype), E, 1e-8)))
 
         pm, depths, E, K, flow = random_reprojection_inputs(2, 3, 6, 7, g, dtype)
         out.append((_ops.static_points, (pm.clone().requires_grad_(), flow, 0.1)))
@@ -33,24 +34,32 @@ def _samples():
 
         pts = random_cloud((2, 80), g, dtype)
         valid = torch.rand(2, 80, generator=g) > 0.2
-        out.append((_ops.splat_depth, (pts.clone().requires_grad_(), valid, E.clone().requires_grad_(), K, 6, 7)))
+        out.append((_ops.splat_depth,
+                    (pts.clone().requires_grad_(), valid, E.clone().requires_grad_(), K, 6, 7)))
         depth, winner = _ops.splat_depth(pts, valid, E, K, 6, 7)
-        out.append((_ops.splat_depth_backward, (torch.randn(2, 3, 6, 7, dtype=dtype), winner, pts, E, K)))
+        out.append((_ops.splat_depth_backward,
+                    (torch.randn(2, 3, 6, 7, dtype=dtype), winner, pts, E, K)))
 
-        pixel_valid = valid.reshape(2, 80)[:, :1].expand(2, 3 * 6 * 7).reshape(2, 3, 6, 7).contiguous()
-        out.append((_ops.view_depth_error, (depth.clone().requires_grad_(), depths.clone().requires_grad_(), None)))
+        pixel_valid = (
+            valid.reshape(2, 80)[:, :1].expand(2, 3 * 6 * 7).reshape(2, 3, 6, 7).contiguous()
+        )
+        out.append((_ops.view_depth_error,
+                    (depth.clone().requires_grad_(), depths.clone().requires_grad_(), None)))
         out.append((_ops.view_depth_error, (depth, depths, pixel_valid)))
         err, count = _ops.view_depth_error(depth, depths, None)
-        out.append((_ops.view_depth_error_backward, (torch.randn(2, 3, dtype=dtype), depth, depths, None, count)))
+        out.append((_ops.view_depth_error_backward,
+                    (torch.randn(2, 3, dtype=dtype), depth, depths, None, count)))
 
         out.append((_ops.worst_k_mean, (err.clone().requires_grad_(), count, 2)))
         out.append((_ops.worst_k_mean_backward, (torch.randn(2, dtype=dtype), err, count, 2)))
 
-        args = (pm.clone().requires_grad_(), depths.clone().requires_grad_(), E.clone().requires_grad_(), K, flow, 0.1)
+        args = (pm.clone().requires_grad_(), depths.clone().requires_grad_(),
+                E.clone().requires_grad_(), K, flow, 0.1)
         out.append((_ops.reprojection_errors, args))
         out.append((_ops.reprojection_errors, (pm, depths, E, K, None, 0.1, False)))
         err, count, winner, mask = _ops.reprojection_errors(pm, depths, E, K, flow, 0.1)
-        out.append((_ops.reprojection_errors_backward, (torch.randn(2, 3, dtype=dtype), count, winner, mask, pm, depths, E, K)))
+        out.append((_ops.reprojection_errors_backward,
+                    (torch.randn(2, 3, dtype=dtype), count, winner, mask, pm, depths, E, K)))
     return out
 
 
@@ -64,7 +73,9 @@ def test_opcheck(index):
 
 
 def test_every_registered_op_is_opchecked():
-    registered = {name for name in dir(_ops) if not name.startswith("_") and isinstance(getattr(_ops, name), torch._ops.OpOverloadPacket)}
+    registered = {name for name in dir(_ops)
+                  if not name.startswith("_")
+                  and isinstance(getattr(_ops, name), torch._ops.OpOverloadPacket)}
     checked = {op._qualified_op_name.split("::")[1] for op, _ in SAMPLES}
     assert registered == checked
 
@@ -110,4 +121,5 @@ def test_every_op_has_a_cpu_kernel_and_the_cuda_key_matches_the_build():
     expected = "register_cuda.cpp" if vggrpo.cuda_built else "no_cuda.cpp"
     for op in sorted(ops):
         assert _registered_from(op, "CPU") == "register_cpu.cpp", op
-        assert _registered_from(op, "CUDA") == expected, (op, torch._C._dispatch_dump(f"vggrpo::{op}"))
+        assert _registered_from(op, "CUDA") == expected, (
+            op, torch._C._dispatch_dump(f"vggrpo::{op}"))

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import random_rotations, rodrigues, uniform_trajectory
 
 import vggrpo
-from helpers import random_rotations, rodrigues, uniform_trajectory
 from vggrpo import ops, reference
 from vggrpo.data import make_scene
 
@@ -78,12 +78,15 @@ def test_matches_reference(dtype, rows):
 def test_gradcheck_float64():
     gen = torch.Generator().manual_seed(2)
     E = _random_trajectories(2, 5, gen).requires_grad_()
-    assert torch.autograd.gradcheck(lambda e: ops.motion_smoothness(e, 1e-8), (E,), eps=1e-7, atol=1e-7, rtol=1e-5)
-    assert torch.autograd.gradcheck(vggrpo.camera_motion_reward, (E,), eps=1e-7, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(lambda e: ops.motion_smoothness(e, 1e-8), (E,),
+                                    eps=1e-7, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(vggrpo.camera_motion_reward, (E,),
+                                    eps=1e-7, atol=1e-7, rtol=1e-5)
     # small frame-to-frame rotations (the realistic regime) exercise the series branch
     E = uniform_trajectory(6, (0.1, 0.0, 0.02), (0.003, 0.001, -0.002))[None]
     E = (E + 1e-4 * torch.randn(E.shape, generator=gen, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(vggrpo.camera_motion_reward, (E,), eps=1e-8, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(vggrpo.camera_motion_reward, (E,),
+                                    eps=1e-8, atol=1e-6, rtol=1e-4)
 
 
 def test_smooth_trajectory_beats_jittered():
@@ -91,7 +94,8 @@ def test_smooth_trajectory_beats_jittered():
     r_smooth = vggrpo.camera_motion_reward(smooth.extrinsics)
     previous = r_smooth
     for jitter in (0.1, 0.5, 2.0):
-        shaky = make_scene(batch=4, frames=8, height=8, width=12, trajectory="dolly", jitter=jitter, seed=3)
+        shaky = make_scene(batch=4, frames=8, height=8, width=12, trajectory="dolly",
+                           jitter=jitter, seed=3)
         r = vggrpo.camera_motion_reward(shaky.extrinsics)
         assert (r < previous).all(), (jitter, r, previous)
         previous = r

@@ -87,7 +87,8 @@ def test_rewards_match_reference(dynamic_scene, dtype):
         ours = _geo(s, topk=topk)
         theirs = reference.geometry_reprojection_reward(
             s.pointmaps, s.depths, s.extrinsics, s.intrinsics, s.scene_flow, topk=topk)
-        torch.testing.assert_close(ours, theirs, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=0)
+        torch.testing.assert_close(ours, theirs,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=0)
     torch.testing.assert_close(vggrpo.camera_motion_reward(s.extrinsics),
                                reference.camera_motion_reward(s.extrinsics))
 
@@ -104,12 +105,14 @@ def test_reward_gradcheck_float64():
     scene = make_scene(batch=1, frames=3, height=6, width=8, static_objects=1, moving_objects=1,
                        seed=4, dtype=torch.float64)
     gen = torch.Generator().manual_seed(4)
-    depths = scene.depths * (1 + 0.05 * torch.randn(scene.depths.shape, generator=gen, dtype=torch.float64))
+    depths = scene.depths * (
+        1 + 0.05 * torch.randn(scene.depths.shape, generator=gen, dtype=torch.float64))
     args = (scene.pointmaps.clone().requires_grad_(), depths.requires_grad_(),
             scene.extrinsics.clone().requires_grad_())
 
     def reward(pm, d, e):
-        return vggrpo.geometry_reprojection_reward(pm, d, e, scene.intrinsics, scene.scene_flow, topk=2)
+        return vggrpo.geometry_reprojection_reward(
+            pm, d, e, scene.intrinsics, scene.scene_flow, topk=2)
 
     assert torch.autograd.gradcheck(reward, args)
 
@@ -119,7 +122,8 @@ def test_half_precision_inputs_give_float32_rewards(static_scene):
     r = vggrpo.geometry_reprojection_reward(s.pointmaps, s.depths, s.extrinsics, s.intrinsics)
     assert r.dtype == torch.float32
     f = s.to(dtype=torch.float32)
-    expected = vggrpo.geometry_reprojection_reward(f.pointmaps, f.depths, f.extrinsics, f.intrinsics)
+    expected = vggrpo.geometry_reprojection_reward(
+        f.pointmaps, f.depths, f.extrinsics, f.intrinsics)
     assert torch.equal(r, expected)
     assert vggrpo.camera_motion_reward(s.extrinsics).dtype == torch.float32
 

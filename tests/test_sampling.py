@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from grpo_setup import TINY_WAN
 
 from vggrpo.latent_reward import LatentGeometryReward
 from vggrpo.sampling import (
@@ -16,8 +17,6 @@ from vggrpo.sampling import (
     sde_step,
     wan_velocity,
 )
-
-from grpo_setup import TINY_WAN
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +145,8 @@ def latent_reward():
 def test_latent_geometry_reward(latent_reward):
     z = noise(2, 3).requires_grad_(True)
     r = latent_reward(z)
-    assert set(r) == {"motion", "geo"} and r["geo"].shape == (2,) and r["geo"].dtype == torch.float32
+    assert (set(r) == {"motion", "geo"} and r["geo"].shape == (2,)
+            and r["geo"].dtype == torch.float32)
     grad = torch.autograd.grad(latent_reward.weighted(r).sum(), z)[0]
     assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
     assert not any(p.requires_grad for p in latent_reward.lgm.parameters())
@@ -160,8 +160,8 @@ def test_latent_reward_checks_the_vae_it_is_told_of(latent_reward):
     """``vae=`` compares the VAE with the one the LGM was stitched to: the shipped LGM takes the
     shipped tiny VAE and refuses another tiny VAE, whose latents have the same shape."""
     from diffusers import AutoencoderKLWan
-
     from helpers import tiny_vae
+
     from vggrpo.defaults import load_tiny_wan_vae
 
     reward = LatentGeometryReward(latent_reward.lgm, {"geo": 1.0}, vae=load_tiny_wan_vae())

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import random_axes, random_rotations, rodrigues
+
 from vggrpo import ops, reference
 
 AXES = {
@@ -86,7 +86,8 @@ def test_matches_reference_values_and_vjp(dtype):
 def test_half_turn_with_signed_zeros_keeps_the_axis_sign_convention():
     """At exactly pi the axis sign is a convention (n_k > 0); signed zeros in R (from negation or
     products) must not flip it through atan2(-0, -1) = -pi. The reference agrees."""
-    R = torch.tensor([[-1.0, 0.0, -0.0], [-0.0, -1.0, -0.0], [-0.0, -0.0, 1.0]], dtype=torch.float64)
+    R = torch.tensor([[-1.0, 0.0, -0.0], [-0.0, -1.0, -0.0], [-0.0, -0.0, 1.0]],
+                     dtype=torch.float64)
     for dt in (torch.float32, torch.float64):
         out = ops.so3_log(R.to(dt))
         assert out[2].item() == pytest.approx(math.pi, abs=1e-6) and out[2].item() > 0

@@ -1,4 +1,4 @@
-"""vggrpo: world-consistent video generation with latent geometry rewards (VGGRPO, arXiv 2603.26599).
+"""vggrpo: world-consistent video generation with latent geometry rewards (arXiv 2603.26599).
 
 Drop-in rewards::
 
@@ -20,8 +20,8 @@ plain-PyTorch twins, docs/ops.md the exact contract.
 
 from . import ops, reference
 from ._ext import cuda_built, openmp
-from .geometry import Geometry
 from .baseline import RGBGeometryReward
+from .geometry import Geometry
 from .latent_reward import LatentGeometryReward
 from .lgm import LatentGeometryModel, LGMConfig
 from .rewards import (

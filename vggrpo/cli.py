@@ -288,7 +288,7 @@ def _out_file(path: str) -> Path:
     return out
 
 
-# -- subcommands ------------------------------------------------------------------------------------
+# -- subcommands -----------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
     """The main job on the embedded tiny models: synthetic scenes read by the LGM, a short GRPO
@@ -537,13 +537,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     from .data.video import write_video
     from .latent_reward import LatentGeometryReward
-    from .sampling import (RewardGuidance, _check_window, check_wan_inputs, sample,
-                           scheduler_sigmas, wan_velocity)
+    from .sampling import (
+        RewardGuidance,
+        _check_window,
+        check_wan_inputs,
+        sample,
+        scheduler_sigmas,
+        wan_velocity,
+    )
     from .vae import decode_latents, vae_factors
-
-    from diffusers import FlowMatchEulerDiscreteScheduler
 
     out = _out_file(args.out)
     if args.guidance_scale > 0:
@@ -619,11 +625,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from . import reference
     from .baseline import RGBGeometryReward
     from .data.synthetic import make_scene
     from .defaults import load_default_lgm, load_tiny_wan_vae
     from .latent_reward import LatentGeometryReward
-    from . import reference
     from .rewards import geometry_reprojection_reward
 
     out = _out_file(args.out)
@@ -647,7 +653,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-# -- the parser -------------------------------------------------------------------------------------
+# -- the parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vggrpo", description="World-consistent video generation "

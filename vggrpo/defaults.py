@@ -39,8 +39,9 @@ from torch import Tensor
 from . import _io
 from ._checks import check_fields, is_int, is_positive_int
 
-__all__ = ["WEIGHTS_DIR", "TINY_WAN_TRANSFORMER_CONFIG", "tiny_wan_transformer", "DefaultsRecipe", "load_default_lgm", "load_tiny_wan_vae",
-           "load_tiny_backbone", "scene_pool", "build_defaults", "evaluate_lgm"]
+__all__ = ["WEIGHTS_DIR", "TINY_WAN_TRANSFORMER_CONFIG", "tiny_wan_transformer",
+           "DefaultsRecipe", "load_default_lgm", "load_tiny_wan_vae", "load_tiny_backbone",
+           "scene_pool", "build_defaults", "evaluate_lgm"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _LGM = "default_lgm"
@@ -59,7 +60,8 @@ TINY_WAN_TRANSFORMER_CONFIG: Dict[str, object] = {
 
 
 def tiny_wan_transformer(seed: int = 0):
-    """A ``WanTransformer3DModel`` of :data:`TINY_WAN_TRANSFORMER_CONFIG`, initialised from ``seed``."""
+    """A ``WanTransformer3DModel`` of :data:`TINY_WAN_TRANSFORMER_CONFIG`, initialised from
+    ``seed``."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
@@ -202,8 +204,9 @@ def scene_pool(count: int, recipe: DefaultsRecipe, *, seed: int, jitter: Optiona
 # -- evaluation -----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *, scenes: Optional[int] = None,
-                 ranking_scenes: int = 4, progress: bool = False) -> Dict[str, object]:
+def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
+                 scenes: Optional[int] = None, ranking_scenes: int = 4,
+                 progress: bool = False) -> Dict[str, object]:
     """Held-out quality of the tiny backbone (RGB) and the LGM (latents) against ground truth,
     and whether LGM rewards rank smooth over jittered and clean over noisy (Spearman).
     ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`)."""

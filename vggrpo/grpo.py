@@ -46,8 +46,14 @@ from . import _io
 from ._checks import is_finite_number, is_positive_int
 from ._nvtx import nvtx_range
 from .rewards import group_advantages
-from .sampling import (_check_window, check_wan_inputs, sample, scheduler_sigmas, sde_step,
-                       wan_velocity)
+from .sampling import (
+    _check_window,
+    check_wan_inputs,
+    sample,
+    scheduler_sigmas,
+    sde_step,
+    wan_velocity,
+)
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
 

@@ -77,7 +77,8 @@ class LGMConfig:
 
     @classmethod
     def from_vae(cls, vae, token_dim: int) -> "LGMConfig":
-        """Channels and factors from a diffusers Wan VAE's config (16/8/4 Wan2.1, 48/16/4 Wan2.2)."""
+        """Channels and factors from a diffusers Wan VAE's config (16/8/4 Wan2.1,
+        48/16/4 Wan2.2)."""
         from .vae import vae_factors
 
         f = vae_factors(vae)
@@ -112,7 +113,8 @@ class LatentConnector(nn.Module):
 def _check_latents(latents: Tensor, config: LGMConfig) -> None:
     if not isinstance(latents, Tensor) or latents.dim() != 5:
         shape = list(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
-        raise ValueError(f"latents must be [B,C,T,h,w] (diffusers video latent layout), got {shape}")
+        raise ValueError("latents must be [B,C,T,h,w] (diffusers video latent layout), "
+                         f"got {shape}")
     C = latents.shape[1]
     if C != config.latent_channels:
         hint = {16: "a Wan2.1-style VAE (16 channels)", 48: "a Wan2.2-style VAE (48 channels)"}
@@ -122,7 +124,8 @@ def _check_latents(latents: Tensor, config: LGMConfig) -> None:
             f"use an LGM stitched to your VAE (vggrpo train-lgm)")
     T, h, w = latents.shape[2:]
     if T < 1 or h < 1 or w < 1:
-        raise ValueError(f"latents must have >= 1 frame and a non-empty grid, got {list(latents.shape)}")
+        raise ValueError("latents must have >= 1 frame and a non-empty grid, "
+                         f"got {list(latents.shape)}")
     if not latents.is_floating_point():
         raise TypeError(f"latents must be floating point, got {latents.dtype}")
 

@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._nvtx import annotated
 from . import _ext  # noqa: F401  (loads vggrpo._C, which defines torch.ops.vggrpo)
+from ._nvtx import annotated
 
 __all__ = [
     "so3_log",
@@ -77,7 +77,8 @@ def _int_arg(op: str, name: str, value) -> int:
             index = operator.index(value)
         except TypeError:
             raise TypeError(
-                f"vggrpo.{op}: expected `{name}` to be an int, got {type(value).__name__} ({value!r})"
+                f"vggrpo.{op}: expected `{name}` to be an int, "
+                f"got {type(value).__name__} ({value!r})"
             ) from None
     if not _INT64_MIN <= index <= _INT64_MAX:
         raise ValueError(f"vggrpo.{op}: `{name}` = {index} does not fit in a 64-bit integer")

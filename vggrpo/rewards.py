@@ -47,8 +47,8 @@ def camera_motion_reward(
     in rows 0-2 of a video's extrinsics makes its reward NaN (the last row of a 4x4 is not read).
 
     Args:
-        extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes), ``T >= 3``.
-            float32/float64 (float16/bfloat16 are computed in float32).
+        extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes),
+            ``T >= 3``. float32/float64 (float16/bfloat16 are computed in float32).
         eps: positive constant in the ratios' denominators.
         return_terms: also return :class:`MotionTerms`.
     Returns:
@@ -138,24 +138,36 @@ def group_advantages(
         ``[N]`` advantages, float32 (float64 if any reward is float64), on the rewards' device.
     """
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_advantages: expected `group_size` to be an int >= 2, got {group_size!r}")
+        raise ValueError(
+            f"group_advantages: expected `group_size` to be an int >= 2, got {group_size!r}"
+        )
     if (
         isinstance(eps, bool)
         or not isinstance(eps, numbers.Real)
         or not math.isfinite(eps)
         or eps < 0
     ):
-        raise ValueError(f"group_advantages: expected `eps` to be a finite number >= 0, got {eps!r}")
+        raise ValueError(
+            f"group_advantages: expected `eps` to be a finite number >= 0, got {eps!r}"
+        )
     if not isinstance(rewards, Mapping) or len(rewards) == 0:
-        raise ValueError("group_advantages: expected `rewards` to be a non-empty mapping name -> [N] tensor")
+        raise ValueError(
+            "group_advantages: expected `rewards` to be a non-empty mapping name -> [N] tensor"
+        )
     tensors = {}
     for name, r in rewards.items():
         if not isinstance(r, Tensor):
-            raise TypeError(f"group_advantages: reward {name!r} must be a torch.Tensor, got {type(r).__name__}")
+            raise TypeError(
+                f"group_advantages: reward {name!r} must be a torch.Tensor, got {type(r).__name__}"
+            )
         if r.dim() != 1:
-            raise ValueError(f"group_advantages: reward {name!r} must have shape [N], got {list(r.shape)}")
+            raise ValueError(
+                f"group_advantages: reward {name!r} must have shape [N], got {list(r.shape)}"
+            )
         if not (r.is_floating_point() or r.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"group_advantages: reward {name!r} must be a real tensor, got {r.dtype}")
+            raise TypeError(
+                f"group_advantages: reward {name!r} must be a real tensor, got {r.dtype}"
+            )
         tensors[name] = r
     names = list(tensors)
     n = tensors[names[0]].shape[0]
@@ -173,7 +185,9 @@ def group_advantages(
             f"group_advantages: the number of samples ({n}) must be a positive multiple of "
             f"group_size ({group_size}), with group_size consecutive samples per prompt"
         )
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
+    dtype = (
+        torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
+    )
     total = None
     for name in names:
         r = tensors[name].detach().to(dtype)

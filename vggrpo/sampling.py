@@ -61,7 +61,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 @dataclass
 class SDEStep:
-    """One SDE step: ``sample``, ``mean`` (latent shape), ``std`` (scalar tensor), ``log_prob [B]``."""
+    """One SDE step: ``sample``, ``mean`` (latent shape), ``std`` (scalar tensor),
+    ``log_prob [B]``."""
 
     sample: Tensor
     mean: Tensor

@@ -282,7 +282,7 @@ def build_parser(prog: str = "python -m vggrpo.stitching"):
     here or by :class:`StitchingConfig`, before any work."""
     import argparse
 
-    from .cli import _positive_int, _wan_frames, _add_video_size_options
+    from .cli import _add_video_size_options, _positive_int, _wan_frames
 
     parser = argparse.ArgumentParser(
         prog=prog,

@@ -203,7 +203,8 @@ def encode_video(vae, video: Tensor) -> Tensor:
 
 
 def decode_latents(vae, latents: Tensor) -> Tensor:
-    """Normalised diffusion latents ``[B,C,T',h,w]`` -> RGB video ``[B,1+4(T'-1),3,H,W]`` in [0,1]."""
+    """Normalised diffusion latents ``[B,C,T',h,w]`` -> RGB video ``[B,1+4(T'-1),3,H,W]`` in
+    [0,1]."""
     f = vae_factors(vae)
     if latents.dim() != 5 or latents.shape[1] != f["channels"]:
         raise ValueError(f"latents must be [B,{f['channels']},T,h,w] for this VAE, "

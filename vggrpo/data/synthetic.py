@@ -514,7 +514,8 @@ def _camera_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
 
 
 def _rotate_rows(points: Tensor, R: Tensor) -> Tensor:
-    """``R^T p`` for every point of ``points`` ``[...,H,W,3]`` with one ``R`` ``[...,3,3]`` per image.
+    """``R^T p`` for every point of ``points`` ``[...,H,W,3]`` with one ``R`` ``[...,3,3]``
+    per image.
 
     Written as the row product ``p^T R`` over flattened pixels: one batched matmul per image
     instead of H*W tiny 3x3 products.

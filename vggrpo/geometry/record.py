@@ -130,7 +130,8 @@ class Geometry:
         )
 
     def rewards(self, *, flow_threshold: float = 0.1, topk: int = 3) -> Dict[str, Tensor]:
-        """``{"motion": [B], "geo": [B]}``: the two paper rewards of this geometry (higher is better).
+        """``{"motion": [B], "geo": [B]}``: the two paper rewards of this geometry (higher is
+        better).
 
         ``camera_motion_reward(extrinsics)`` and ``geometry_reprojection_reward(pointmaps, depths,
         extrinsics, intrinsics, scene_flow, flow_threshold, topk)``; differentiable.

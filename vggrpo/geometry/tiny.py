@@ -161,7 +161,8 @@ _DENSE_CHANNELS = 7
 
 
 class DenseHead(nn.Module):
-    """Patch grid ``[N, C, h, w]`` -> per-pixel outputs ``[N, 7, h*p, w*p]`` (two pixel shuffles)."""
+    """Patch grid ``[N, C, h, w]`` -> per-pixel outputs ``[N, 7, h*p, w*p]`` (two pixel
+    shuffles)."""
 
     def __init__(self, dim: int, patch_size: int, channels: int) -> None:
         super().__init__()

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_fields
-from .cameras import cameras_to_pose_encoding, relative_to_first_camera
 from ..stitching import warmup_cosine
+from .cameras import cameras_to_pose_encoding, relative_to_first_camera
 from .record import Geometry
 
 __all__ = ["BackboneTrainingConfig", "supervised_targets", "supervised_loss",
