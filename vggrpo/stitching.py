@@ -38,7 +38,7 @@ from torch import Tensor
 from . import _io
 from ._checks import check_fields
 from .lgm import LatentGeometryModel
-from .vae import check_vae_signature, check_video_frames, encode_video, vae_mismatch
+from .vae import _signature_mismatch, check_vae_signature, check_video_frames, encode_video
 
 __all__ = ["StitchingConfig", "train_stitching", "stitching_targets", "warmup_cosine"]
 
@@ -202,8 +202,8 @@ def train_stitching(
             raise ValueError(f"cannot resume {ckpt}: it was trained with config "
                              f"{state.get('config')}, not {dataclasses.asdict(config)}")
         recorded = _io.load_json(ckpt / "config.json", "LGM checkpoint config").get("vae")
-        why = None if recorded is None else vae_mismatch(
-            check_vae_signature(recorded, str(ckpt / "config.json")), vae)
+        why = None if recorded is None else _signature_mismatch(
+            check_vae_signature(recorded, str(ckpt / "config.json")), lgm.vae_signature)
         if why is not None:
             raise ValueError(f"cannot resume {ckpt}: vae is not the VAE it was stitched to "
                              f"({why})")
