@@ -45,7 +45,7 @@ $(ENV_STAMP): requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
-# pyproject.toml's [tool.ruff] rules on every Python file; first in make test, as it takes 1 s.
+# pyproject.toml's [tool.ruff] rules on every Python file; first in make test (0.06 s here).
 LINT_PATHS := vggrpo tests bench scripts examples csrc setup.py
 lint: $(ENV_STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
