@@ -24,12 +24,13 @@ import time
 
 import pytest
 import torch
-from conftest import RESULTS_DIR, _atomic_write_json, _clean, build_info
-from profiling import kernel_breakdown
 
 import vggrpo
 from vggrpo import reference
 from vggrpo.data.synthetic import make_scene
+
+from conftest import RESULTS_DIR, _atomic_write_json, _clean, build_info
+from profiling import kernel_breakdown
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and vggrpo.cuda_built),

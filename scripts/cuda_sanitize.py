@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations  # noqa: E402
-
 import vggrpo  # noqa: E402
 from vggrpo import ops  # noqa: E402
+
+from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations  # noqa: E402
 
 
 def _grad(out, inputs):

@@ -65,9 +65,9 @@ def test_frames_are_resized_to_the_patch_grid(models):
 
 
 def test_the_trainer_accepts_the_rgb_reward(models):
-    from grpo_setup import prompt_embeds, tiny_transformer
-
     from vggrpo.grpo import GRPOConfig, GRPOTrainer
+
+    from grpo_setup import prompt_embeds, tiny_transformer
 
     vae, lgm = models
     trainer = GRPOTrainer(tiny_transformer(), RGBGeometryReward(vae, lgm.backbone),

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from helpers import free_port, tiny_vae
 from safetensors.torch import load_file, save_file
 
 from vggrpo.cli import main
 from vggrpo.data import make_scene, write_video
+
+from helpers import free_port, tiny_vae
 
 SUBCOMMANDS = ["demo", "reward", "train", "sample", "eval", "bench"]
 
@@ -321,10 +322,11 @@ def test_bad_option_values_are_refused_by_the_parser(argv, expected, capsys, tmp
 @pytest.fixture(scope="module")
 def lora_files(tmp_path_factory):
     """A LoRA trained for the tiny model, and broken variants of it."""
-    from grpo_setup import make_trainer
     from safetensors import safe_open
 
     from vggrpo.grpo import LORA_FILE
+
+    from grpo_setup import make_trainer
 
     folder = tmp_path_factory.mktemp("lora")
     make_trainer(lora_rank=2, lora_alpha=2.0).save_checkpoint(folder)

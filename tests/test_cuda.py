@@ -15,10 +15,11 @@ lent GPU machine); CI has no GPU, so there every test here is skipped, by design
 
 import pytest
 import torch
-from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 import vggrpo
 from vggrpo import ops
+
+from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and vggrpo.cuda_built),

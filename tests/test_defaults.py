@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from helpers import assert_same_vae_signature, tiny_vae
 
 from vggrpo.defaults import (
     WEIGHTS_DIR,
@@ -18,6 +17,8 @@ from vggrpo.defaults import (
 )
 from vggrpo.geometry import TinyVGGT
 from vggrpo.vae import TINY_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature
+
+from helpers import assert_same_vae_signature, tiny_vae
 
 
 @pytest.fixture(autouse=True)

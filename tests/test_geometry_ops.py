@@ -3,9 +3,10 @@ agreement with the reference, exact composition, gradients, determinism."""
 
 import pytest
 import torch
-from helpers import random_cameras, random_cloud, random_reprojection_inputs
 
 from vggrpo import ops, reference
+
+from helpers import random_cameras, random_cloud, random_reprojection_inputs
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from grpo_setup import make_trainer, prompt_embeds, tiny_transformer
-from helpers import free_port
 from safetensors.torch import load_file
 
 from vggrpo.grpo import LORA_FILE, GRPOConfig, GRPOTrainer
+
+from grpo_setup import make_trainer, prompt_embeds, tiny_transformer
+from helpers import free_port
 
 
 def test_first_update_is_on_policy_with_zero_kl():

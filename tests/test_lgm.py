@@ -6,7 +6,6 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_same_vae_signature, tiny_vae
 
 from vggrpo import _io
 from vggrpo.data.synthetic import make_scene
@@ -22,6 +21,8 @@ from vggrpo.vae import (
     vae_mismatch,
     vae_signature,
 )
+
+from helpers import assert_same_vae_signature, tiny_vae
 
 SMALL = TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1, aggregator_depth=1, head_channels=8)
 

@@ -3,9 +3,10 @@ registration, AOT dispatch with dynamic shapes) and torch.compile without graph 
 
 import pytest
 import torch
-from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 import vggrpo
+
+from helpers import random_cameras, random_cloud, random_reprojection_inputs, random_rotations
 
 _ops = torch.ops.vggrpo
 

@@ -4,11 +4,12 @@ import math
 
 import pytest
 import torch
-from helpers import random_rotations, rodrigues, uniform_trajectory
 
 import vggrpo
 from vggrpo import ops, reference
 from vggrpo.data import make_scene
+
+from helpers import random_rotations, rodrigues, uniform_trajectory
 
 
 def _random_trajectories(B, T, gen, dtype=torch.float64):

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from grpo_setup import TINY_WAN
 
 from vggrpo.latent_reward import LatentGeometryReward
 from vggrpo.sampling import (
@@ -17,6 +16,8 @@ from vggrpo.sampling import (
     sde_step,
     wan_velocity,
 )
+
+from grpo_setup import TINY_WAN
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +161,10 @@ def test_latent_reward_checks_the_vae_it_is_told_of(latent_reward):
     """``vae=`` compares the VAE with the one the LGM was stitched to: the shipped LGM takes the
     shipped tiny VAE and refuses another tiny VAE, whose latents have the same shape."""
     from diffusers import AutoencoderKLWan
-    from helpers import tiny_vae
 
     from vggrpo.defaults import load_tiny_wan_vae
+
+    from helpers import tiny_vae
 
     reward = LatentGeometryReward(latent_reward.lgm, {"geo": 1.0}, vae=load_tiny_wan_vae())
     assert reward.lgm is latent_reward.lgm

@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
-from helpers import random_axes, random_rotations, rodrigues
 
 from vggrpo import ops, reference
+
+from helpers import random_axes, random_rotations, rodrigues
 
 AXES = {
     "x": (1.0, 0.0, 0.0),

@@ -9,10 +9,11 @@ thread counts are set here, so the check holds under any `pytest -n` split (test
 
 import pytest
 import torch
-from helpers import random_reprojection_inputs, random_rotations
 
 import vggrpo
 from vggrpo import ops
+
+from helpers import random_reprojection_inputs, random_rotations
 
 # Uneven static splits for most loops below (800, 16, 10240, 8, 512 or 2 items); only the
 # static-mask pass, 3 blocks of 4096 points, splits evenly.
