@@ -360,13 +360,16 @@ def test_bad_sample_inputs_are_one_line_errors_before_sampling(tmp_path, capsys,
         (["--latent-frames", "2"], "--latent-frames/--latent-height/--latent-width: latent_shape "
                                    "(16, 2, 12, 20) has T = 2 latent frames; at least 3"),
         (["--latent-height", "3"], "h = 3 is not a multiple of the model's patch size"),
-        (["--lora", str(tmp_path / "absent.safetensors")], "--lora file not found"),
+        (["--lora", str(tmp_path / "absent.safetensors")], "--lora: LoRA file not found"),
         (["--lora", str(lora_files / "garbage.safetensors")], "not a readable safetensors file"),
         (["--lora", str(lora_files / "other.safetensors")], "holds no LoRA tensors for the "
                                                             "transformer"),
         (["--lora", str(lora_files / "extra.safetensors")], "holds 33 LoRA tensors for the "
-                                                            "transformer but 32 fit"),
-        (["--lora", str(lora_files / "half.safetensors")], "could not be loaded into the model"),
+                                                            "transformer but the adapter it "
+                                                            "makes in this model has 32"),
+        (["--lora", str(lora_files / "half.safetensors")], "holds 16 LoRA tensors for the "
+                                                           "transformer but the adapter it "
+                                                           "makes in this model has 32"),
         (["--lora", str(lora_files / "shape.safetensors")], "could not be loaded into the model: "
                                                             "RuntimeError"),
         (["--prompt-embeds", str(tmp_path / "d7.safetensors")], "width D = 7 but the model's "

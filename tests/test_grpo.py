@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vggrpo.grpo import LORA_FILE, GRPOConfig, GRPOTrainer
+from vggrpo.grpo import GRPOConfig, GRPOTrainer
 
 from grpo_setup import make_trainer, prompt_embeds, tiny_transformer
 from helpers import free_port
@@ -108,28 +108,6 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="cannot resume"):
         make_trainer(lr=5e-3).load_checkpoint(tmp_path)
-
-
-def test_lora_file_loads_with_diffusers(tmp_path):
-    trainer = make_trainer()
-    trainer.train(2, out_dir=tmp_path, progress=False)
-    tensors = load_file(tmp_path / LORA_FILE)
-    assert tensors and all(k.startswith("transformer.") for k in tensors)
-    fresh = tiny_transformer()
-    fresh.load_lora_adapter(str(tmp_path / LORA_FILE), prefix="transformer")
-    x = torch.randn(1, 16, 5, 12, 20)
-    t = torch.tensor([500.0])
-    emb = prompt_embeds()[:1]
-    with torch.no_grad():
-        ours = trainer.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb,
-                                   return_dict=False)[0]
-        theirs = fresh(hidden_states=x, timestep=t, encoder_hidden_states=emb,
-                       return_dict=False)[0]
-        fresh.disable_adapters()
-        plain = fresh(hidden_states=x, timestep=t, encoder_hidden_states=emb,
-                      return_dict=False)[0]
-    assert torch.allclose(ours, theirs, atol=1e-6)
-    assert not torch.allclose(ours, plain, atol=1e-6)
 
 
 def _torchrun(n: int, out: Path) -> None:

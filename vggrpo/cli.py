@@ -178,36 +178,6 @@ def _load_embeds(path: Optional[str], transformer, count: int = 2):
     return tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
 
 
-def _load_lora(transformer, path: str) -> None:
-    """A diffusers-format LoRA file (``transformer.*`` keys) into ``transformer``. Refused when it
-    is missing or unreadable, or when not all of its tensors fit the model (diffusers would warn
-    and sample without them)."""
-    from safetensors import SafetensorError, safe_open
-
-    file = Path(path)
-    if not file.is_file():  # diffusers would take the name for a Hub repository
-        raise FileNotFoundError(f"--lora file not found: {file}")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            keys = [k for k in f.keys() if k.startswith("transformer.")]
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"--lora {file} is not a readable safetensors file: {err}") from None
-    if not keys:
-        raise UsageError(f"--lora {file} holds no LoRA tensors for the transformer (diffusers "
-                         f"format: keys 'transformer.*.lora_A.weight' / '.lora_B.weight')")
-    before = sum(1 for n, _ in transformer.named_parameters() if "lora_" in n)
-    try:
-        transformer.load_lora_adapter(str(file), prefix="transformer")
-    except Exception as err:  # diffusers/peft raise many types for a file that does not fit
-        reason = " ".join(str(err).split())  # one line: torch's size report spans several
-        raise UsageError(f"--lora {file} could not be loaded into the model: "
-                         f"{type(err).__name__}: {reason[:300]}") from None
-    added = sum(1 for n, _ in transformer.named_parameters() if "lora_" in n) - before
-    if added != len(keys):
-        raise UsageError(f"--lora {file} holds {len(keys)} LoRA tensors for the transformer but "
-                         f"{added} fit this model's modules: it was trained for another model")
-
-
 def _check_lgm_fits(lgm, transformer) -> None:
     if lgm.config.latent_channels != int(transformer.config.in_channels):
         raise UsageError(f"the LGM reads {lgm.config.latent_channels}-channel latents but the "
@@ -576,7 +546,12 @@ def cmd_sample(args) -> int:
     _check_lgm_vae(lgm, args.model, vae, f"--vae {args.vae}" if args.vae else None)
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
-        _load_lora(transformer, args.lora)
+        from .lora_file import load_lora
+
+        try:  # at the strength it was trained with (its adapter metadata)
+            load_lora(transformer, args.lora)
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(f"--lora: {err}") from None
     if vae is not None and vae_factors(vae)["channels"] != int(transformer.config.in_channels):
         raise UsageError(f"--vae {vae_spec} decodes {vae_factors(vae)['channels']}-channel "
                          f"latents but the model makes {transformer.config.in_channels}-channel "

@@ -25,10 +25,12 @@ More than one process (``torchrun``): the prompts of a step are split across ran
 groups), rewards are all-gathered before normalisation, and LoRA gradients are averaged with an
 all-reduce before clipping (what DDP would do), so every rank holds the same adapter.
 
-Checkpoints (``save_checkpoint``): ``pytorch_lora_weights.safetensors`` in diffusers' format
-(loadable with ``load_lora_weights`` / ``load_lora_adapter(prefix="transformer")``) and
-``trainer_state.pt`` (optimiser, schedule, step; ``weights_only`` loading). Resuming reproduces
-the uninterrupted run's next step exactly.
+Checkpoints (``save_checkpoint``): ``pytorch_lora_weights.safetensors`` in diffusers' format,
+with the ``lora_alpha / r`` scale folded into ``lora_B`` so that ``load_lora_weights``,
+``load_lora_adapter(path, prefix="transformer")`` and :func:`vggrpo.lora_file.load_lora` all load
+it at its trained strength (:mod:`vggrpo.lora_file`), and ``trainer_state.pt`` (the unfolded
+adapter, optimiser, schedule, step; ``weights_only`` loading). Resuming reproduces the
+uninterrupted run's next step exactly.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import Tensor
 from . import _io
 from ._checks import is_finite_number, is_positive_int
 from ._nvtx import nvtx_range
+from .lora_file import LORA_FILE, fold_lora_scale, read_lora, save_lora
 from .rewards import group_advantages
 from .sampling import (
     _check_window,
@@ -57,7 +60,6 @@ from .sampling import (
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 _STATE_FILE = "trainer_state.pt"
 
 
@@ -415,17 +417,13 @@ class GRPOTrainer:
         directory = Path(directory)
         if self.rank != 0:
             return directory
-        import json
-
-        from safetensors.torch import save_file
-
-        state = {f"transformer.{k}": v.detach().contiguous().clone()
-                 for k, v in self.lora_state_dict().items()}
-        meta = {"format": "pt", "lora_adapter_metadata": json.dumps(
-            {"transformer": _lora_metadata(self.lora_config)})}
-        _io.atomic_write(directory / LORA_FILE, lambda tmp: save_file(state, tmp, metadata=meta))
+        lora = {k: v.detach().clone() for k, v in self.lora_state_dict().items()}
+        save_lora(directory / LORA_FILE, lora, self.lora_config)
+        # The unfolded weights too: the file's are scaled (lora_file), and x * s / s is not x
+        # in float32 for every s, so resuming from the file alone would not be exact.
         _io.save_state(directory / _STATE_FILE, {
-            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "lora": lora, "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "step": self.step_index, "config": self.config.to_dict(),
             "rng": torch.get_rng_state()})
         return directory
@@ -439,9 +437,16 @@ class GRPOTrainer:
         if state.get("config") != self.config.to_dict():
             raise ValueError(f"cannot resume from {directory}: it was trained with config "
                              f"{state.get('config')}, not {self.config.to_dict()}")
-        tensors = _io.load_tensors(directory / LORA_FILE, "LoRA weights")
-        lora = {k[len("transformer."):]: v for k, v in tensors.items()
-                if k.startswith("transformer.")}
+        in_file, _ = read_lora(directory / LORA_FILE)
+        lora = state.get("lora")
+        if lora is None:  # vggrpo 0.1.0 wrote the unfolded weights to the file only
+            lora = in_file
+        else:
+            folded = fold_lora_scale(lora, self.lora_config)
+            if set(folded) != set(in_file) or not all(torch.equal(folded[k], in_file[k])
+                                                      for k in folded):
+                raise ValueError(f"cannot resume from {directory}: its {LORA_FILE} is not the "
+                                 f"adapter its {_STATE_FILE} holds (files from different steps)")
         own = self.lora_state_dict()
         if set(lora) != set(own):
             raise ValueError(f"LoRA weights {directory / LORA_FILE} do not match this model's "
@@ -455,8 +460,3 @@ class GRPOTrainer:
         torch.set_rng_state(state["rng"])
         self.step_index = int(state["step"])
 
-
-def _lora_metadata(cfg) -> Dict[str, Any]:
-    return {"r": cfg.r, "lora_alpha": cfg.lora_alpha,
-            "target_modules": sorted(cfg.target_modules), "use_dora": False,
-            "lora_bias": False}
