@@ -414,7 +414,9 @@ def test_any4d_adapter(tmp_path, scene):
     factors = (c2w, ranges, scene.intrinsics, scene.scene_flow)
     path = tmp_path / "any4d_4v_combined.pth"
     torch.save({"scale": torch.tensor(1.0, dtype=F64)}, path)
-    adapter = Any4DAdapter.from_pretrained(path, lambda: _FakeAny4D(factors))
+    # A variant whose output is already in factors: extract= maps it (here: as it is).
+    adapter = Any4DAdapter.from_pretrained(path, lambda: _FakeAny4D(factors),
+                                           extract=lambda out: out)
     geo = adapter(torch.zeros(2, 4, 3, 21, 28))
     torch.testing.assert_close(geo.depths, scene.depths)  # only right with the loaded scale 1
     torch.testing.assert_close(geo.pointmaps, scene.pointmaps)

@@ -387,3 +387,31 @@ def test_relative_to_first_camera_bad_shapes():
         relative_to_first_camera(E, None, torch.zeros(2, 5, 3, 3, 2))
     with pytest.raises(ValueError, match=r"extrinsics must have shape \[\.\.\.,T,3,4\]"):
         relative_to_first_camera(E[0, 0])
+
+
+def test_intrinsics_from_rays_recovers_a_pinhole_from_rays_of_any_length():
+    from vggrpo.geometry.cameras import intrinsics_from_rays
+
+    K = torch.tensor([[[61.0, 0.0, 40.25], [0.0, 58.5, 27.75], [0.0, 0.0, 1.0]],
+                      [[30.0, 0.0, 20.0], [0.0, 30.0, 15.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    # Rays through pixel centres, written out with no vggrpo code: K^-1 [x+0.5, y+0.5, 1].
+    x = torch.arange(80, dtype=torch.float64) + 0.5
+    y = torch.arange(56, dtype=torch.float64)[:, None] + 0.5
+    rays = torch.stack([((x - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]).expand(2, 56, 80),
+                        ((y - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]).expand(2, 56, 80),
+                        torch.ones(2, 56, 80, dtype=torch.float64)], dim=-1)
+    scale = 0.5 + torch.rand(2, 56, 80, 1, generator=torch.Generator().manual_seed(0),
+                             dtype=torch.float64)
+    torch.testing.assert_close(intrinsics_from_rays(rays * scale), K)
+    assert intrinsics_from_rays(rays.float()).dtype == torch.float32
+    # Invalid rays (non-finite, pointing backwards) are left out of the fit.
+    broken = (rays * scale).clone()
+    broken[0, :10] = float("nan")
+    broken[1, :, :5, 2] = -1.0
+    torch.testing.assert_close(intrinsics_from_rays(broken), K)
+    # One column of valid rays cannot give a focal length.
+    one = rays.clone()
+    one[..., 1:, 2] = float("nan")
+    assert torch.isnan(intrinsics_from_rays(one)[:, 0, 0]).all()
+    with pytest.raises(ValueError, match=r"ray_directions must have shape \[\.\.\.,3\]"):
+        intrinsics_from_rays(rays[..., :2])

@@ -3,16 +3,19 @@
 Two layers:
 
 * **Pure output conversions**, testable without the models:
-  :func:`vggt_outputs_to_geometry_dict` turns VGGT's prediction dict into vggrpo's convention and
-  :func:`any4d_outputs_to_geometry_dict` does the same for Any4D-style factors (camera-to-world
-  poses, range depths, intrinsics, world-frame scene flow). Both return a plain dict with the
-  fields of :class:`vggrpo.geometry.record.Geometry` (``extrinsics, intrinsics, depths, pointmaps,
+  :func:`vggt_outputs_to_geometry_dict` turns VGGT's prediction dict into vggrpo's convention;
+  :func:`~vggrpo.geometry.any4d.any4d_predictions_to_geometry_dict` does the same for Any4D's
+  per-view output (:mod:`vggrpo.geometry.any4d`). They return a plain dict with the fields of
+  :class:`vggrpo.geometry.record.Geometry` (``extrinsics, intrinsics, depths, pointmaps,
   scene_flow, confidences``); :func:`to_geometry` makes the record.
-* **Model wrappers** :class:`VGGTAdapter` and :class:`Any4DAdapter` (``torch.nn.Module``), loaded
-  with ``from_pretrained(local_path)``. Nothing is ever downloaded: the path must exist on local
-  disk (a hub id such as ``"facebook/VGGT-1B"`` is a FileNotFoundError unless it happens to be a
-  local folder). Weights load with safetensors (``.safetensors``, shards merged) or
-  ``torch.load(weights_only=True)`` (``.pt`` / ``.pth``).
+* **Model wrappers** :class:`VGGTAdapter` and :class:`~vggrpo.geometry.any4d.Any4DAdapter`
+  (``torch.nn.Module``), loaded with ``from_pretrained(local_path)``. Nothing is ever downloaded
+  (:mod:`vggrpo.geometry.checkpoints`): the path must exist on local disk (a hub id such as
+  ``"facebook/VGGT-1B"`` is a FileNotFoundError unless it happens to be a local folder). Weights
+  load with safetensors (``.safetensors``, shards merged) or ``torch.load(weights_only=True)``
+  (``.pt`` / ``.pth``).
+
+The Any4D names are also importable from here, where they were first.
 
 Importing this module never imports ``vggt`` or any Any4D code; they are imported when a model is
 built. Without them, :meth:`VGGTAdapter.from_pretrained` raises an ImportError that says what to
@@ -41,24 +44,25 @@ errors); they rely on the released VGGT module layout described above.
 from __future__ import annotations
 
 import os
-import pickle
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from vggrpo.data.synthetic import unproject_depth
-from vggrpo.geometry.cameras import (
-    camera_to_world_to_extrinsics,
-    pose_encoding_to_cameras,
-    range_depth_to_z_depth,
+from vggrpo.geometry.any4d import (
+    Any4DAdapter,
+    any4d_outputs_to_geometry_dict,
+    any4d_predictions_to_geometry_dict,
 )
+from vggrpo.geometry.cameras import pose_encoding_to_cameras
+from vggrpo.geometry.checkpoints import find_weights, load_state_dict_file
 
 __all__ = [
     "VGGT_INSTALL_HINT",
     "vggt_outputs_to_geometry_dict",
     "any4d_outputs_to_geometry_dict",
+    "any4d_predictions_to_geometry_dict",
     "to_geometry",
     "find_weights",
     "load_state_dict_file",
@@ -69,9 +73,6 @@ __all__ = [
 VGGT_INSTALL_HINT = "pip install git+https://github.com/facebookresearch/vggt"
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-_SAFETENSORS = (".safetensors",)
-_TORCH_PICKLES = (".pt", ".pth", ".bin")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,162 +179,12 @@ def vggt_outputs_to_geometry_dict(
     }
 
 
-def any4d_outputs_to_geometry_dict(
-    camera_to_world: Tensor,
-    range_depth: Tensor,
-    intrinsics: Tensor,
-    scene_flow: Optional[Tensor] = None,
-    confidences: Optional[Mapping[str, Tensor]] = None,
-) -> Dict[str, Any]:
-    """vggrpo geometry fields of Any4D-style factors.
-
-    * ``camera_to_world`` ``[B,S,4,4]`` (or ``[B,S,3,4]``): world-from-camera poses, OpenCV axes;
-    * ``range_depth`` ``[B,S,H,W]``: distance from the camera centre along the ray through each
-      pixel centre (Any4D's "ray depth"), scene units (metres for Any4D);
-    * ``intrinsics`` ``[B,S,3,3]`` in pixels of the ``H x W`` maps;
-    * ``scene_flow`` ``[B,S,H,W,3]`` world-frame motion of each pixel's point (Any4D's allocentric
-      scene flow) or None; passed through;
-    * ``confidences``: optional dict of ``[B,S,H,W]`` maps, passed through.
-
-    Returns ``{"extrinsics": [B,S,3,4], "intrinsics", "depths": z-depth [B,S,H,W], "pointmaps":
-    unprojected world points [B,S,H,W,3], "scene_flow", "confidences"}``. Differentiable.
-    """
-    for name, value in (("camera_to_world", camera_to_world), ("range_depth", range_depth),
-                        ("intrinsics", intrinsics)):
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if range_depth.dim() != 4:
-        raise ValueError(f"range_depth must be [B,S,H,W], got {_shape(range_depth)}")
-    B, S, H, W = range_depth.shape
-    if tuple(camera_to_world.shape) not in ((B, S, 4, 4), (B, S, 3, 4)):
-        raise ValueError(f"camera_to_world must be [{B},{S},4,4] or [{B},{S},3,4] to match "
-                         f"range_depth {_shape(range_depth)}, got {_shape(camera_to_world)}")
-    if tuple(intrinsics.shape) != (B, S, 3, 3):
-        raise ValueError(f"intrinsics must be [{B},{S},3,3] to match range_depth "
-                         f"{_shape(range_depth)}, got {_shape(intrinsics)}")
-    if scene_flow is not None and tuple(scene_flow.shape) != (B, S, H, W, 3):
-        raise ValueError(f"scene_flow must be [{B},{S},{H},{W},3] to match range_depth "
-                         f"{_shape(range_depth)}, got {_shape(scene_flow)}")
-    for name, conf in (confidences or {}).items():
-        if tuple(conf.shape) != (B, S, H, W):
-            raise ValueError(f"confidences[{name!r}] must be [{B},{S},{H},{W}], got {_shape(conf)}")
-
-    dtype = torch.float32
-    for value in (camera_to_world, range_depth, intrinsics):
-        dtype = torch.promote_types(dtype, _float(value).dtype)
-    extrinsics = camera_to_world_to_extrinsics(camera_to_world.to(dtype))
-    K = intrinsics.to(dtype)
-    depths = range_depth_to_z_depth(range_depth.to(dtype), K)
-    return {
-        "extrinsics": extrinsics,
-        "intrinsics": K,
-        "depths": depths,
-        "pointmaps": unproject_depth(depths, K, extrinsics),
-        "scene_flow": None if scene_flow is None else scene_flow.to(dtype),
-        "confidences": (None if not confidences
-                        else {k: v.to(dtype) for k, v in confidences.items()}),
-    }
-
-
 def to_geometry(fields: Mapping[str, Any]):
     """The :class:`vggrpo.geometry.record.Geometry` of a dict from the ``*_to_geometry_dict``
     functions (the record checks the shapes)."""
     from vggrpo.geometry.record import Geometry
 
     return Geometry(**fields)
-
-
-# --------------------------------------------------------------------------------------------------
-# Local weights
-# --------------------------------------------------------------------------------------------------
-
-
-def _local_path(path: PathLike, what: str) -> Path:
-    p = Path(os.fspath(path)).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"{what} checkpoint path {str(p)!r} does not exist; vggrpo loads weights from local "
-            "disk only and never downloads (fetch the checkpoint yourself and pass its folder or "
-            "weights file)"
-        )
-    return p
-
-
-def find_weights(path: PathLike, what: str = "model") -> List[Path]:
-    """The weight file(s) of a local checkpoint.
-
-    ``path`` is a weights file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) or a folder holding
-    ``model.safetensors``, sharded ``*.safetensors``, or a single ``.pt`` / ``.pth`` / ``.bin``
-    (``model.*`` preferred). FileNotFoundError names the path when it does not exist or holds no
-    weights. Nothing is downloaded.
-    """
-    p = _local_path(path, what)
-    if p.is_file():
-        if p.suffix.lower() not in _SAFETENSORS + _TORCH_PICKLES:
-            raise FileNotFoundError(
-                f"{what} checkpoint {str(p)!r} is not a folder or a weights file "
-                f"({', '.join(_SAFETENSORS + _TORCH_PICKLES)})"
-            )
-        return [p]
-    if not p.is_dir():
-        raise FileNotFoundError(f"{what} checkpoint path {str(p)!r} is not a folder or a file")
-    files = sorted(f for f in p.iterdir() if f.is_file())
-    if (p / "model.safetensors").is_file():
-        return [p / "model.safetensors"]
-    shards = [f for f in files if f.suffix.lower() in _SAFETENSORS]
-    if shards:
-        return shards
-    for name in ("model.pt", "model.pth", "pytorch_model.bin"):
-        if (p / name).is_file():
-            return [p / name]
-    pickles = [f for f in files if f.suffix.lower() in _TORCH_PICKLES]
-    if len(pickles) == 1:
-        return pickles
-    if len(pickles) > 1:
-        raise FileNotFoundError(
-            f"{what} checkpoint folder {str(p)!r} holds several weight files "
-            f"({', '.join(f.name for f in pickles)}); pass the one to load"
-        )
-    raise FileNotFoundError(
-        f"{what} checkpoint folder {str(p)!r} holds no weights (expected model.safetensors, "
-        "*.safetensors shards, or one .pt/.pth/.bin)"
-    )
-
-
-def load_state_dict_file(files: Union[PathLike, List[PathLike]]) -> Dict[str, Tensor]:
-    """A CPU state dict from weight files (safetensors shards are merged).
-
-    ``.pt`` / ``.pth`` / ``.bin`` load with ``torch.load(weights_only=True)`` (no arbitrary
-    pickles); a top-level ``{"model": ...}`` or ``{"state_dict": ...}`` wrapper is unwrapped.
-    """
-    if not isinstance(files, (list, tuple)):
-        files = [files]
-    state: Dict[str, Tensor] = {}
-    for f in files:
-        f = Path(os.fspath(f))
-        if f.suffix.lower() in _SAFETENSORS:
-            from safetensors.torch import load_file
-
-            part = load_file(str(f), device="cpu")
-        else:
-            try:
-                part = torch.load(str(f), map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise ValueError(
-                    f"{str(f)!r} holds objects other than tensors and plain containers, which "
-                    "vggrpo does not unpickle (weights_only=True); re-save its state dict with "
-                    f"torch.save(model.state_dict(), ...) or as safetensors ({err})"
-                ) from err
-            # Training checkpoints wrap the weights: {"model": state_dict, "epoch": ..., ...}.
-            if isinstance(part, dict) and not any(isinstance(v, Tensor) for v in part.values()):
-                for key in ("model", "state_dict"):
-                    if isinstance(part.get(key), dict):
-                        part = part[key]
-                        break
-        if not isinstance(part, dict):
-            raise ValueError(f"{str(f)!r} does not hold a state dict (got {type(part).__name__})")
-        state.update(part)
-    return state
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,7 +255,7 @@ class VGGTAdapter(nn.Module):
         VGGT = _import_vggt()
         model = VGGT(**dict(model_kwargs or {}))
         model.load_state_dict(load_state_dict_file(files), strict=strict)
-        return cls(model.eval(), pointmaps_from=pointmaps_from)
+        return cls(model, pointmaps_from=pointmaps_from).eval()
 
     # -- plain use ----------------------------------------------------------------------------
 
@@ -498,73 +349,3 @@ class VGGTAdapter(nn.Module):
                                                          pointmaps_from=self.pointmaps_from))
 
 
-# --------------------------------------------------------------------------------------------------
-# Any4D
-# --------------------------------------------------------------------------------------------------
-
-
-def _default_any4d_extract(outputs: Any) -> Mapping[str, Optional[Tensor]]:
-    if not isinstance(outputs, Mapping):
-        raise TypeError(
-            "Any4DAdapter's model returned a "
-            f"{type(outputs).__name__}; pass extract= to map it to camera_to_world, range_depth, "
-            "intrinsics and scene_flow"
-        )
-    return outputs
-
-
-class Any4DAdapter(nn.Module):
-    """A real Any4D-style model wrapped to read videos into vggrpo geometry.
-
-    Any4D builds its network from configuration files, so vggrpo does not construct it: pass the
-    built model (or a zero-argument ``build_model`` to :meth:`from_pretrained`) and an ``extract``
-    callable that maps the model's raw output for a ``[B,T,3,H,W]`` video to a mapping with
-    ``camera_to_world [B,T,4,4]``, ``range_depth [B,T,H,W]``, ``intrinsics [B,T,3,3]`` and
-    optionally ``scene_flow [B,T,H,W,3]`` and ``confidences`` (see
-    :func:`any4d_outputs_to_geometry_dict`); the default ``extract`` expects the model to return
-    exactly that mapping. **Untested against the real Any4D** (its output layout is not pinned
-    here); the conversion itself is tested.
-    """
-
-    def __init__(self, model: nn.Module,
-                 extract: Callable[[Any], Mapping[str, Optional[Tensor]]] = _default_any4d_extract):
-        super().__init__()
-        self.model = model
-        self.extract = extract
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: PathLike,
-        build_model: Callable[[], nn.Module],
-        *,
-        extract: Callable[[Any], Mapping[str, Optional[Tensor]]] = _default_any4d_extract,
-        strict: bool = True,
-    ) -> "Any4DAdapter":
-        """``build_model()`` with local weights loaded (``any4d_4v_combined.pth`` style files load
-        with ``torch.load(weights_only=True)``). FileNotFoundError names a missing path; never
-        downloads."""
-        files = find_weights(path, "Any4D")
-        if not callable(build_model):
-            raise TypeError("build_model must be a zero-argument callable returning the Any4D "
-                            "network (build it with the any4d package from its config)")
-        model = build_model()
-        model.load_state_dict(load_state_dict_file(files), strict=strict)
-        return cls(model.eval(), extract)
-
-    def geometry_dict(self, video: Tensor) -> Dict[str, Any]:
-        if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[2] != 3:
-            got = _shape(video) if isinstance(video, Tensor) else type(video).__name__
-            raise ValueError(f"video must be [B,T,3,H,W] in [0,1], got {got}")
-        factors = dict(self.extract(self.model(video)))
-        missing = [k for k in ("camera_to_world", "range_depth", "intrinsics") if k not in factors]
-        if missing:
-            raise KeyError(f"Any4D extract() result lacks {missing} (got {sorted(factors)})")
-        return any4d_outputs_to_geometry_dict(
-            factors["camera_to_world"], factors["range_depth"], factors["intrinsics"],
-            factors.get("scene_flow"), factors.get("confidences"),
-        )
-
-    def forward(self, video: Tensor):
-        """``video`` ``[B,T,3,H,W]`` in [0,1] -> :class:`~vggrpo.geometry.record.Geometry`."""
-        return to_geometry(self.geometry_dict(video))

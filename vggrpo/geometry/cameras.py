@@ -40,6 +40,7 @@ __all__ = [
     "camera_to_world_to_extrinsics",
     "extrinsics_to_camera_to_world",
     "pixel_rays",
+    "intrinsics_from_rays",
     "range_depth_to_z_depth",
     "z_depth_to_range_depth",
     "relative_to_first_camera",
@@ -274,6 +275,54 @@ def pixel_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
     vv, uu = torch.meshgrid(v, u, indexing="ij")
     pix = torch.stack([uu, vv, torch.ones_like(uu)], dim=-1)  # [H,W,3]
     return torch.einsum("...ij,hwj->...hwi", K_inv, pix)
+
+
+def intrinsics_from_rays(ray_directions: Tensor) -> Tensor:
+    """The pinhole intrinsics ``[...,3,3]`` (pixels, this package's convention) of per-pixel
+    camera-frame rays ``[...,H,W,3]``: the zero-skew ``K`` whose ray through the centre
+    ``(x+0.5, y+0.5)`` of pixel ``(x, y)`` points along ``ray_directions[..., y, x, :]``.
+
+    Fitted by least squares, in float64, over the rays that are finite with ``z > 0``:
+    ``x + 0.5 = cx + fx * rx/rz`` and ``y + 0.5 = cy + fy * ry/rz``. The rays may have any length
+    (unit vectors, as Any4D's, or z = 1). Exact, to rounding, for rays of a pinhole camera.
+
+    Models that build their rays through integer pixel coordinates (Any4D, MapAnything: pixel
+    ``x`` at ``x``) and recover ``K`` with ``x = cx + fx rx/rz`` get a principal point 0.5 px
+    smaller than this one: the same rays, read with this package's pixel convention. Left
+    uncorrected, that half pixel moves point maps by about 2% of the scene on a 60x104 grid.
+    A view with fewer than two distinct columns or rows of valid rays gets NaN entries.
+    Differentiable.
+    """
+    _check_trailing("ray_directions", ray_directions, [(3,)])
+    if ray_directions.dim() < 3:
+        raise ValueError(f"ray_directions must have shape [...,H,W,3], got "
+                         f"{_shape(ray_directions)}")
+    dtype = _compute_dtype(ray_directions)
+    rays = ray_directions.to(torch.float64)
+    H, W = rays.shape[-3], rays.shape[-2]
+    device = rays.device
+    z = rays[..., 2]
+    valid = torch.isfinite(rays).all(-1) & (z > 0)
+    w = valid.to(torch.float64)
+    safe_z = torch.where(valid, z, torch.ones_like(z))
+    u = (torch.arange(W, dtype=torch.float64, device=device) + 0.5).expand(H, W)
+    v = (torch.arange(H, dtype=torch.float64, device=device)[:, None] + 0.5).expand(H, W)
+
+    def fit(coord: Tensor, ratio: Tensor) -> Tuple[Tensor, Tensor]:
+        # Weighted 1-D regression coord = c + f * ratio over the valid rays.
+        ratio = torch.where(valid, ratio, torch.zeros_like(ratio))
+        n = w.sum((-2, -1))
+        mean_r = (w * ratio).sum((-2, -1)) / n
+        mean_c = (w * coord).sum((-2, -1)) / n
+        dr = (ratio - mean_r[..., None, None]) * w
+        f = (dr * (coord - mean_c[..., None, None])).sum((-2, -1)) / (dr * dr).sum((-2, -1))
+        return f, mean_c - f * mean_r
+
+    fx, cx = fit(u, rays[..., 0] / safe_z)
+    fy, cy = fit(v, rays[..., 1] / safe_z)
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    K = torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one], dim=-1)
+    return K.reshape(*fx.shape, 3, 3).to(dtype)
 
 
 def _depth_and_rays(name: str, depth: Tensor, intrinsics: Tensor) -> Tuple[Tensor, Tensor]:
