@@ -9,7 +9,9 @@ It has Any4D's interface, which is what vggrpo's adapter relies on:
   ``data_norm_type``, returning an object with ``features`` ``[V*B,C,h,w]``, views major),
   ``fusion_norm_layer``, ``info_sharing`` (its ``self_attention_blocks``, with ``attn.qkv`` /
   ``attn.proj`` linears; called with an input carrying ``features``, a list of ``[B,C,h,w]``,
-  returning ``(final, intermediates)``, ``final.features`` a list per view), ``scale_token``;
+  returning ``(final, intermediates)``, ``final.features`` a list per view), ``scale_token``; its
+  dense head reads the transformer's output and the fused encoder features, as the released DPT
+  head does;
 * its output: one dict per view with ``pts3d``, ``pts3d_cam``, ``ray_directions`` (unit),
   ``depth_along_ray`` ``[B,H,W,1]``, ``cam_trans``, ``cam_quats`` (camera-to-world, xyzw),
   ``scene_flow`` (the reference view's points' motion from the reference time to this view's time,
@@ -164,8 +166,10 @@ class Any4DStandIn(nn.Module):
                                                            additional_input_tokens=scale))
         dtype = self.truth_ranges.dtype
         out = []
+        fused = feats.chunk(V, dim=0)
         for i in range(V):
-            x = self.dense_head(final.features[i].permute(0, 2, 3, 1))  # [B,h,w,196]
+            # The released DPT head reads the fused encoder features too (two IFR indices).
+            x = self.dense_head((final.features[i] + fused[i]).permute(0, 2, 3, 1))  # [B,h,w,196]
             h, w = x.shape[1:3]
             x = x.reshape(B, h, w, 14, 14).permute(0, 1, 3, 2, 4).reshape(B, H, W)
             ranges = self.truth_ranges[:, i] * torch.exp(self.gain * torch.tanh(x)).to(dtype)

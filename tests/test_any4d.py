@@ -234,8 +234,14 @@ def test_heads_run_the_network_s_own_heads(small_scene):
         scale = model.scale_token[None, :, None].expand(1, -1, 1)
         out = model.info_sharing(types.SimpleNamespace(features=list(feats.chunk(3)),
                                                        additional_input_tokens=scale))
-        from_heads = adapter.heads(out, (2, 3))
+        tokens = adapter.embed(small_scene.video)
+        from_heads = adapter.heads((tokens, out), (2, 3))
+        # The encoder's features are read by the heads too: zeros there change the result.
+        other = adapter.heads((torch.zeros_like(tokens), out), (2, 3))
     torch.testing.assert_close(from_heads.depths, direct.depths, rtol=0, atol=0)
+    assert not torch.allclose(other.depths, direct.depths)
+    with pytest.raises(ValueError, match="tokens must be \\(features"):
+        adapter.heads(out, (2, 3))
     assert type(model.info_sharing).__name__ == "_InfoSharing"
 
 

@@ -435,7 +435,8 @@ class Any4DAdapter(nn.Module):
     ``model.encoder.enc_embed_dim``). ``embed`` runs the encoder; ``forward_tokens`` runs the
     model's own forward with the encoder's output replaced by the given tokens; ``blocks`` is the
     multi-view transformer's ``self_attention_blocks`` (alternating or global attention, as
-    released); ``heads(tokens, grid)`` takes what ``model.info_sharing`` returns.
+    released); ``heads((features, output), grid)`` takes the stitch-point tokens and what
+    ``model.info_sharing`` returned for them.
     """
 
     def __init__(self, model: nn.Module,
@@ -608,20 +609,23 @@ class Any4DAdapter(nn.Module):
             predictions = self.model(self._dummy_views(B, T, h, w, tokens))
         return Geometry(**self._convert(predictions))
 
-    def heads(self, tokens: Any, grid: Tuple[int, int]) -> Geometry:
-        """What ``model.info_sharing`` returned (its output object, or the ``(final,
-        intermediates)`` pair of the released transformer) -> Geometry at ``(14 grid[0], 14
-        grid[1])`` through the network's own heads."""
+    def heads(self, tokens: Tuple[Tensor, Any], grid: Tuple[int, int]) -> Geometry:
+        """``(features, output)`` -> Geometry at ``(14 grid[0], 14 grid[1])`` through the
+        network's own heads: ``features`` ``[B,T,h,w,C]`` are the stitch-point tokens (the
+        released DPT head also reads the encoder's fused features), ``output`` what
+        ``model.info_sharing`` returned for them (the released transformer's ``(final,
+        intermediates)`` pair)."""
         self._need_network("heads")
-        final = tokens[0] if isinstance(tokens, tuple) else tokens
-        per_view = getattr(final, "features", None)
-        if not isinstance(per_view, (list, tuple)) or not per_view:
-            raise ValueError("tokens must be what model.info_sharing returns (its features are "
-                             "one [B,C,h,w] tensor per view)")
-        B, T = per_view[0].shape[0], len(per_view)
-        h, w = grid
-        zeros = per_view[0].new_zeros(T * B, self.dim, h, w)
-        with _swapped(self.model, encoder=_GivenFeatures(zeros),
-                      info_sharing=_GivenOutput(tokens)):
-            predictions = self.model(self._dummy_views(B, T, h, w, per_view[0]))
+        if not (isinstance(tokens, tuple) and len(tokens) == 2 and isinstance(tokens[0], Tensor)):
+            raise ValueError("tokens must be (features [B,T,h,w,C], what model.info_sharing "
+                             "returned for them)")
+        features, output = tokens
+        if features.dim() != 5 or tuple(features.shape[2:4]) != tuple(grid):
+            raise ValueError(f"features must be [B,T,{grid[0]},{grid[1]},{self.dim}], got "
+                             f"{_dims(features)}")
+        B, T, h, w, C = features.shape
+        given = features.permute(1, 0, 4, 2, 3).reshape(T * B, C, h, w)
+        with _swapped(self.model, encoder=_GivenFeatures(given),
+                      info_sharing=_GivenOutput(output)):
+            predictions = self.model(self._dummy_views(B, T, h, w, features))
         return Geometry(**self._convert(predictions))
