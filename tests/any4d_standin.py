@@ -134,7 +134,8 @@ class Any4DStandIn(nn.Module):
     """Any4D's interface with a synthetic scene's ground truth as its output (module docstring).
 
     ``scene``: a :class:`vggrpo.data.SceneGeometry` with ``H, W`` multiples of 14; the network
-    answers for that scene only (its batch, frames and size). ``received`` keeps the views of the
+    answers for that scene only (its frames and size; its batch, or any batch when it has one
+    video). ``received`` keeps the views of the
     last call.
     """
 
@@ -156,7 +157,13 @@ class Any4DStandIn(nn.Module):
         self.received = views
         V = len(views)
         B, _, H, W = views[0]["img"].shape
-        assert (B, V, H, W) == tuple(self.truth_ranges.shape), "a video of another scene"
+        Bt = self.truth_ranges.shape[0]
+        assert (V, H, W) == tuple(self.truth_ranges.shape[1:]) and Bt in (1, B), \
+            "a video of another scene"
+
+        def truth(x):  # a scene of batch 1 answers every video of a batch
+            return x.expand(B, *x.shape[1:])
+
         images = torch.cat([view["img"] for view in views], dim=0)
         encoded = self.encoder(types.SimpleNamespace(image=images,
                                                      data_norm_type=views[0]["data_norm_type"][0]))
@@ -172,15 +179,15 @@ class Any4DStandIn(nn.Module):
             x = self.dense_head((final.features[i] + fused[i]).permute(0, 2, 3, 1))  # [B,h,w,196]
             h, w = x.shape[1:3]
             x = x.reshape(B, h, w, 14, 14).permute(0, 1, 3, 2, 4).reshape(B, H, W)
-            ranges = self.truth_ranges[:, i] * torch.exp(self.gain * torch.tanh(x)).to(dtype)
-            rays = self.truth_rays[:, i]
+            ranges = truth(self.truth_ranges[:, i]) * torch.exp(self.gain * torch.tanh(x)).to(dtype)
+            rays = truth(self.truth_rays[:, i])
+            trans, quats = truth(self.truth_trans[:, i]), truth(self.truth_quats[:, i])
             cam = rays * ranges[..., None]
-            R = _quat_matrix(self.truth_quats[:, i])
-            pts = torch.einsum("bij,bhwj->bhwi", R, cam) + self.truth_trans[:, i, None, None, :]
+            pts = torch.einsum("bij,bhwj->bhwi", _quat_matrix(quats), cam) + trans[:, None, None]
             out.append({
                 "pts3d": pts, "pts3d_cam": cam, "ray_directions": rays,
-                "depth_along_ray": ranges[..., None], "cam_trans": self.truth_trans[:, i],
-                "cam_quats": self.truth_quats[:, i], "scene_flow": self.truth_tracks[:, i],
+                "depth_along_ray": ranges[..., None], "cam_trans": trans,
+                "cam_quats": quats, "scene_flow": truth(self.truth_tracks[:, i]),
                 "conf": 1.0 + ranges, "non_ambiguous_mask": ranges > 0,
                 "metric_scaling_factor": torch.ones(B, 1, dtype=dtype),
             })

@@ -207,7 +207,7 @@ def _command_lines():
         text = path.read_text(encoding="utf-8")
         lines = re.findall(r"`([^`\n]+)`", text)
         for block in re.findall(r"^```(?:bash|sh|console)\n(.*?)^```", text, re.S | re.M):
-            lines += block.splitlines()
+            lines += block.replace("\\\n", " ").splitlines()  # continued lines joined
         for line in lines:
             m = pattern.match(line.strip())
             if m:
@@ -245,4 +245,4 @@ def test_the_readme_train_config_is_accepted_up_to_loading_the_models(tmp_path, 
     (tmp_path / "grpo.toml").write_text(blocks[0])
     assert main(["train", "--config", "grpo.toml"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: LGM folder not found: /data/lgm-wan21 "), err
+    assert err.startswith("error: LGM folder not found: runs/lgm/lgm "), err

@@ -319,9 +319,13 @@ def test_an_lgm_on_a_users_backbone_saves_without_it_and_loads_with_it(vae, tmp_
     # The backbone's weights stay where the user keeps them: no backbone file, its type named.
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.json", "connector.safetensors", "lora.safetensors"]
-    with pytest.raises(ValueError, match="stitched to a _OwnBackbone backbone: pass it as "
-                                         "backbone="):
+    with pytest.raises(ValueError, match="stitched to a _OwnBackbone backbone, whose weights it "
+                                         "does not hold: pass that backbone \\(backbone= in "
+                                         "Python"):
         LatentGeometryModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="stitched to a _OwnBackbone backbone, not to the "
+                                         "tiny_vggt given"):
+        LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=TinyVGGT(SMALL))
     loaded = LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_OwnBackbone(seed=0))
     z = torch.randn(1, 16, 3, 4, 6)
     with torch.no_grad():

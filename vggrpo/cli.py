@@ -110,17 +110,35 @@ def _add_video_size_options(parser: argparse.ArgumentParser, *, frames_type,
                                  f"(default: %(default)s)")
 
 
+def _add_backbone_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    from .geometry.backbone_spec import BACKBONE_SPEC_HELP
+
+    parser.add_argument("--backbone", metavar="SPEC",
+                        help=f"the real backbone the LGM folder was stitched to: "
+                             f"{BACKBONE_SPEC_HELP} (default: none, for an LGM with its own "
+                             f"tiny backbone{extra})")
+
+
 # -- loading what the user points at ------------------------------------------------------------
 
-def _load_lgm(spec: str):
+def _load_lgm(spec: str, backbone: Optional[str] = None):
+    """The LGM of ``--lgm`` (a folder, or "default"), with the backbone of ``--backbone`` when
+    it was stitched to a real one."""
     from .defaults import load_default_lgm
+    from .geometry.backbone_spec import load_backbone
     from .lgm import LatentGeometryModel
 
     if spec == "default":
+        if backbone is not None:
+            raise UsageError("--backbone is for an LGM folder stitched to a real backbone "
+                             "(--lgm DIR); the default LGM carries its own tiny one")
         return load_default_lgm()
+    # Before the backbone, which may take minutes to build.
+    LatentGeometryModel.read_config(spec)
     # Not through load_default_lgm: a missing folder of the user's is not a missing embedded
     # default, and that error's advice (rebuild the defaults) would send them the wrong way.
-    return LatentGeometryModel.from_pretrained(spec)
+    return LatentGeometryModel.from_pretrained(
+        spec, backbone=None if backbone is None else load_backbone(backbone))
 
 
 def _load_vae(spec: str):
@@ -388,7 +406,7 @@ def cmd_reward(args) -> int:
     from .vae import encode_video
 
     out = _out_file(args.out) if args.out else None
-    lgm = _load_lgm(args.lgm)
+    lgm = _load_lgm(args.lgm, args.backbone)
     reward = LatentGeometryReward(lgm, topk=args.topk, flow_threshold=args.flow_threshold)
     vae = None
     rows: List[Dict[str, Any]] = []
@@ -455,13 +473,14 @@ def cmd_train(args) -> int:
     from .latent_reward import LatentGeometryReward
 
     cfg = _read_config(args.config)
-    known = {"model", "lgm", "prompt_embeds", "out", "dtype", "checkpoint_every", "grpo",
-             "reward"}
+    known = {"model", "lgm", "backbone", "prompt_embeds", "out", "dtype", "checkpoint_every",
+             "grpo", "reward"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise UsageError(f"config {args.config}: unknown keys {unknown}; expected {sorted(known)}")
     text, table = (str, "a string"), (dict, "a table")
-    kinds = {"model": text, "lgm": text, "prompt_embeds": text, "out": text, "dtype": text,
+    kinds = {"model": text, "lgm": text, "backbone": text, "prompt_embeds": text, "out": text,
+             "dtype": text,
              "checkpoint_every": (int, "an int >= 0 (0: at the end only)"),
              "grpo": table, "reward": table}
     for key, (kind, what) in kinds.items():
@@ -489,7 +508,7 @@ def cmd_train(args) -> int:
     except TypeError as err:
         raise UsageError(f"config [grpo]: {err}") from None
     device = _init_distributed()
-    lgm = _load_lgm(cfg.get("lgm", "default"))
+    lgm = _load_lgm(cfg.get("lgm", "default"), args.backbone or cfg.get("backbone"))
     # [reward]'s keys were checked above; the reward's own defaults fill what is not given.
     reward = LatentGeometryReward(lgm.to(device), **cfg.get("reward", {}))
     _check_lgm_vae(lgm, cfg.get("model", "tiny"))
@@ -542,7 +561,7 @@ def cmd_sample(args) -> int:
         # A pipeline folder's own VAE by default: the tiny one would decode its latents to noise.
         vae_spec = args.vae or ("tiny" if args.model == "tiny" else args.model)
         vae = _load_vae(vae_spec)
-    lgm = _load_lgm(args.lgm)
+    lgm = _load_lgm(args.lgm, args.backbone)
     _check_lgm_vae(lgm, args.model, vae, f"--vae {args.vae}" if args.vae else None)
     transformer = _load_transformer(args.model, torch.float32)
     if args.lora:
@@ -653,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "floating-point latents [B,C,T,h,w]")
     r.add_argument("--lgm", default="default",
                    help="LGM folder, or 'default' for the embedded one (default: %(default)s)")
+    _add_backbone_option(r)
     r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) that encodes "
                    "the videos, or 'tiny' for the embedded one (default: %(default)s)")
     _add_video_size_options(r, frames_type=_wan_frames,
@@ -669,8 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-lgm", help="stitch an LGM connector to a VAE (vggrpo train-lgm --help)")
 
     g = sub.add_parser("train", help="GRPO from a TOML/YAML config")
-    g.add_argument("--config", required=True, help="TOML or YAML: model, lgm, prompt_embeds, out, "
-                   "dtype, checkpoint_every, [grpo] (GRPOConfig fields), [reward]")
+    g.add_argument("--config", required=True, help="TOML or YAML: model, lgm, backbone, "
+                   "prompt_embeds, out, dtype, checkpoint_every, [grpo] (GRPOConfig fields), "
+                   "[reward]")
+    _add_backbone_option(g, "; overrides the config's backbone")
     g.add_argument("--out", help="output folder (overrides the config's)")
     g.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     g.set_defaults(fn=cmd_train)
@@ -683,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "negative_prompt_embeds); default: seeded random ones, for the tiny model")
     s.add_argument("--lgm", default="default", help="LGM folder for the guidance reward, or "
                    "'default' for the embedded one (default: %(default)s)")
+    _add_backbone_option(s)
     s.add_argument("--vae", help="VAE folder for --decode, or 'tiny' (default: the --model "
                    "folder's vae/, or 'tiny' with --model tiny)")
     s.add_argument("--steps", type=_positive_int, default=10,

@@ -262,14 +262,12 @@ class LatentGeometryModel(nn.Module):
         _io.save_json(directory / _CONFIG_FILE, config)
         return directory
 
-    @classmethod
-    def from_pretrained(cls, directory: Union[str, Path], backbone: Optional[nn.Module] = None
-                        ) -> "LatentGeometryModel":
-        """Load what :meth:`save_pretrained` wrote (local folder only; nothing is downloaded).
-
-        For a tiny backbone the weights come from the folder; for any other backbone pass the
-        loaded model as ``backbone``. Returns the model in eval mode, float32, backbone frozen.
-        """
+    @staticmethod
+    def read_config(directory: Union[str, Path]) -> Dict[str, Any]:
+        """The ``config.json`` of an LGM folder, as :meth:`save_pretrained` wrote it (its
+        ``"backbone"`` entry names the backbone's type). Reads nothing else, so a caller can
+        check a folder before building a large backbone. FileNotFoundError for a missing folder
+        or file, ValueError for a file that is not an LGM config."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"LGM folder not found: {directory} (expected a folder with "
@@ -278,12 +276,35 @@ class LatentGeometryModel(nn.Module):
         if meta.get("format") != LGM_FORMAT:
             raise ValueError(f"{directory / _CONFIG_FILE} is not an LGM config "
                              f"(format {meta.get('format')!r}, expected {LGM_FORMAT!r})")
+        return meta
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, Path], backbone: Optional[nn.Module] = None
+                        ) -> "LatentGeometryModel":
+        """Load what :meth:`save_pretrained` wrote (local folder only; nothing is downloaded).
+
+        For a tiny backbone the weights come from the folder; for any other backbone pass the
+        loaded model as ``backbone`` (its class must be the one recorded at saving, e.g.
+        ``VGGTAdapter``). Returns the model in eval mode, float32, backbone frozen.
+        """
+        directory = Path(directory)
+        meta = cls.read_config(directory)
         config = LGMConfig.from_dict(meta.get("lgm", {}))
+        spec = meta.get("backbone") or {}
+        stitched = spec.get("type", "unknown")
+        if backbone is not None:
+            # Its class, as save_pretrained recorded it: another backbone of the same width
+            # would load and read the connector's tokens as nonsense.
+            given = "tiny_vggt" if isinstance(backbone, TinyVGGT) else type(backbone).__name__
+            if given != stitched:
+                raise ValueError(f"the LGM in {directory} was stitched to a {stitched} backbone, "
+                                 f"not to the {given} given")
         if backbone is None:
-            spec = meta.get("backbone") or {}
-            if spec.get("type") != "tiny_vggt":
-                raise ValueError(f"the LGM in {directory} was stitched to a "
-                                 f"{spec.get('type', 'unknown')} backbone: pass it as backbone=")
+            if stitched != "tiny_vggt":
+                raise ValueError(f"the LGM in {directory} was stitched to a {stitched} backbone, "
+                                 f"whose weights it does not hold: pass that backbone "
+                                 f"(backbone= in Python; on the command line --backbone SPEC, "
+                                 f"e.g. vggt:DIR)")
             backbone = TinyVGGT(TinyVGGTConfig.from_dict(spec.get("config", {})))
             _io.load_state_dict_strict(
                 backbone, _io.load_tensors(directory / _BACKBONE_FILE, "backbone weights"),

@@ -283,18 +283,22 @@ def build_parser(prog: str = "python -m vggrpo.stitching"):
     import argparse
 
     from .cli import _add_video_size_options, _positive_int, _wan_frames
+    from .geometry.backbone_spec import BACKBONE_SPEC_HELP
 
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Train an LGM connector by feature stitching: frozen Wan VAE + frozen tiny "
-                    "backbone, videos from a folder (mp4/png frames) or synthetic scenes.")
+        description="Train an LGM connector by feature stitching: frozen Wan VAE + frozen "
+                    "geometry backbone (the embedded tiny one, VGGT, Any4D or your own), videos "
+                    "from a folder (mp4/png frames) or synthetic scenes.")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos / frame folders (each clip >= --frames)")
     src.add_argument("--synthetic", type=_positive_int, metavar="N", help="use N synthetic scenes")
     parser.add_argument("--vae", default="tiny", help="local diffusers AutoencoderKLWan folder, or "
                         "'tiny' for the embedded tiny VAE (default: %(default)s)")
-    parser.add_argument("--backbone", default="default", help="LGM folder whose tiny backbone to "
-                        "stitch to, or 'default' for the embedded one (default: %(default)s)")
+    parser.add_argument("--backbone", default="default", metavar="SPEC",
+                        help="the backbone to stitch to: 'default' (the embedded tiny one), an "
+                             "LGM folder whose tiny backbone to take, or a real one: "
+                             f"{BACKBONE_SPEC_HELP} (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder (LGM + checkpoint)")
     _add_video_size_options(parser, frames_type=_wan_frames,
                             frames_help="frames per clip, 1 + 4k", what="clips")
@@ -328,8 +332,13 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
             if not Path(args.vae).is_dir():
                 raise FileNotFoundError(f"VAE folder not found: {args.vae}")
             vae = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True).eval()
-        base = load_default_lgm(None if args.backbone == "default" else args.backbone)
-        backbone = base.backbone
+        if args.backbone == "default" or Path(args.backbone).is_dir():
+            base = load_default_lgm(None if args.backbone == "default" else args.backbone)
+            backbone = base.backbone
+        else:
+            from .geometry.backbone_spec import load_backbone
+
+            backbone = load_backbone(args.backbone)
         if args.videos:
             from .data.video import VideoFolderDataset
 

@@ -59,6 +59,7 @@ import contextlib
 import os
 import types
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -78,6 +79,8 @@ __all__ = [
     "any4d_outputs_to_geometry_dict",
     "any4d_predictions_to_geometry_dict",
     "scene_flow_from_reference_tracks",
+    "ANY4D_OVERRIDES",
+    "build_any4d_network",
     "Any4DAdapter",
 ]
 
@@ -363,6 +366,55 @@ def any4d_outputs_to_geometry_dict(
         "confidences": (None if not confidences
                         else {k: v.to(dtype) for k, v in confidences.items()}),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the network from Any4D's own configs
+# --------------------------------------------------------------------------------------------------
+
+#: The Hydra overrides of Any4D's own demo (images only, the ``local`` machine), plus one that
+#: keeps its DINOv2 encoder from fetching pretrained weights the checkpoint replaces anyway.
+ANY4D_OVERRIDES: Tuple[str, ...] = (
+    "machine=local", "model=any4d", "model.encoder.uses_torch_hub=false",
+    "model/task=images_only", "++model.encoder.torch_hub_pretrained=false",
+)
+
+
+def build_any4d_network(configs: PathLike, overrides: Sequence[str] = ANY4D_OVERRIDES
+                        ) -> nn.Module:
+    """The Any4D network, built as Any4D's demo builds it: its Hydra ``train`` config from the
+    ``configs`` folder of an Any4D checkout, composed with ``overrides``, then
+    ``any4d.models.init_model``. Random weights (load a checkpoint next).
+
+    Needs the ``any4d`` package and its dependencies (Hydra, UniCeption), installed as Any4D's
+    README says (``pip install -e .`` in the checkout). Its DINOv2 encoder's code comes from
+    torch hub (``facebookresearch/dinov2``): offline, from torch hub's cache, as after one run of
+    Any4D's demo. Errors: FileNotFoundError for a folder without ``train.yaml``, ImportError
+    naming what to install, ValueError (one line) when Any4D fails to build.
+    """
+    folder = Path(os.fspath(configs)).expanduser()
+    if not (folder / "train.yaml").is_file():
+        raise FileNotFoundError(f"Any4D configs folder {str(folder)!r} has no train.yaml (expected "
+                                f"the configs/ folder of an Any4D checkout)")
+    try:
+        from any4d.models import init_model
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+    except ImportError as err:
+        raise ImportError(f"building Any4D needs the any4d package and its dependencies ({err}); "
+                          f"install them from your Any4D checkout: pip install -e <Any4D>") \
+            from None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(folder.resolve()), version_base=None):
+            cfg = compose(config_name="train", overrides=list(overrides))
+        return init_model(cfg.model.model_str, cfg.model.model_config)
+    except Exception as err:  # Hydra, OmegaConf, torch hub and the model raise many types
+        reason = " ".join(str(err).split())
+        raise ValueError(f"Any4D could not be built from {str(folder)!r}: "
+                         f"{type(err).__name__}: {reason[:300]}") from None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 # --------------------------------------------------------------------------------------------------
