@@ -172,11 +172,11 @@ def test_from_pretrained_is_not_strict_but_never_silent(tmp_path, scene):
         Any4DAdapter.from_pretrained(partial, lambda: Any4DStandIn(scene))
     prefixed = tmp_path / "prefixed.pth"
     torch.save({"model": {f"model.{k}": v for k, v in full.items()}}, prefixed)
-    with pytest.raises(ValueError, match="match none of the network's"):
+    with pytest.raises(ValueError, match="Any4D weights .* match none of the model's"):
         Any4DAdapter.from_pretrained(prefixed, lambda: Any4DStandIn(scene))
     wrong = tmp_path / "wrong.pth"
     torch.save({"model": {**full, "dense_head.bias": torch.zeros(3)}}, wrong)
-    with pytest.raises(ValueError, match=r"dense_head.bias is \[3\], the network's \[196\]"):
+    with pytest.raises(ValueError, match=r"dense_head.bias is \[3\], the model's \[196\]"):
         Any4DAdapter.from_pretrained(wrong, lambda: Any4DStandIn(scene))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Any4DAdapter.from_pretrained(tmp_path / "absent.pth", lambda: Any4DStandIn(scene))

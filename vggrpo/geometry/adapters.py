@@ -56,7 +56,7 @@ from vggrpo.geometry.any4d import (
     any4d_predictions_to_geometry_dict,
 )
 from vggrpo.geometry.cameras import pose_encoding_to_cameras
-from vggrpo.geometry.checkpoints import find_weights, load_state_dict_file
+from vggrpo.geometry.checkpoints import find_weights, load_state_dict_file, load_weights_into
 
 __all__ = [
     "VGGT_INSTALL_HINT",
@@ -247,14 +247,19 @@ class VGGTAdapter(nn.Module):
         """Build ``vggt.models.vggt.VGGT(**model_kwargs)`` and load local weights into it.
 
         ``path``: a local folder (``model.safetensors`` / ``model.pt`` as in the VGGT-1B release)
-        or a weights file. FileNotFoundError (naming the path) when it does not exist or holds no
-        weights; ImportError naming ``pip install git+https://github.com/facebookresearch/vggt``
-        when ``vggt`` is not installed. Never downloads. The model is returned in eval mode on CPU.
+        or a weights file, loaded into the built model tensor by tensor
+        (:func:`~vggrpo.geometry.checkpoints.load_weights_into`), so loading peaks at about the
+        model's size, not twice it. FileNotFoundError (naming the path) when it does not exist or
+        holds no weights; ValueError when its tensors do not fit the model; ImportError naming
+        ``pip install git+https://github.com/facebookresearch/vggt`` when ``vggt`` is not
+        installed. Never downloads. The model is returned in eval mode on CPU.
         """
         files = find_weights(path, "VGGT")
         VGGT = _import_vggt()
         model = VGGT(**dict(model_kwargs or {}))
-        model.load_state_dict(load_state_dict_file(files), strict=strict)
+        # Into the built model, tensor by tensor: holding the whole state dict beside it would
+        # double the peak (10 GB for VGGT-1B).
+        load_weights_into(model, files, strict=strict, what="VGGT")
         return cls(model, pointmaps_from=pointmaps_from).eval()
 
     # -- plain use ----------------------------------------------------------------------------

@@ -71,7 +71,7 @@ from .cameras import (
     quaternion_to_matrix,
     range_depth_to_z_depth,
 )
-from .checkpoints import find_weights, load_state_dict_file
+from .checkpoints import find_weights, load_weights_into
 from .record import Geometry
 
 __all__ = [
@@ -536,32 +536,20 @@ class Any4DAdapter(nn.Module):
         lacks is a warning naming how many and which; a file that matches none of the network's
         keys, or a tensor of the wrong shape, is a ValueError. ``torch.load(weights_only=True)``:
         a checkpoint holding other Python objects is refused with the one-line re-save recipe.
-        Never downloads. Eval mode.
+        The weights are copied into the built network tensor by tensor from a memory-mapped
+        file (:func:`~vggrpo.geometry.checkpoints.load_weights_into`): no second copy of the
+        model is held. Never downloads. Eval mode.
         """
         files = find_weights(path, "Any4D")
         if not callable(build_model):
             raise TypeError("build_model must be a zero-argument callable returning the Any4D "
                             "network (build it with the any4d package from its config)")
         model = build_model()
-        state = load_state_dict_file(files)
-        own = model.state_dict()
-        matched = set(state) & set(own)
-        if not matched:
-            raise ValueError(f"Any4D weights {str(path)!r} match none of the network's "
-                             f"{len(own)} tensors (file keys like {sorted(state)[:3]}, network "
-                             f"keys like {sorted(own)[:3]})")
-        wrong = sorted(k for k in matched if tuple(state[k].shape) != tuple(own[k].shape))
-        if wrong:
-            k = wrong[0]
-            raise ValueError(f"Any4D weights {str(path)!r} do not fit the network built: {k} is "
-                             f"{_dims(state[k])}, the network's {_dims(own[k])} "
-                             f"({len(wrong)} in all)")
-        result = model.load_state_dict(state, strict=strict)
-        missing = list(getattr(result, "missing_keys", []))
+        missing, _ = load_weights_into(model, files, strict=strict, what="Any4D")
         if missing:
             warnings.warn(f"Any4D weights {str(path)!r} leave {len(missing)} of the network's "
-                          f"{len(own)} tensors at their initial values (e.g. {missing[:3]})",
-                          stacklevel=2)
+                          f"{len(model.state_dict())} tensors at their initial values (e.g. "
+                          f"{missing[:3]})", stacklevel=2)
         return cls(model, **kwargs).eval()
 
     # -- plain use ----------------------------------------------------------------------------
