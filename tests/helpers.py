@@ -122,3 +122,28 @@ def assert_same_vae_signature(a: dict, b: dict) -> None:
     assert {k: v for k, v in a.items() if k != "encoder_norms"} == \
         {k: v for k, v in b.items() if k != "encoder_norms"}
     assert a["encoder_norms"] == pytest.approx(b["encoder_norms"], rel=1e-12, abs=0)
+
+
+class OwnBackbone(torch.nn.Module):
+    """A user's backbone that is not a TinyVGGT: the protocol's members, delegating to the
+    (tiny) model it wraps. This is how an LGM on VGGT, Any4D or a user's own model is saved and
+    loaded: the LGM folder records this class's name, not its weights."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.patch_size, self.dim = inner.patch_size, inner.dim
+        self.stitch_layer = inner.stitch_layer
+
+    @property
+    def blocks(self):
+        return self.inner.blocks
+
+    def embed(self, video):
+        return self.inner.embed(video)
+
+    def forward_tokens(self, tokens):
+        return self.inner.forward_tokens(tokens)
+
+    def heads(self, tokens, grid):
+        return self.inner.heads(tokens, grid)

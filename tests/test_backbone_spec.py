@@ -247,34 +247,18 @@ USER_MODULE = '''
 """A user's own backbone: a class of theirs around vggrpo's tiny one."""
 import torch
 
+from helpers import OwnBackbone
 from vggrpo.geometry import TinyVGGT, TinyVGGTConfig
 
 
-class MyBackbone(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(3)
-        self.inner = TinyVGGT(TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1,
-                                             aggregator_depth=1, head_channels=8))
-        self.patch_size, self.dim = self.inner.patch_size, self.inner.dim
-        self.stitch_layer = self.inner.stitch_layer
-
-    @property
-    def blocks(self):
-        return self.inner.blocks
-
-    def embed(self, video):
-        return self.inner.embed(video)
-
-    def forward_tokens(self, tokens):
-        return self.inner.forward_tokens(tokens)
-
-    def heads(self, tokens, grid):
-        return self.inner.heads(tokens, grid)
+class MyBackbone(OwnBackbone):
+    pass
 
 
 def build():
-    return MyBackbone()
+    torch.manual_seed(3)
+    return MyBackbone(TinyVGGT(TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1,
+                                              aggregator_depth=1, head_channels=8)))
 
 
 def not_a_backbone():

@@ -92,12 +92,16 @@ def test_each_trainer_gets_its_own_default_config_and_a_wrong_kind_is_refused():
         GRPOTrainer(tiny_transformer(), reward, prompt_embeds(), {"lr": 1e-3})
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    straight = make_trainer()
+# alpha / r = 3: the LoRA file's B * 3 / 3 is not B in every float32 bit, so the trainer resumes
+# from its own unfolded copy (vggrpo.lora_file) and is exact all the same.
+@pytest.mark.parametrize("overrides", [{}, {"lora_rank": 2, "lora_alpha": 6.0}],
+                         ids=["alpha-is-rank", "alpha-3-rank"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, overrides):
+    straight = make_trainer(**overrides)
     logs = straight.train(3, progress=False)
-    first = make_trainer()
+    first = make_trainer(**overrides)
     first.train(2, out_dir=tmp_path, progress=False)
-    resumed = make_trainer()  # a fresh process: same init, state from the checkpoint
+    resumed = make_trainer(**overrides)  # a fresh process: same init, state from the checkpoint
     resumed.load_checkpoint(tmp_path)
     assert resumed.step_index == 2
     log = resumed.train_step()
@@ -107,7 +111,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     a, b = straight.lora_state_dict(), resumed.lora_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="cannot resume"):
-        make_trainer(lr=5e-3).load_checkpoint(tmp_path)
+        make_trainer(**overrides, lr=5e-3).load_checkpoint(tmp_path)
 
 
 def _torchrun(n: int, out: Path) -> None:

@@ -22,7 +22,7 @@ from vggrpo.vae import (
     vae_signature,
 )
 
-from helpers import assert_same_vae_signature, tiny_vae
+from helpers import OwnBackbone, assert_same_vae_signature, tiny_vae
 
 SMALL = TinyVGGTConfig(dim=32, num_heads=2, encoder_depth=1, aggregator_depth=1, head_channels=8)
 
@@ -283,34 +283,14 @@ def test_lora_on_remaining_blocks(vae, tmp_path):
         make_lgm(vae).add_lora(target_modules=("to_q",))
 
 
-class _OwnBackbone(torch.nn.Module):
-    """A user's backbone (not a TinyVGGT): the protocol's members, delegating to a tiny model.
-    This is how an LGM on VGGT or Any4D is saved and loaded."""
-
-    def __init__(self, seed):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.inner = TinyVGGT(SMALL).eval().requires_grad_(False)
-        self.patch_size, self.dim = self.inner.patch_size, self.inner.dim
-        self.stitch_layer = self.inner.stitch_layer
-
-    @property
-    def blocks(self):
-        return self.inner.blocks
-
-    def embed(self, video):
-        return self.inner.embed(video)
-
-    def forward_tokens(self, tokens):
-        return self.inner.forward_tokens(tokens)
-
-    def heads(self, tokens, grid):
-        return self.inner.heads(tokens, grid)
+def _own_backbone(seed):
+    torch.manual_seed(seed)
+    return OwnBackbone(TinyVGGT(SMALL).eval().requires_grad_(False))
 
 
 def test_an_lgm_on_a_users_backbone_saves_without_it_and_loads_with_it(vae, tmp_path):
     torch.manual_seed(1)
-    lgm = LatentGeometryModel(_OwnBackbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim)).eval()
+    lgm = LatentGeometryModel(_own_backbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim)).eval()
     lgm.add_lora(rank=2, alpha=2.0)
     with torch.no_grad():
         for p in lgm.lora_state_dict().values():
@@ -319,14 +299,14 @@ def test_an_lgm_on_a_users_backbone_saves_without_it_and_loads_with_it(vae, tmp_
     # The backbone's weights stay where the user keeps them: no backbone file, its type named.
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.json", "connector.safetensors", "lora.safetensors"]
-    with pytest.raises(ValueError, match="stitched to a _OwnBackbone backbone, whose weights it "
+    with pytest.raises(ValueError, match="stitched to a OwnBackbone backbone, whose weights it "
                                          "does not hold: pass that backbone \\(backbone= in "
                                          "Python"):
         LatentGeometryModel.from_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match="stitched to a _OwnBackbone backbone, not to the "
+    with pytest.raises(ValueError, match="stitched to a OwnBackbone backbone, not to the "
                                          "tiny_vggt given"):
         LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=TinyVGGT(SMALL))
-    loaded = LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_OwnBackbone(seed=0))
+    loaded = LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_own_backbone(seed=0))
     z = torch.randn(1, 16, 3, 4, 6)
     with torch.no_grad():
         a, b = lgm(z), loaded(z)
@@ -334,11 +314,11 @@ def test_an_lgm_on_a_users_backbone_saves_without_it_and_loads_with_it(vae, tmp_
     with pytest.raises(ValueError, match="this LGM already has LoRA adapters"):
         loaded.add_lora(rank=2)
     # The adapters file of another rank does not half-load.
-    other = LatentGeometryModel(_OwnBackbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim))
+    other = LatentGeometryModel(_own_backbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim))
     other.add_lora(rank=4, alpha=4.0, target_modules=("qkv",))
     _io.save_tensors(tmp_path / "m" / "lora.safetensors", other.lora_state_dict())
     with pytest.raises(ValueError, match="do not match the config's adapters"):
-        LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_OwnBackbone(seed=0))
+        LatentGeometryModel.from_pretrained(tmp_path / "m", backbone=_own_backbone(seed=0))
 
 
 # -- stitching ------------------------------------------------------------------------------------

@@ -132,24 +132,6 @@ def test_sample_cli_with_the_lora_is_the_trained_model(trained, tmp_path):
     assert (ours - base).abs().max() > 1e-2
 
 
-def test_resume_is_exact_with_a_scale_float32_cannot_undo(tmp_path):
-    """alpha / r = 3: the file's B * 3 / 3 is not B in every bit, so the trainer resumes from
-    its own unfolded copy and reproduces the uninterrupted run's next step bit for bit."""
-    overrides = dict(lora_rank=2, lora_alpha=6.0)
-    straight = make_trainer(**overrides)
-    logs = straight.train(3, progress=False)
-    first = make_trainer(**overrides)
-    first.train(2, out_dir=tmp_path, progress=False)
-    resumed = make_trainer(**overrides)
-    resumed.load_checkpoint(tmp_path)
-    log = resumed.train_step()
-    skip = {"time_rollout_s", "time_reward_s", "time_update_s"}
-    assert {k: v for k, v in log.items() if k not in skip} == \
-        {k: v for k, v in logs[2].items() if k not in skip}
-    a, b = straight.lora_state_dict(), resumed.lora_state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_resume_refuses_a_lora_file_from_another_step(tmp_path):
     trainer = make_trainer(lora_rank=2, lora_alpha=6.0)
     trainer.train(1, out_dir=tmp_path / "one", progress=False)

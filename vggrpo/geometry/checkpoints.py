@@ -100,17 +100,7 @@ def load_state_dict_file(files: Union[PathLike, List[PathLike]]) -> Dict[str, Te
 
             part = load_file(str(f), device="cpu")
         else:
-            try:
-                part = torch.load(str(f), map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise ValueError(
-                    f"{str(f)!r} holds objects other than tensors and plain containers, which "
-                    "vggrpo does not unpickle (weights_only=True); re-save its state dict with "
-                    f"torch.save(model.state_dict(), ...) or as safetensors ({err})"
-                ) from err
-            part = _unwrap(part)
-        if not isinstance(part, dict):
-            raise ValueError(f"{str(f)!r} does not hold a state dict (got {type(part).__name__})")
+            part = _load_pickle(f, mmap=False)
         state.update(part)
     return state
 
@@ -196,6 +186,29 @@ def _safetensors_entries(path: Path) -> Dict[str, _Entry]:
     return entries
 
 
+def _load_pickle(path: Path, mmap: bool) -> Dict[str, Tensor]:
+    """The state dict of a torch checkpoint, ``weights_only`` (never unpickling objects), a
+    ``{"model": ...}`` wrapper unwrapped; with ``mmap``, memory-mapped where the format allows."""
+    try:
+        try:
+            part = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # The legacy (pre-zip) format cannot be mapped: read it whole.
+            part = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{str(path)!r} holds objects other than tensors and plain containers, which "
+            "vggrpo does not unpickle (weights_only=True); re-save its state dict with "
+            f"torch.save(model.state_dict(), ...) or as safetensors ({err})"
+        ) from err
+    part = _unwrap(part)
+    if not isinstance(part, dict):
+        raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(part).__name__})")
+    return part
+
+
 def _unwrap(part):
     # Training checkpoints wrap the weights: {"model": state_dict, "epoch": ..., ...}.
     if isinstance(part, dict) and not any(isinstance(v, Tensor) for v in part.values()):
@@ -207,20 +220,7 @@ def _unwrap(part):
 
 def _pickle_entries(path: Path) -> Dict[str, _Entry]:
     """The tensors of a torch checkpoint, memory-mapped (read only as they are copied)."""
-    try:
-        try:
-            part = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (pre-zip) format cannot be mapped: read it whole
-            part = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{str(path)!r} holds objects other than tensors and plain containers, which "
-            "vggrpo does not unpickle (weights_only=True); re-save its state dict with "
-            f"torch.save(model.state_dict(), ...) or as safetensors ({err})"
-        ) from err
-    part = _unwrap(part)
-    if not isinstance(part, dict):
-        raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(part).__name__})")
+    part = _load_pickle(path, mmap=True)
     return {k: _Entry(tuple(v.shape), v.dtype, path, tensor=v)
             for k, v in part.items() if isinstance(v, Tensor)}
 
