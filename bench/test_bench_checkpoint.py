@@ -121,9 +121,11 @@ def test_checkpoint_loading_peak_memory(checkpoints, request):
         lines.append(f"  {name:32s} anon {r['anon']:.2f}  rss {r['rss']:.2f}  "
                      f"{r['seconds']:.2f} s")
     report = "\n".join(lines)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # shown whatever the capture mode
-        reporter.write_line("\n" + report)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:  # shown whatever the capture mode
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\n" + report)
     if request.config.getoption("benchmark_min_rounds") >= 3:  # a measurement, not a smoke run
         from vggrpo import _io
 

@@ -4,7 +4,11 @@
 * :mod:`vggrpo.geometry.cameras` — VGGT pose encoding, quaternions, Any4D-style conversions.
 * :class:`GeometryBackbone` — the protocol the LGM stitches into; :class:`TinyVGGT` — a tiny
   VGGT-like model trained on the synthetic scenes (the embedded default);
-  :mod:`vggrpo.geometry.adapters` — wrappers for real VGGT / Any4D checkpoints on local disk.
+  :mod:`vggrpo.geometry.adapters` — wrappers for real VGGT / Any4D checkpoints on local disk;
+  :mod:`vggrpo.geometry.any4d` — Any4D's output in this package's conventions (its scene flow
+  included); :mod:`vggrpo.geometry.backbone_spec` — a backbone named by one string
+  (``vggt:DIR``, ``any4d:DIR``, ``MODULE:FUNCTION``); :mod:`vggrpo.geometry.checkpoints` —
+  local weight files, loaded into a built model at about its own size.
 """
 
 from .backbone import GeometryBackbone, missing_backbone_members
