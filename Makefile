@@ -138,7 +138,7 @@ bench-check: build
 
 test: lint build cpp-test cuda-compile cuda-build pytest cuda-emulated bench-quick
 
-# The main job on the embedded tiny models (measured: 32-34 s on 2 cores, once built):
+# The main job on the embedded tiny models (measured: 39-43 s on 2 cores, once built):
 # synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided
 # vs unguided samples, the latent-vs-RGB reward timing; writes out/demo/{summary.json,
 # reward_curve.png, lora/}.

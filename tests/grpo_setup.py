@@ -10,7 +10,9 @@ def prompt_embeds(P: int = 2, seed: int = 0):
     return torch.randn(P, 8, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def make_trainer(negative_prompt_embeds=None, **overrides):
+def make_trainer(negative_prompt_embeds=None, *, dtype=torch.float32, reward=None, **overrides):
+    """The tiny trainer: ``overrides`` are GRPOConfig fields; ``dtype`` the base model's;
+    ``reward`` default: the embedded LGM's latent reward."""
     from vggrpo import LatentGeometryReward
     from vggrpo.defaults import load_default_lgm
     from vggrpo.grpo import GRPOConfig, GRPOTrainer
@@ -18,7 +20,8 @@ def make_trainer(negative_prompt_embeds=None, **overrides):
     kw = dict(group_size=4, prompts_per_step=2, num_inference_steps=6, sde_window=(0, 3),
               steps=4, lr=1e-2, lora_rank=4, lora_alpha=4.0, seed=0)
     kw.update(overrides)
-    transformer = tiny_transformer()
+    transformer = tiny_transformer().to(dtype)
+    reward = LatentGeometryReward(load_default_lgm()) if reward is None else reward
     torch.manual_seed(1)  # LoRA A is initialised from the global generator
-    return GRPOTrainer(transformer, LatentGeometryReward(load_default_lgm()), prompt_embeds(),
-                       GRPOConfig(**kw), negative_prompt_embeds=negative_prompt_embeds)
+    return GRPOTrainer(transformer, reward, prompt_embeds(), GRPOConfig(**kw),
+                       negative_prompt_embeds=negative_prompt_embeds)

@@ -320,7 +320,7 @@ def cmd_demo(args) -> int:
     torch.manual_seed(1)
     trainer = GRPOTrainer(transformer, latent_reward, embeds, GRPOConfig(
         group_size=8, prompts_per_step=2, num_inference_steps=6, sde_window=(0, 3),
-        steps=args.steps, lr=2e-2, lora_rank=4, lora_alpha=4.0, seed=1))
+        steps=args.steps, lr=2e-2, lora_rank=4, lora_alpha=4.0, seed=0))
     before = trainer.evaluate()
     history = trainer.train(progress=True)
     after = trainer.evaluate()

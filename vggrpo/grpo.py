@@ -1,5 +1,6 @@
 """A lean GRPO trainer for diffusers Wan video transformers with a peft LoRA adapter (paper
-Sec. 3.5), scored by :class:`~vggrpo.LatentGeometryReward` on the latents (no VAE decode).
+Sec. 3.5), scored by any reward of the final latents (by default
+:class:`~vggrpo.LatentGeometryReward`: no VAE decode).
 
 One optimisation step:
 
@@ -7,9 +8,13 @@ One optimisation step:
    :func:`vggrpo.sampling.sample` (the same code path as guided sampling): ODE steps, and SDE
    steps with log-probabilities on ``sde_window``. The starting noise of a group is shared or not
    (``same_noise_per_group``); every random draw comes from a generator seeded by
-   ``(seed, step, prompt index)``, so a run is reproducible whatever the rank layout.
-2. **Reward**: ``{"motion", "geo"}`` of the final latents; each reward normalised within its group
-   (:func:`vggrpo.group_advantages`: population std, float64), then averaged -> advantage ``A``.
+   ``(seed, step, prompt slot[, video])``, so a run is reproducible whatever the rank layout and
+   the micro-batch size. Only what the update needs is kept: the latents at the window's steps
+   (on the CPU with ``offload_trajectory``), their log-probabilities and the final latents.
+2. **Reward**: ``reward(final latents) -> {name: [B]}``, any callable (the latent reward, the RGB
+   baseline, a user's own). Each reward is normalised within its group
+   (:func:`vggrpo.group_advantages`: population std, float64) and weighted
+   (``reward_weights``) -> advantage ``A``.
 3. **Update**: for every SDE step ``i`` of the window (gradients accumulated across steps, one
    optimiser step): the policy's velocity at ``x_i`` gives the step's Gaussian mean; the log-prob
    of the stored ``x_{i+1}`` gives the ratio ``r = exp(logp - logp_old)``;
@@ -18,8 +23,15 @@ One optimisation step:
    ``KL = mean |mu_theta - mu_ref|^2 / (2 std^2)`` (element mean), differentiated through
    ``mu_theta``. ``loss = (L_pg + beta KL) / n_window``; then grad-norm clip and AdamW.
 
-Everything SDE-related runs in float32 whatever the model dtype (the ratio is exactly 1 on the
-first update: the same model, batch and inputs give the same bits).
+**Micro-batches.** Every pass through the video model (rollout, reference, update) and the
+reward take ``micro_batch_size`` videos at a time; the update's gradients accumulate over them
+(each micro-batch's loss weighted by its share of the batch), so the update is the full batch's
+up to float32 summation order. The rollout and the update use the same micro-batches, so the
+model sees the same inputs at both and the first update's ratio is exactly 1, in bfloat16 too.
+``gradient_checkpointing`` turns on the transformer's own (diffusers) activation checkpointing
+for the update: the same update, less memory.
+
+Everything SDE-related runs in float32 whatever the model dtype.
 
 More than one process (``torchrun``): the prompts of a step are split across ranks (whole
 groups), rewards are all-gathered before normalisation, and LoRA gradients are averaged with an
@@ -39,7 +51,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -72,6 +84,13 @@ class GRPOConfig:
     ``sde_window`` = ``(start, end)`` step indices trained (SDE there, ODE elsewhere).
     ``updates_per_rollout`` optimiser steps reuse each rollout (1: fully on-policy, the ratio is
     exactly 1 at the update; more: the clipped ratio limits how far the policy moves).
+
+    Memory (module docstring): ``micro_batch_size`` videos go through the model at once (None:
+    all of a rank's videos of a step); ``gradient_checkpointing`` recomputes the transformer's
+    blocks in the update's backward instead of keeping their activations;
+    ``offload_trajectory`` keeps the rollout's window latents on the CPU until the update.
+    ``reward_weights``: name -> weight of each reward after its per-group normalisation (None:
+    weight 1 for every reward the reward returns; 0 logs a reward without training on it).
     """
 
     group_size: int = 4
@@ -94,6 +113,10 @@ class GRPOConfig:
     updates_per_rollout: int = 1
     guidance_scale: float = 1.0
     latent_shape: Tuple[int, int, int, int] = (16, 5, 12, 20)
+    micro_batch_size: Optional[int] = None
+    gradient_checkpointing: bool = False
+    offload_trajectory: bool = False
+    reward_weights: Optional[Dict[str, float]] = None
 
     def __post_init__(self) -> None:
         # TOML / YAML give lists; anything else is left as it came for the checks below to name.
@@ -133,6 +156,22 @@ class GRPOConfig:
                 or not all(map(is_positive_int, self.latent_shape))):
             raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
                              f"{self.latent_shape}")
+        if self.micro_batch_size is not None and not is_positive_int(self.micro_batch_size):
+            raise ValueError(f"GRPOConfig.micro_batch_size must be a positive int or None (all "
+                             f"of a rank's videos at once), got {self.micro_batch_size!r}")
+        for name in ("gradient_checkpointing", "offload_trajectory", "same_noise_per_group"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GRPOConfig.{name} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
+        if self.reward_weights is not None:
+            w = self.reward_weights
+            if (not isinstance(w, dict) or not w
+                    or not all(isinstance(k, str) and is_finite_number(v) for k, v in w.items())):
+                raise ValueError(f"GRPOConfig.reward_weights must map reward names to finite "
+                                 f"numbers (or be None: weight 1 each), got {w!r}")
+            if not any(v != 0 for v in w.values()):
+                raise ValueError(f"GRPOConfig.reward_weights are all 0: nothing would be "
+                                 f"trained, got {w!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -154,13 +193,49 @@ def _seed(*parts: int) -> int:
     return s
 
 
+@dataclass
+class Rollout:
+    """This rank's videos of one step, as the update needs them (``N`` videos, ``n`` SDE steps).
+
+    * ``prompts``: ``[N]`` prompt index of each video (groups of ``group_size`` consecutive);
+    * ``chunks``: the micro-batches ``(start, end)``, the same in the rollout and the update;
+    * ``steps``: the ``n`` SDE step indices of the window;
+    * ``window``: ``n + 1`` latents ``[N,C,T,h,w]``, at the window's steps and the one after
+      (float32; on the CPU with ``offload_trajectory``);
+    * ``log_probs``: ``[N, n]`` the rollout's log-probabilities (CPU);
+    * ``final``: ``[N,C,T,h,w]`` the final latents, which the reward scores (the window's last
+      latent when the window ends at the last step).
+    """
+
+    prompts: Tensor
+    chunks: List[Tuple[int, int]]
+    steps: List[int]
+    window: List[Tensor]
+    log_probs: Tensor
+    final: Tensor
+
+
+def _checked_rewards(out: Any, batch: int) -> Dict[str, Tensor]:
+    if not isinstance(out, Mapping) or not out:
+        raise ValueError(f"reward: must return a non-empty dict of name -> [B] tensor, got "
+                         f"{type(out).__name__}")
+    for k, v in out.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor) or tuple(v.shape) != (batch,):
+            got = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"reward: its output {k!r} must be a [B] tensor, one value per "
+                             f"video (B = {batch}), got {got}")
+    return dict(out)
+
+
 class GRPOTrainer:
     """GRPO on a diffusers ``WanTransformer3DModel`` with a LoRA adapter (module docstring).
 
     Args:
         transformer: the video model; a LoRA adapter (``config.lora_*``) is added here and is the
             only thing trained.
-        reward: :class:`~vggrpo.LatentGeometryReward` (latents -> ``{"motion", "geo"}``).
+        reward: any callable ``latents [B,C,T,h,w] -> {name: [B] tensor}``:
+            :class:`~vggrpo.LatentGeometryReward` (``{"motion", "geo"}``), the RGB baseline, or a
+            user's own (an aesthetic score, say). Called without grad, a micro-batch at a time.
         prompt_embeds: ``[P,L,D]`` text embeddings, one per prompt (given directly).
         config: :class:`GRPOConfig` (default: ``GRPOConfig()``).
         negative_prompt_embeds: ``[P,L,D]`` for classifier-free guidance (with
@@ -171,7 +246,11 @@ class GRPOTrainer:
     * the embeddings and ``config.latent_shape`` (:func:`~vggrpo.sampling.check_wan_inputs`,
       with at least 3 latent frames for the motion reward);
     * the latent channels the reward reads (its LGM's, or the RGB baseline's VAE's);
-    * the device of the reward's weights.
+    * the device of the reward's weights;
+    * what the reward returns, from one call on a zero latent: a dict of ``[B]`` tensors, whose
+      names ``config.reward_weights`` must come from;
+    * ``config.micro_batch_size`` against a rank's videos per step, and that the model can
+      checkpoint its activations when ``config.gradient_checkpointing`` asks for it.
 
     Whether the LGM was stitched to the model's VAE is checked where the reward is built
     (``LatentGeometryReward(lgm, vae=vae)``): the trainer never sees the VAE.
@@ -216,6 +295,28 @@ class GRPOTrainer:
         if reward_device != model_device:
             raise ValueError(f"reward: its weights are on {reward_device} but the model is on "
                              f"{model_device}; move it first (reward.to({str(model_device)!r}))")
+        videos = config.prompts_per_step // self.world * config.group_size
+        if config.micro_batch_size is not None and config.micro_batch_size > videos:
+            raise ValueError(f"GRPOConfig.micro_batch_size ({config.micro_batch_size}) is larger "
+                             f"than a rank's videos per step ({videos} = prompts_per_step "
+                             f"{config.prompts_per_step} / {self.world} ranks x group_size "
+                             f"{config.group_size})")
+        if config.gradient_checkpointing and not hasattr(transformer,
+                                                         "enable_gradient_checkpointing"):
+            raise ValueError(f"GRPOConfig.gradient_checkpointing: the model "
+                             f"({type(transformer).__name__}) has no "
+                             f"enable_gradient_checkpointing (a diffusers model has)")
+        # One video through the reward now: its names (for reward_weights) and its output shape
+        # are known before the first rollout, which takes minutes on a real model.
+        with torch.no_grad():
+            probe = _checked_rewards(
+                reward(torch.zeros((1,) + tuple(config.latent_shape), device=model_device)), 1)
+        if config.reward_weights is not None:
+            unknown = sorted(set(config.reward_weights) - set(probe))
+            if unknown:
+                raise ValueError(f"GRPOConfig.reward_weights name {unknown}, which the reward "
+                                 f"does not return (it returns {sorted(probe)})")
+        self.reward_names = sorted(probe)
         self.config = config
         self.transformer = transformer
         self.reward = reward
@@ -254,13 +355,12 @@ class GRPOTrainer:
         per_rank = n // self.world
         return chosen[self.rank * per_rank:(self.rank + 1) * per_rank]
 
-    def _velocity(self, prompts: Sequence[int]):
-        G = self.config.group_size
-        idx = torch.tensor([p for p in prompts for _ in range(G)])
-        emb = self.prompt_embeds[idx].to(self.device)
+    def _velocity(self, prompts: Tensor):
+        """The velocity function for videos of prompt indices ``prompts`` ``[B]``."""
+        emb = self.prompt_embeds[prompts].to(self.device)
         neg = None
         if self.negative_prompt_embeds is not None:
-            neg = self.negative_prompt_embeds[idx].to(self.device)
+            neg = self.negative_prompt_embeds[prompts].to(self.device)
         return wan_velocity(self.transformer, emb, negative_prompt_embeds=neg,
                             guidance_scale=self.config.guidance_scale)
 
@@ -271,20 +371,60 @@ class GRPOTrainer:
         z = torch.randn((G,) + c.latent_shape, generator=gen)
         return z.expand(c.group_size, *c.latent_shape) if c.same_noise_per_group else z
 
-    def rollout(self, step: int) -> Dict[str, Any]:
-        """Sample this rank's groups of ``step`` (no grad). Returns the trajectory pieces."""
+    def micro_batches(self, n: int) -> List[Tuple[int, int]]:
+        """``(start, end)`` of the micro-batches of ``n`` videos (the last may be smaller)."""
+        m = self.config.micro_batch_size or n
+        return [(a, min(a + m, n)) for a in range(0, n, m)]
+
+    def rollout(self, step: int) -> Rollout:
+        """Sample this rank's groups of ``step`` (no grad), micro-batch by micro-batch, keeping
+        only what the update and the reward need (:class:`Rollout`)."""
         c = self.config
         groups = self._groups(step)
-        prompts = [p for _, p in groups]
-        noise = torch.cat([self._noise(step, slot) for slot, _ in groups])
-        vel = self._velocity(prompts)
-        # One SDE generator per group: a group's trajectory does not depend on the rank layout.
-        gens = [torch.Generator().manual_seed(_seed(c.seed, step, slot, 2)) for slot, _ in groups]
-        traj = sample(vel, noise.to(self.device), self.sigmas, sde_window=c.sde_window,
-                      noise_level=c.noise_level, generator=gens)
-        latents, log_probs = traj.latents, traj.log_probs
-        return {"prompts": prompts, "latents": latents, "log_probs": log_probs,
-                "steps": traj.sde_steps, "velocity": vel}
+        G = c.group_size
+        N = len(groups) * G
+        prompts = torch.tensor([p for _, p in groups for _ in range(G)])
+        # One SDE generator per video: its trajectory depends neither on the rank layout nor on
+        # the micro-batches.
+        gens = [torch.Generator().manual_seed(_seed(c.seed, step, slot, 2, k))
+                for slot, _ in groups for k in range(G)]
+        start, end = c.sde_window
+        store = torch.device("cpu") if c.offload_trajectory else self.device
+        # Filled micro-batch by micro-batch (no concatenation at the end, which would hold every
+        # latent twice). When the window ends at the last step, its last latent is the final one.
+        kept = list(range(start, end + 1))
+        if kept[-1] != len(self.sigmas) - 1:
+            kept.append(len(self.sigmas) - 1)
+        latents = {i: torch.empty((N,) + tuple(c.latent_shape), device=store) for i in kept}
+        log_probs = torch.empty((N, end - start))
+        chunks = self.micro_batches(N)
+        for a, b in chunks:
+            # The starting noise of this micro-batch's videos only, from their groups' seeds.
+            first, last = a // G, (b - 1) // G
+            noise = torch.cat([self._noise(step, groups[g][0]) for g in range(first, last + 1)])
+            noise = noise[a - first * G:b - first * G].to(self.device)
+            traj = sample(self._velocity(prompts[a:b]), noise, self.sigmas,
+                          sde_window=c.sde_window, noise_level=c.noise_level,
+                          generator=gens[a:b])
+            for i in kept:
+                latents[i][a:b] = traj.latents[i]
+            log_probs[a:b] = traj.log_probs.cpu()
+            del traj, noise  # the other steps' latents go now, not at the end of the rollout
+        final = latents[len(self.sigmas) - 1]
+        return Rollout(prompts=prompts, chunks=chunks, steps=list(range(start, end)),
+                       window=[latents[i] for i in range(start, end + 1)],
+                       log_probs=log_probs, final=final.to(self.device))
+
+    def score(self, latents: Tensor) -> Dict[str, Tensor]:
+        """``{name: [B]}`` rewards of final latents ``[B,...]``, micro-batch by micro-batch
+        (no grad), each output checked to be ``[b]`` for a micro-batch of ``b``."""
+        parts: Dict[str, List[Tensor]] = {}
+        with torch.no_grad():
+            for a, b in self.micro_batches(latents.shape[0]):
+                out = _checked_rewards(self.reward(latents[a:b]), b - a)
+                for k, v in out.items():
+                    parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v) for k, v in parts.items()}
 
     def _gather(self, x: Tensor) -> Tensor:
         if self.world == 1:
@@ -294,41 +434,64 @@ class GRPOTrainer:
         return torch.cat(parts)
 
     def advantages(self, rewards: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """All-gather the rewards, normalise per group and reward, return this rank's share."""
+        """All-gather the rewards, normalise per group and reward, weight
+        (``config.reward_weights``), return this rank's share and the gathered rewards."""
         gathered = {k: self._gather(v.detach().float()) for k, v in rewards.items()}
-        adv = group_advantages(gathered, self.config.group_size)
-        n = rewards["geo"].shape[0]
+        adv = group_advantages(gathered, self.config.group_size, weights=self.config.reward_weights)
+        n = next(iter(rewards.values())).shape[0]
         return adv[self.rank * n:(self.rank + 1) * n].to(torch.float32), gathered
 
-    def update(self, rollout: Dict[str, Any], adv: Tensor) -> Dict[str, float]:
-        """Accumulate the clipped-ratio + KL loss over the window's steps, then one AdamW step."""
+    def update(self, rollout: Rollout, adv: Tensor) -> Dict[str, float]:
+        """Accumulate the clipped-ratio + KL loss over the window's steps and the micro-batches,
+        then one AdamW step."""
         c = self.config
-        latents, old_lp, vel = rollout["latents"], rollout["log_probs"], rollout["velocity"]
-        n = len(rollout["steps"])
+        n = len(rollout.steps)
+        N = rollout.prompts.shape[0]
         adv = adv.to(self.device)
         ratios, kls, clipped, losses = [], [], [], []
         self.optimizer.zero_grad(set_to_none=True)
-        for j, i in enumerate(rollout["steps"]):
-            s, s_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-            x, x_next = latents[i], latents[i + 1]
-            with torch.no_grad():
-                self.transformer.disable_adapters()
-                try:
-                    ref = sde_step(x, vel(x, s), s, s_next, c.noise_level, prev_sample=x_next)
-                finally:
-                    self.transformer.enable_adapters()
-            cur = sde_step(x, vel(x, s), s, s_next, c.noise_level, prev_sample=x_next)
-            ratio = torch.exp(cur.log_prob - old_lp[:, j])
-            pg = torch.maximum(-adv * ratio,
-                               -adv * ratio.clamp(1.0 - c.clip_eps, 1.0 + c.clip_eps)).mean()
-            kl = ((cur.mean - ref.mean).square().flatten(1).mean(1)
-                  / (2.0 * cur.std.square())).mean()
-            loss = (pg + c.kl_beta * kl) / n
-            loss.backward()
-            ratios.append(ratio.detach())
-            kls.append(float(kl.detach()))
-            clipped.append(float(((ratio.detach() - 1).abs() > c.clip_eps).float().mean()))
-            losses.append(float(loss.detach()) * n)
+        checkpointing = c.gradient_checkpointing and hasattr(
+            self.transformer, "enable_gradient_checkpointing")
+        if checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        try:
+            for j, i in enumerate(rollout.steps):
+                s, s_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+                kl_step, clip_step, loss_step = 0.0, 0.0, 0.0
+                for a, b in rollout.chunks:
+                    share = (b - a) / N
+                    x = rollout.window[j][a:b].to(self.device)
+                    x_next = rollout.window[j + 1][a:b].to(self.device)
+                    vel = self._velocity(rollout.prompts[a:b])
+                    with torch.no_grad():
+                        self.transformer.disable_adapters()
+                        try:
+                            ref = sde_step(x, vel(x, s), s, s_next, c.noise_level,
+                                           prev_sample=x_next)
+                        finally:
+                            self.transformer.enable_adapters()
+                    cur = sde_step(x, vel(x, s), s, s_next, c.noise_level, prev_sample=x_next)
+                    old = rollout.log_probs[a:b, j].to(self.device)
+                    ratio = torch.exp(cur.log_prob - old)
+                    A = adv[a:b]
+                    pg = torch.maximum(-A * ratio,
+                                       -A * ratio.clamp(1.0 - c.clip_eps, 1.0 + c.clip_eps)).mean()
+                    kl = ((cur.mean - ref.mean).square().flatten(1).mean(1)
+                          / (2.0 * cur.std.square())).mean()
+                    # Weighted by the micro-batch's share: the sum over micro-batches is the
+                    # full batch's mean.
+                    loss = (pg + c.kl_beta * kl) * share / n
+                    loss.backward()
+                    ratios.append(ratio.detach())
+                    kl_step += float(kl.detach()) * share
+                    clip_step += float(((ratio.detach() - 1).abs() > c.clip_eps).float().sum()) / N
+                    loss_step += float(loss.detach()) * n
+                kls.append(kl_step)
+                clipped.append(clip_step)
+                losses.append(loss_step)
+        finally:
+            if checkpointing:
+                self.transformer.disable_gradient_checkpointing()
         if self.world > 1:
             for p in self.params:
                 if p.grad is None:
@@ -338,7 +501,7 @@ class GRPOTrainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip))
         self.optimizer.step()
         self.schedule.step()
-        r = torch.stack(ratios)
+        r = torch.cat(ratios)
         return {"ratio_mean": float(r.mean()), "ratio_min": float(r.min()),
                 "ratio_max": float(r.max()), "kl": sum(kls) / n,
                 "clip_fraction": sum(clipped) / n, "loss": sum(losses) / n,
@@ -350,8 +513,8 @@ class GRPOTrainer:
         with nvtx_range("vggrpo.rollout"):
             ro = self.rollout(self.step_index)
         t1 = time.perf_counter()
-        with nvtx_range("vggrpo.reward"), torch.no_grad():
-            rewards = self.reward(ro["latents"][-1])
+        with nvtx_range("vggrpo.reward"):
+            rewards = self.score(ro.final)
             adv, gathered = self.advantages(rewards)
         t2 = time.perf_counter()
         with nvtx_range("vggrpo.update"):
@@ -360,10 +523,9 @@ class GRPOTrainer:
             for _ in range(self.config.updates_per_rollout):
                 log = self.update(ro, adv)
         t3 = time.perf_counter()
+        log.update({f"reward_{k}": float(v.mean()) for k, v in gathered.items()})
         log.update({
             "step": self.step_index,
-            "reward_motion": float(gathered["motion"].mean()),
-            "reward_geo": float(gathered["geo"].mean()),
             "advantage_mean": float(adv.mean()), "advantage_std": float(adv.std(unbiased=False)),
             "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_update_s": t3 - t2,
         })
@@ -373,17 +535,15 @@ class GRPOTrainer:
     @torch.no_grad()
     def evaluate(self, seed: int = 12345, samples_per_prompt: int = 2) -> Dict[str, float]:
         """Mean rewards of ODE samples from fixed noise (seeded by ``seed``) for every prompt: a
-        progress measure independent of the rollout noise."""
+        progress measure independent of the rollout noise. Micro-batched like a step."""
         P = self.prompt_embeds.shape[0]
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((P * samples_per_prompt,) + self.config.latent_shape, generator=gen)
-        idx = torch.arange(P).repeat_interleave(samples_per_prompt)
-        neg = None if self.negative_prompt_embeds is None else \
-            self.negative_prompt_embeds[idx].to(self.device)
-        vel = wan_velocity(self.transformer, self.prompt_embeds[idx].to(self.device),
-                           negative_prompt_embeds=neg, guidance_scale=self.config.guidance_scale)
-        final = sample(vel, noise.to(self.device), self.sigmas).final
-        return {k: float(v.mean()) for k, v in self.reward(final).items()}
+        prompts = torch.arange(P).repeat_interleave(samples_per_prompt)
+        finals = [sample(self._velocity(prompts[a:b]), noise[a:b].to(self.device),
+                         self.sigmas).final
+                  for a, b in self.micro_batches(len(prompts))]
+        return {k: float(v.mean()) for k, v in self.score(torch.cat(finals)).items()}
 
     def train(self, steps: Optional[int] = None, *, out_dir=None, checkpoint_every: int = 0,
               progress: bool = True) -> List[Dict[str, float]]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from ._checks import is_finite_number
 from ._nvtx import annotated
 
 
@@ -120,20 +121,24 @@ def geometry_reprojection_reward(
 
 
 def group_advantages(
-    rewards: Mapping[str, Tensor], group_size: int, *, eps: float = 1e-8
+    rewards: Mapping[str, Tensor], group_size: int, *, eps: float = 1e-8,
+    weights: Optional[Mapping[str, float]] = None,
 ) -> Tensor:
     """GRPO advantages from several rewards (paper Sec. 3.5).
 
     Samples are laid out prompt-major: ``group_size`` consecutive samples share a prompt. Each
     reward is normalised within its prompt group, ``(r - mean) / (std + eps)`` with the
     population standard deviation (ddof = 0, as Flow-GRPO), then the normalised rewards are
-    averaged with equal weight. A group whose samples all score the same gets advantage 0.
+    averaged with the ``weights``: ``A = sum_k w_k n_k / sum_k |w_k|`` (equal weights: the plain
+    mean). A group whose samples all score the same gets advantage 0.
 
     Args:
         rewards: name -> ``[N]`` tensor (e.g. ``{"motion": r1, "geo": r2}``), all of one length
             ``N`` divisible by ``group_size``, all finite.
         group_size: samples per prompt, ``>= 2``.
         eps: added to the standard deviation, a finite number ``>= 0``.
+        weights: name -> finite weight, for a subset of ``rewards`` (a reward it leaves out, or
+            weights 0, is not used); not all 0. None: weight 1 for every reward.
     Returns:
         ``[N]`` advantages, float32 (float64 if any reward is float64), on the rewards' device.
     """
@@ -169,6 +174,19 @@ def group_advantages(
                 f"group_advantages: reward {name!r} must be a real tensor, got {r.dtype}"
             )
         tensors[name] = r
+    if weights is None:
+        weights = {name: 1.0 for name in tensors}
+    if not isinstance(weights, Mapping) or not all(
+            isinstance(k, str) and is_finite_number(w) for k, w in weights.items()):
+        raise ValueError(f"group_advantages: expected `weights` to map reward names to finite "
+                         f"numbers, got {weights!r}")
+    unknown = sorted(set(weights) - set(tensors))
+    if unknown:
+        raise ValueError(f"group_advantages: `weights` name {unknown}, which are not among the "
+                         f"rewards {sorted(tensors)}")
+    norm = sum(abs(float(w)) for w in weights.values())
+    if norm == 0:
+        raise ValueError(f"group_advantages: `weights` are all 0, got {dict(weights)!r}")
     names = list(tensors)
     n = tensors[names[0]].shape[0]
     for name in names[1:]:
@@ -207,6 +225,9 @@ def group_advantages(
         # where it would be 0 / 0).
         constant = (groups == groups[:, :1]).all(dim=1, keepdim=True) | (std + eps == 0)
         normalised = torch.where(constant, torch.zeros_like(normalised), normalised)
-        normalised = normalised.reshape(n)
+        w = float(weights.get(name, 0.0))
+        if w == 0:
+            continue
+        normalised = w * normalised.reshape(n)
         total = normalised if total is None else total + normalised
-    return (total / len(names)).to(dtype)
+    return (total / norm).to(dtype)
