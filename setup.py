@@ -138,8 +138,10 @@ setup(
     install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "diffusers>=0.33",
                       "peft>=0.14", "pyyaml", "tomli>=1.1; python_version < '3.11'"],
     # av (PyAV) reads and writes video files (vggrpo.data.video); imported only when used.
+    # tensorboard: the GRPO trainer's scalars (vggrpo.step_log), written only when it imports.
     extras_require={"test": ["pytest", "pytest-benchmark"], "video": ["av>=16"],
-                    "nvtx": ["nvtx"], "metrics": ["opencv-python-headless"]},
+                    "nvtx": ["nvtx"], "metrics": ["opencv-python-headless"],
+                    "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["vggrpo=vggrpo.cli:main"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": _build_ext()},

@@ -20,7 +20,9 @@ def make_trainer(negative_prompt_embeds=None, *, dtype=torch.float32, reward=Non
     kw = dict(group_size=4, prompts_per_step=2, num_inference_steps=6, sde_window=(0, 3),
               steps=4, lr=1e-2, lora_rank=4, lora_alpha=4.0, seed=0)
     kw.update(overrides)
-    transformer = tiny_transformer().to(dtype)
+    transformer = tiny_transformer()
+    if dtype != torch.float32:
+        transformer = transformer.to(dtype)
     reward = LatentGeometryReward(load_default_lgm()) if reward is None else reward
     torch.manual_seed(1)  # LoRA A is initialised from the global generator
     return GRPOTrainer(transformer, reward, prompt_embeds(), GRPOConfig(**kw),

@@ -248,3 +248,123 @@ def test_peak_memory_does_not_grow_with_the_group_once_micro_batched():
     small, large = _step_memory(2, 1), _step_memory(8, 1)
     assert abs(large - small) <= 0.1 * small, (small, large)
     assert _step_memory(8, "all") > 1.5 * _step_memory(2, "all")
+
+
+# --------------------------------------------------------------------------------------------------
+# EMA and the step log
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_ema_of_the_lora_is_kept_evaluated_saved_and_resumed(tmp_path):
+    from vggrpo.grpo import EMA_LORA_FILE
+    from vggrpo.lora_file import load_lora
+
+    from grpo_setup import prompt_embeds, tiny_transformer
+
+    d = 0.75
+    trainer = make_trainer(ema_decay=d)
+    expected = {k: v.clone() for k, v in trainer.lora_state_dict().items()}
+    for _ in range(2):
+        trainer.train_step()
+        for k, v in trainer.lora_state_dict().items():  # written out: ema = d ema + (1-d) lora
+            expected[k] = d * expected[k] + (1 - d) * v
+    for k in expected:
+        torch.testing.assert_close(trainer.ema[k], expected[k], rtol=1e-6, atol=1e-9)
+    trained = {k: v.clone() for k, v in trainer.lora_state_dict().items()}
+    with_ema, without = trainer.evaluate(), trainer.evaluate(use_ema=False)
+    assert with_ema != without
+    assert all(torch.equal(v, trained[k]) for k, v in trainer.lora_state_dict().items())
+    # Saved beside the LoRA in its format: it loads as the EMA adapter.
+    trainer.save_checkpoint(tmp_path)
+    fresh = tiny_transformer()
+    load_lora(fresh, tmp_path / EMA_LORA_FILE)
+    x = torch.randn(1, 16, 5, 12, 20, generator=torch.Generator().manual_seed(0))
+    t, emb = torch.tensor([500.0]), prompt_embeds()[:1]
+    from peft.utils import set_peft_model_state_dict
+
+    set_peft_model_state_dict(trainer.transformer, trainer.ema)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0],
+            trainer.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb,
+                                return_dict=False)[0], rtol=1e-5, atol=1e-6)
+    # Resumed, the EMA goes on exactly as in the uninterrupted run.
+    straight = make_trainer(ema_decay=d)
+    straight.train(3, progress=False)
+    first = make_trainer(ema_decay=d)
+    first.train(2, out_dir=tmp_path / "run", progress=False)
+    resumed = make_trainer(ema_decay=d)
+    resumed.load_checkpoint(tmp_path / "run")
+    resumed.train_step()
+    assert all(torch.equal(resumed.ema[k], straight.ema[k]) for k in straight.ema)
+    with pytest.raises(ValueError, match="cannot resume from .*: it was trained with another "
+                                         "config \\(ema_decay: None there, 0.5 here\\)"):
+        _resume_without_ema(tmp_path)
+    for bad in (0.0, 1.0, float("nan"), "0.9"):
+        with pytest.raises(ValueError, match="ema_decay must be a number in"):
+            GRPOConfig(ema_decay=bad)
+
+
+def _resume_without_ema(tmp_path):
+    make_trainer().train(1, out_dir=tmp_path / "plain", progress=False)
+    make_trainer(ema_decay=0.5).load_checkpoint(tmp_path / "plain")
+
+
+def test_every_step_is_logged_to_jsonl_and_a_resumed_run_reads_as_one(tmp_path):
+    from vggrpo.step_log import LOG_FILE, read_log
+
+    run = tmp_path / "run"
+    first = make_trainer()
+    first.train(2, out_dir=run, checkpoint_every=1, progress=False)
+    records = read_log(run / LOG_FILE)
+    assert [r["step"] for r in records] == [0, 1]
+    keys = {"reward_motion", "reward_geo", "kl", "ratio_mean", "ratio_min", "ratio_max",
+            "clip_fraction", "grad_norm", "loss", "time_rollout_s", "time_reward_s",
+            "time_update_s", "peak_memory_bytes", "advantage_mean", "advantage_std"}
+    assert keys <= set(records[0])
+    if sys.platform.startswith("linux"):
+        assert records[0]["peak_memory_bytes"] > 0
+    # A killed run: it logged step 2 (and half of a line) after its last checkpoint (step 2).
+    with open(run / LOG_FILE, "a") as f:
+        f.write(json.dumps({"step": 2, "reward_geo": 123.0}) + "\n" + '{"step": 3, "rew')
+    resumed = make_trainer()
+    resumed.load_checkpoint(run)
+    resumed.train(1, out_dir=run, progress=False)
+    records = read_log(run / LOG_FILE)
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[2]["reward_geo"] != 123.0  # the resumed run's own step 2
+    assert (run / LOG_FILE).read_text().endswith("}\n")
+
+
+def test_the_step_log_writes_null_for_non_finite_numbers_and_tensorboard_scalars(
+        tmp_path, monkeypatch):
+    import types
+
+    from vggrpo.step_log import LOG_FILE, StepLog
+
+    scalars, made = [], []
+
+    class Writer:
+        def __init__(self, logdir, purge_step=None):
+            made.append((logdir, purge_step))
+
+        def add_scalar(self, tag, value, global_step):
+            scalars.append((tag, value, global_step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=Writer))
+    log = StepLog(tmp_path, first_step=5)
+    log.write({"step": 5, "kl": float("nan"), "grad_norm": float("inf"), "reward_geo": -1.5,
+               "peak_memory_bytes": None})
+    log.close()
+    line = (tmp_path / LOG_FILE).read_text()
+    assert json.loads(line) == {"step": 5, "kl": None, "grad_norm": None, "reward_geo": -1.5,
+                                "peak_memory_bytes": None}
+    assert made == [(str(tmp_path / "tensorboard"), 5)]
+    assert scalars == [("reward_geo", -1.5, 5)]

@@ -69,10 +69,13 @@ from .sampling import (
     sde_step,
     wan_velocity,
 )
+from .step_log import StepLog, peak_memory, reset_peak_memory
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "LORA_FILE"]
+__all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "LORA_FILE", "EMA_LORA_FILE"]
 
 _STATE_FILE = "trainer_state.pt"
+#: The EMA of the adapter (``GRPOConfig.ema_decay``), in the LoRA file's format.
+EMA_LORA_FILE = "pytorch_lora_weights_ema.safetensors"
 
 
 @dataclass
@@ -91,6 +94,9 @@ class GRPOConfig:
     ``offload_trajectory`` keeps the rollout's window latents on the CPU until the update.
     ``reward_weights``: name -> weight of each reward after its per-group normalisation (None:
     weight 1 for every reward the reward returns; 0 logs a reward without training on it).
+    ``ema_decay``: keep an exponential moving average of the LoRA, ``ema = d ema + (1 - d)
+    lora`` after every optimiser step (None: none); :meth:`GRPOTrainer.evaluate` uses it, and
+    checkpoints save it beside the LoRA.
     """
 
     group_size: int = 4
@@ -117,6 +123,7 @@ class GRPOConfig:
     gradient_checkpointing: bool = False
     offload_trajectory: bool = False
     reward_weights: Optional[Dict[str, float]] = None
+    ema_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
         # TOML / YAML give lists; anything else is left as it came for the checks below to name.
@@ -172,6 +179,10 @@ class GRPOConfig:
             if not any(v != 0 for v in w.values()):
                 raise ValueError(f"GRPOConfig.reward_weights are all 0: nothing would be "
                                  f"trained, got {w!r}")
+        if self.ema_decay is not None and not (is_finite_number(self.ema_decay)
+                                               and 0 < self.ema_decay < 1):
+            raise ValueError(f"GRPOConfig.ema_decay must be a number in (0, 1) or None, got "
+                             f"{self.ema_decay!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -345,6 +356,10 @@ class GRPOTrainer:
                                        config.num_inference_steps)
         self.step_index = 0
         self.device = model_device
+        # The EMA of the adapter, keyed as lora_state_dict() (float32, like the adapter).
+        self.ema: Optional[Dict[str, Tensor]] = None
+        if config.ema_decay is not None:
+            self.ema = {k: v.detach().clone() for k, v in self.lora_state_dict().items()}
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -501,6 +516,10 @@ class GRPOTrainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip))
         self.optimizer.step()
         self.schedule.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.lora_state_dict().items():
+                    self.ema[k].mul_(c.ema_decay).add_(v, alpha=1.0 - c.ema_decay)
         r = torch.cat(ratios)
         return {"ratio_mean": float(r.mean()), "ratio_min": float(r.min()),
                 "ratio_max": float(r.max()), "kl": sum(kls) / n,
@@ -508,7 +527,10 @@ class GRPOTrainer:
                 "grad_norm": grad_norm}
 
     def train_step(self) -> Dict[str, float]:
-        """One GRPO step (rollout, reward, update); returns the logged numbers."""
+        """One GRPO step (rollout, reward, update); returns the logged numbers (docs/grpo.md),
+        ``peak_memory_bytes`` among them: the step's peak, CUDA ``max_memory_allocated`` or on
+        the CPU the process's peak RSS (None where unknown)."""
+        reset_peak_memory(self.device)
         t0 = time.perf_counter()
         with nvtx_range("vggrpo.rollout"):
             ro = self.rollout(self.step_index)
@@ -528,14 +550,27 @@ class GRPOTrainer:
             "step": self.step_index,
             "advantage_mean": float(adv.mean()), "advantage_std": float(adv.std(unbiased=False)),
             "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_update_s": t3 - t2,
+            "peak_memory_bytes": peak_memory(self.device),
         })
         self.step_index += 1
         return log
 
     @torch.no_grad()
-    def evaluate(self, seed: int = 12345, samples_per_prompt: int = 2) -> Dict[str, float]:
+    def evaluate(self, seed: int = 12345, samples_per_prompt: int = 2, *,
+                 use_ema: bool = True) -> Dict[str, float]:
         """Mean rewards of ODE samples from fixed noise (seeded by ``seed``) for every prompt: a
-        progress measure independent of the rollout noise. Micro-batched like a step."""
+        progress measure independent of the rollout noise. Micro-batched like a step. With an
+        EMA (``config.ema_decay``) and ``use_ema``, the EMA adapter is evaluated, and the
+        trained one put back afterwards."""
+        if use_ema and self.ema is not None:
+            from peft.utils import set_peft_model_state_dict
+
+            trained = {k: v.detach().clone() for k, v in self.lora_state_dict().items()}
+            set_peft_model_state_dict(self.transformer, self.ema)
+            try:
+                return self.evaluate(seed, samples_per_prompt, use_ema=False)
+            finally:
+                set_peft_model_state_dict(self.transformer, trained)
         P = self.prompt_embeds.shape[0]
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((P * samples_per_prompt,) + self.config.latent_shape, generator=gen)
@@ -547,21 +582,32 @@ class GRPOTrainer:
 
     def train(self, steps: Optional[int] = None, *, out_dir=None, checkpoint_every: int = 0,
               progress: bool = True) -> List[Dict[str, float]]:
-        """Run ``steps`` (default: up to ``config.steps``) GRPO steps; checkpoint every
-        ``checkpoint_every`` steps (and at the end) when ``out_dir`` is given."""
+        """Run ``steps`` (default: up to ``config.steps``) GRPO steps. With ``out_dir``: every
+        step is appended to ``out_dir/log.jsonl`` (and TensorBoard, when installed;
+        :mod:`vggrpo.step_log`), and a checkpoint is written every ``checkpoint_every`` steps
+        and at the end. Returns this call's steps' records."""
         from tqdm.auto import tqdm
 
         end = self.config.steps if steps is None else self.step_index + steps
         history = []
+        log = StepLog(out_dir, self.step_index) if out_dir is not None and self.rank == 0 \
+            else None
         bar = tqdm(range(self.step_index, end), desc="grpo", disable=not progress or self.rank)
-        for _ in bar:
-            history.append(self.train_step())
-            bar.set_postfix(motion=f"{history[-1]['reward_motion']:.3f}",
-                            geo=f"{history[-1]['reward_geo']:.3f}")
-            if out_dir is not None and checkpoint_every and self.step_index % checkpoint_every == 0:
+        try:
+            for _ in bar:
+                history.append(self.train_step())
+                if log is not None:
+                    log.write(history[-1])
+                bar.set_postfix({k[len("reward_"):]: f"{v:.3f}" for k, v in history[-1].items()
+                                 if k.startswith("reward_")})
+                if (out_dir is not None and checkpoint_every
+                        and self.step_index % checkpoint_every == 0):
+                    self.save_checkpoint(out_dir)
+            if out_dir is not None:
                 self.save_checkpoint(out_dir)
-        if out_dir is not None:
-            self.save_checkpoint(out_dir)
+        finally:
+            if log is not None:
+                log.close()
         return history
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -579,10 +625,12 @@ class GRPOTrainer:
             return directory
         lora = {k: v.detach().clone() for k, v in self.lora_state_dict().items()}
         save_lora(directory / LORA_FILE, lora, self.lora_config)
+        if self.ema is not None:
+            save_lora(directory / EMA_LORA_FILE, self.ema, self.lora_config)
         # The unfolded weights too: the file's are scaled (lora_file), and x * s / s is not x
         # in float32 for every s, so resuming from the file alone would not be exact.
         _io.save_state(directory / _STATE_FILE, {
-            "lora": lora, "optimizer": self.optimizer.state_dict(),
+            "lora": lora, "ema": self.ema, "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "step": self.step_index, "config": self.config.to_dict(),
             "rng": torch.get_rng_state()})
@@ -594,9 +642,14 @@ class GRPOTrainer:
 
         directory = Path(directory)
         state = _io.load_state(directory / _STATE_FILE)
-        if state.get("config") != self.config.to_dict():
-            raise ValueError(f"cannot resume from {directory}: it was trained with config "
-                             f"{state.get('config')}, not {self.config.to_dict()}")
+        saved, ours = state.get("config"), self.config.to_dict()
+        if saved != ours:
+            saved = saved if isinstance(saved, dict) else {}
+            diff = [k for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+            what = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} there, {ours.get(k)!r} here"
+                             for k in diff[:3])
+            raise ValueError(f"cannot resume from {directory}: it was trained with another "
+                             f"config ({what}{'; ...' if len(diff) > 3 else ''})")
         in_file, _ = read_lora(directory / LORA_FILE)
         lora = state.get("lora")
         if lora is None:  # vggrpo 0.1.0 wrote the unfolded weights to the file only
@@ -615,6 +668,12 @@ class GRPOTrainer:
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"unexpected LoRA keys in {directory / LORA_FILE}: {unexpected[:3]}")
+        if self.ema is not None:
+            ema = state.get("ema")
+            if not isinstance(ema, dict) or set(ema) != set(self.ema):
+                raise ValueError(f"cannot resume from {directory}: it holds no EMA of this "
+                                 f"adapter (config.ema_decay was set after it was written?)")
+            self.ema = {k: v.float() for k, v in ema.items()}
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
