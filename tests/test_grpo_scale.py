@@ -368,3 +368,75 @@ def test_the_step_log_writes_null_for_non_finite_numbers_and_tensorboard_scalars
                                 "peak_memory_bytes": None}
     assert made == [(str(tmp_path / "tensorboard"), 5)]
     assert scalars == [("reward_geo", -1.5, 5)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The real architectures and `vggrpo bench grpo`
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,dim,ffn,heads,layers,channels", [
+    # The Wan team's published sizes (their configs' dim, ffn_dim, num_heads, num_layers, in_dim).
+    ("wan2.1-1.3b", 1536, 8960, 12, 30, 16),
+    ("wan2.2-5b", 3072, 14336, 24, 30, 48),
+    ("wan2.1-14b", 5120, 13824, 40, 40, 16),
+])
+def test_the_real_architectures_have_the_released_sizes(arch, dim, ffn, heads, layers, channels):
+    from vggrpo.wan_architectures import build_wan_transformer
+
+    model = build_wan_transformer(arch, device="meta")  # shapes only, no memory
+    assert len(model.blocks) == layers
+    block = model.blocks[0]
+    assert block.attn1.to_q.in_features == dim and block.attn1.heads == heads
+    assert block.ffn.net[0].proj.out_features == ffn
+    assert model.patch_embedding.in_channels == channels
+    assert model.condition_embedder.text_embedder.linear_1.in_features == 4096
+
+
+def test_bench_grpo_runs_one_step_of_the_tiny_architecture(tmp_path, capsys):
+    from vggrpo.cli import main
+
+    out = tmp_path / "grpo.json"
+    assert main(["bench", "grpo", "--arch", "tiny", "--group", "2", "--steps", "2", "--window",
+                 "0,1", "--micro-batch", "1", "--dtype", "float32", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["arch"] == "tiny" and result["latent_shape"] == [16, 5, 12, 20]
+    assert result["tokens_per_video"] == 5 * 6 * 10  # patch (1, 2, 2)
+    assert set(result["phases"]) == {"rollout", "reward", "update"}
+    for p in result["phases"].values():
+        assert p["seconds"] > 0
+        if sys.platform.startswith("linux"):
+            assert p["peak_memory_bytes"] > 0 and p["extra_peak_memory_bytes"] >= 0
+    assert result["update_log"]["ratio_min"] == result["update_log"]["ratio_max"] == 1.0
+    assert result["tokens_per_second"] > 0 and "rollout" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--arch", "wan3"], "argument --arch: invalid choice: 'wan3'"),
+    (["--latent", "16,5,12"], "argument --latent: expected four positive ints C,T,h,w"),
+    (["--window", "2,1"], "argument --window: expected 0 <= START < END, got '2,1'"),
+    (["--micro-batch", "0"], "argument --micro-batch: expected a positive int, got 0"),
+    (["--group", "1"], "argument --group: expected an int >= 2, got 1"),
+])
+def test_bench_grpo_refuses_bad_options_before_building_anything(argv, expected, capsys):
+    from vggrpo.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "grpo", *argv])
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_bench_grpo_settings_the_trainer_refuses_are_one_line(tmp_path, capsys):
+    from vggrpo.cli import main
+
+    for argv, expected in (
+            (["--micro-batch", "9", "--group", "8"], "micro_batch_size (9) is larger than a "
+                                                     "rank's videos per step (8"),
+            (["--window", "0,5", "--steps", "3"], "sde_window (0, 5) lies outside the "
+                                                  "schedule's 3 steps"),
+            (["--latent", "16,5,12,80"], "w = 80 is 40 patches, more than the model's "
+                                         "rope_max_seq_len 32")):
+        assert main(["bench", "grpo", *argv, "--out", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert not (tmp_path / "x.json").exists()

@@ -127,8 +127,9 @@ def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
     * ``negative_prompt_embeds``: the same shape as ``prompt_embeds`` (they are batched
       together for classifier-free guidance), finite.
     * ``latent_shape``: ``(C, T, h, w)`` of one sample: positive ints, ``C`` = the model's
-      ``in_channels``, ``T, h, w`` multiples of its ``patch_size`` and ``T >= min_frames`` (the
-      camera motion reward needs 3 latent frames).
+      ``in_channels``, ``T, h, w`` multiples of its ``patch_size``, at most
+      ``rope_max_seq_len`` patches along each, and ``T >= min_frames`` (the camera motion reward
+      needs 3 latent frames).
 
     What the model's config does not state (a model that is not a diffusers Wan transformer) is
     not checked. The finiteness test reads the embeddings back (one device sync): call this once
@@ -172,6 +173,15 @@ def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
             if n % int(p):
                 raise ValueError(f"latent_shape {shape}: {axis} = {n} is not a multiple of the "
                                  f"model's patch size {tuple(patch)} (T, h, w)")
+        # Wan's rotary embedding has positions for rope_max_seq_len patches along each axis;
+        # beyond, the model fails with a reshape error naming none of this.
+        rope = getattr(config, "rope_max_seq_len", None)
+        if rope is not None:
+            for axis, n, p in zip("Thw", shape[1:], patch):
+                if n // int(p) > int(rope):
+                    raise ValueError(f"latent_shape {shape}: {axis} = {n} is {n // int(p)} "
+                                     f"patches, more than the model's rope_max_seq_len "
+                                     f"{int(rope)}")
 
 
 def scheduler_sigmas(scheduler, num_steps: int) -> Tensor:

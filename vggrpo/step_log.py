@@ -23,7 +23,7 @@ import torch
 from . import _io
 
 __all__ = ["LOG_FILE", "TENSORBOARD_DIR", "StepLog", "read_log", "reset_peak_memory",
-           "peak_memory"]
+           "peak_memory", "current_memory"]
 
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -103,17 +103,30 @@ def reset_peak_memory(device: torch.device) -> None:
             pass
 
 
+def _status(key: str) -> Optional[int]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def peak_memory(device: torch.device) -> Optional[int]:
     """Bytes: CUDA ``max_memory_allocated`` of ``device``, or on the CPU (Linux) the process's
     peak RSS (``VmHWM``) since :func:`reset_peak_memory`; None where neither is known."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
+    return _status("VmHWM")
+
+
+def current_memory(device: torch.device) -> Optional[int]:
+    """Bytes now, in the measure of :func:`peak_memory`: CUDA ``memory_allocated``, or the
+    process's RSS (``VmRSS``) on a Linux CPU; None where neither is known."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return _status("VmRSS")
