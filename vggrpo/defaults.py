@@ -38,6 +38,7 @@ from torch import Tensor
 
 from . import _io
 from ._checks import check_fields, is_int, is_positive_int
+from .wan_architectures import TINY_WAN_CONFIG
 
 __all__ = ["WEIGHTS_DIR", "TINY_WAN_TRANSFORMER_CONFIG", "tiny_wan_transformer",
            "DefaultsRecipe", "load_default_lgm", "load_tiny_wan_vae", "load_tiny_backbone",
@@ -49,14 +50,9 @@ _VAE = "tiny_wan_vae"
 _QUALITY = "quality.json"
 _HELD_OUT = 1_000_000  # seed offset of evaluation scenes: never drawn for training
 
-# diffusers' own test size of WanTransformer3DModel, with Wan2.1's 16 latent channels: the video
-# model of the demo and the tests (random weights from a seed; prompt embeddings [P,L,16]).
-TINY_WAN_TRANSFORMER_CONFIG: Dict[str, object] = {
-    "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 12,
-    "in_channels": 16, "out_channels": 16, "text_dim": 16, "freq_dim": 256, "ffn_dim": 32,
-    "num_layers": 2, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 32,
-}
+# The video model of the demo and the tests (random weights from a seed; prompt embeddings
+# [P,L,16]); its config lives with the real architectures' (vggrpo.wan_architectures).
+TINY_WAN_TRANSFORMER_CONFIG = TINY_WAN_CONFIG
 
 
 def tiny_wan_transformer(seed: int = 0):

@@ -5,8 +5,8 @@ The video model is built from its diffusers configuration
 (:mod:`vggrpo.wan_architectures`; nothing is downloaded), with a LoRA of ``lora_rank`` /
 ``lora_alpha`` on ``to_q``/``to_k``/``to_v``/``to_out.0`` (Flow-GRPO's Wan recipe). The reward
 is the latent reward of an LGM with random weights that reads the architecture's latent channels
-(the embedded tiny backbone behind a fresh connector): its cost is the LGM's, its values are
-meaningless. Prompt embeddings are random, of the real text encoder's shape.
+(a tiny backbone of the embedded default's size behind a connector): its cost is the LGM's,
+its values are meaningless. Prompt embeddings are random, of the real text encoder's shape.
 
 Each phase (rollout, reward, update) is timed and its peak memory read on its own: CUDA
 ``max_memory_allocated`` on a GPU, the process's peak RSS on a Linux CPU
@@ -77,7 +77,7 @@ def bench_grpo_step(arch: str = "tiny", *, latent_shape: Optional[Tuple[int, ...
     built, except those that need the model.
     """
     from . import LatentGeometryModel, LatentGeometryReward, LGMConfig
-    from .defaults import load_tiny_backbone
+    from .geometry import TinyVGGT, TinyVGGTConfig
     from .grpo import GRPOConfig, GRPOTrainer
 
     if dtype not in _DTYPES:
@@ -100,7 +100,7 @@ def bench_grpo_step(arch: str = "tiny", *, latent_shape: Optional[Tuple[int, ...
     t0 = time.perf_counter()
     transformer = build_wan_transformer(arch, _DTYPES[dtype], dev, seed=seed)
     build_s = time.perf_counter() - t0
-    backbone = load_tiny_backbone()
+    backbone = TinyVGGT(TinyVGGTConfig())  # the embedded default's size, random weights
     lgm = LatentGeometryModel(backbone, LGMConfig(latent_channels=latent[0],
                                                   token_dim=backbone.dim))
     reward = LatentGeometryReward(lgm.to(dev))

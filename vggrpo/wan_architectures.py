@@ -11,7 +11,7 @@ arch               width   FFN    heads  layers  channels  latent (C, T, h, w)
 ``wan2.1-1.3b``    1536    8960   12     30      16        16x21x60x104 (81 x 480x832)
 ``wan2.2-5b``      3072    14336  24     30      48        48x31x44x80 (121 x 704x1280)
 ``wan2.1-14b``     5120    13824  40     40      16        16x21x60x104 (81 x 480x832)
-``tiny``           diffusers' test size (:data:`vggrpo.defaults.TINY_WAN_TRANSFORMER_CONFIG`)
+``tiny``           diffusers' test size (:data:`TINY_WAN_CONFIG`)
 =================  ======  =====  =====  ======  ========  ===========================
 
 Text embeddings are ``[P, 512, 4096]`` (umT5-XXL) for the real ones.
@@ -23,8 +23,8 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-__all__ = ["WAN_ARCHITECTURES", "LATENT_SHAPES", "TEXT_SHAPES", "wan_transformer_config",
-           "build_wan_transformer", "tokens_per_video"]
+__all__ = ["TINY_WAN_CONFIG", "WAN_ARCHITECTURES", "LATENT_SHAPES", "TEXT_SHAPES",
+           "wan_transformer_config", "build_wan_transformer", "tokens_per_video"]
 
 
 def _wan(heads: int, ffn: int, layers: int, channels: int) -> Dict[str, Any]:
@@ -35,7 +35,16 @@ def _wan(heads: int, ffn: int, layers: int, channels: int) -> Dict[str, Any]:
             "added_kv_proj_dim": None, "rope_max_seq_len": 1024}
 
 
-#: arch -> WanTransformer3DModel config (``tiny``: diffusers' test size).
+#: diffusers' own test size of WanTransformer3DModel, with Wan2.1's 16 latent channels: the
+#: video model of the demo and the tests (``vggrpo.defaults.tiny_wan_transformer``).
+TINY_WAN_CONFIG: Dict[str, Any] = {
+    "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 12,
+    "in_channels": 16, "out_channels": 16, "text_dim": 16, "freq_dim": 256, "ffn_dim": 32,
+    "num_layers": 2, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 32,
+}
+
+#: arch -> WanTransformer3DModel config (the released checkpoints').
 WAN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     "wan2.1-1.3b": _wan(12, 8960, 30, 16),
     "wan2.2-5b": _wan(24, 14336, 30, 48),
@@ -60,9 +69,7 @@ TEXT_SHAPES: Dict[str, Tuple[int, int]] = {
 def wan_transformer_config(arch: str) -> Dict[str, Any]:
     """The ``WanTransformer3DModel`` config of ``arch`` (a key of :data:`LATENT_SHAPES`)."""
     if arch == "tiny":
-        from .defaults import TINY_WAN_TRANSFORMER_CONFIG
-
-        return dict(TINY_WAN_TRANSFORMER_CONFIG)
+        return dict(TINY_WAN_CONFIG)
     if arch not in WAN_ARCHITECTURES:
         raise ValueError(f"arch: expected one of {sorted(LATENT_SHAPES)}, got {arch!r}")
     return dict(WAN_ARCHITECTURES[arch])
