@@ -824,12 +824,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grpo: videos of the prompt group (default: %(default)s)")
     b.add_argument("--steps", type=_positive_int, default=10,
                    help="grpo: sampling steps of the rollout (default: %(default)s)")
-    b.add_argument("--window", type=_step_window, default=(0, 2), metavar="START,END",
-                   help="grpo: the SDE steps trained, start <= i < end (default: 0,2)")
+    b.add_argument("--window", type=_step_window, default="0,2", metavar="START,END",
+                   help="grpo: the SDE steps trained, start <= i < end (default: %(default)s)")
     b.add_argument("--micro-batch", type=_micro_batch, default=1, metavar="N|all",
                    help="grpo: videos through the model at once (default: %(default)s)")
     b.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="grpo: activation checkpointing in the update (default: on)")
+                   help="grpo: activation checkpointing in the update (default: %(default)s)")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
                    help="grpo: the base model's dtype (default: %(default)s)")
     b.add_argument("--out", help="JSON file to write (default: out/bench.json, "

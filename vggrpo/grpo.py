@@ -94,9 +94,12 @@ class GRPOConfig:
     ``offload_trajectory`` keeps the rollout's window latents on the CPU until the update.
     ``reward_weights``: name -> weight of each reward after its per-group normalisation (None:
     weight 1 for every reward the reward returns; 0 logs a reward without training on it).
-    ``ema_decay``: keep an exponential moving average of the LoRA, ``ema = d ema + (1 - d)
-    lora`` after every optimiser step (None: none); :meth:`GRPOTrainer.evaluate` uses it, and
-    checkpoints save it beside the LoRA.
+    ``fsdp``: shard the transformer across the processes of the process group with FSDP2
+    (``fully_shard`` of every block, then the whole model), for models one GPU's memory cannot
+    hold with room for activations; plain data parallelism (each rank a full copy, gradients
+    all-reduced) otherwise. ``ema_decay``: keep an exponential moving average of the LoRA,
+    ``ema = d ema + (1 - d) lora`` after every optimiser step (None: none);
+    :meth:`GRPOTrainer.evaluate` uses it, and checkpoints save it beside the LoRA.
     """
 
     group_size: int = 4
@@ -124,6 +127,7 @@ class GRPOConfig:
     offload_trajectory: bool = False
     reward_weights: Optional[Dict[str, float]] = None
     ema_decay: Optional[float] = None
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         # TOML / YAML give lists; anything else is left as it came for the checks below to name.
@@ -166,7 +170,8 @@ class GRPOConfig:
         if self.micro_batch_size is not None and not is_positive_int(self.micro_batch_size):
             raise ValueError(f"GRPOConfig.micro_batch_size must be a positive int or None (all "
                              f"of a rank's videos at once), got {self.micro_batch_size!r}")
-        for name in ("gradient_checkpointing", "offload_trajectory", "same_noise_per_group"):
+        for name in ("gradient_checkpointing", "offload_trajectory", "same_noise_per_group",
+                     "fsdp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GRPOConfig.{name} must be true or false, got "
                                  f"{getattr(self, name)!r}")
@@ -312,6 +317,15 @@ class GRPOTrainer:
                              f"than a rank's videos per step ({videos} = prompts_per_step "
                              f"{config.prompts_per_step} / {self.world} ranks x group_size "
                              f"{config.group_size})")
+        if config.fsdp and not (torch.distributed.is_available()
+                                and torch.distributed.is_initialized()):
+            raise ValueError("GRPOConfig.fsdp shards the model across the processes of a "
+                             "torch.distributed process group, and none is initialized: run "
+                             "under torchrun (vggrpo train joins the group itself) or set "
+                             "fsdp = false")
+        if config.fsdp and not hasattr(transformer, "blocks"):
+            raise ValueError(f"GRPOConfig.fsdp shards the model block by block: the model "
+                             f"({type(transformer).__name__}) has no .blocks")
         if config.gradient_checkpointing and not hasattr(transformer,
                                                          "enable_gradient_checkpointing"):
             raise ValueError(f"GRPOConfig.gradient_checkpointing: the model "
@@ -345,10 +359,14 @@ class GRPOTrainer:
                                       target_modules=list(config.lora_targets),
                                       init_lora_weights=True)
         transformer.add_adapter(self.lora_config)
+        for n, p in transformer.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(True)
+                p.data = p.data.float()  # adapters train in float32 whatever the base dtype
+        if config.fsdp:
+            _fully_shard(transformer)
+        # After sharding: FSDP2 replaces the parameters by sharded ones.
         self.params = [p for n, p in transformer.named_parameters() if "lora_" in n]
-        for p in self.params:
-            p.requires_grad_(True)
-            p.data = p.data.float()  # adapters train in float32 whatever the base dtype
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
@@ -507,13 +525,13 @@ class GRPOTrainer:
         finally:
             if checkpointing:
                 self.transformer.disable_gradient_checkpointing()
-        if self.world > 1:
+        if self.world > 1 and not c.fsdp:  # FSDP2 reduce-scatters (and averages) itself
             for p in self.params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.world
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip))
+        grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)))
         self.optimizer.step()
         self.schedule.step()
         if self.ema is not None:
@@ -563,14 +581,15 @@ class GRPOTrainer:
         EMA (``config.ema_decay``) and ``use_ema``, the EMA adapter is evaluated, and the
         trained one put back afterwards."""
         if use_ema and self.ema is not None:
-            from peft.utils import set_peft_model_state_dict
-
-            trained = {k: v.detach().clone() for k, v in self.lora_state_dict().items()}
-            set_peft_model_state_dict(self.transformer, self.ema)
+            own = self.lora_state_dict()
+            trained = {k: v.detach().clone() for k, v in own.items()}
+            for k, v in own.items():
+                v.copy_(self.ema[k])
             try:
                 return self.evaluate(seed, samples_per_prompt, use_ema=False)
             finally:
-                set_peft_model_state_dict(self.transformer, trained)
+                for k, v in own.items():
+                    v.copy_(trained[k])
         P = self.prompt_embeds.shape[0]
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((P * samples_per_prompt,) + self.config.latent_shape, generator=gen)
@@ -613,33 +632,64 @@ class GRPOTrainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def lora_state_dict(self) -> Dict[str, Tensor]:
+        """The adapter's tensors, peft's keys (``blocks.0.attn1.to_q.lora_A.weight``...),
+        sharing the parameters' memory (sharded ``DTensor``s under FSDP)."""
         from peft.utils import get_peft_model_state_dict
 
         return get_peft_model_state_dict(self.transformer)
 
+    def full_lora_state_dict(self) -> Dict[str, Tensor]:
+        """:meth:`lora_state_dict` as whole, plain tensors (copies). Under FSDP it gathers the
+        shards: every rank must call it."""
+        return {k: _full(v).detach().clone() for k, v in self.lora_state_dict().items()}
+
+    def _assign_lora(self, tensors: Dict[str, Tensor], what: str) -> None:
+        """Copy whole tensors (keys of :meth:`lora_state_dict`) into the adapter, each rank
+        keeping its shard under FSDP."""
+        own = self.lora_state_dict()
+        if set(tensors) != set(own) or any(tuple(tensors[k].shape) != tuple(own[k].shape)
+                                           for k in own):
+            raise ValueError(f"{what} does not match this model's adapter ({len(tensors)} vs "
+                             f"{len(own)} tensors, or other shapes)")
+        with torch.no_grad():
+            for k, t in own.items():
+                t.copy_(_like(tensors[k], t))
+
     def save_checkpoint(self, directory: Union[str, Path]) -> Path:
         """LoRA weights (diffusers format, safetensors) and the trainer state, atomically.
-        Only rank 0 writes."""
+        Every rank must call it (under FSDP the shards are gathered); only rank 0 writes."""
         directory = Path(directory)
+        lora = self.full_lora_state_dict()
+        ema = None if self.ema is None else {k: _full(v).detach().clone()
+                                             for k, v in self.ema.items()}
+        if self.config.fsdp:  # the whole optimizer state, keyed by parameter name, on rank 0
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
+
+            optimizer = get_optimizer_state_dict(
+                self.transformer, self.optimizer,
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            optimizer = self.optimizer.state_dict()
         if self.rank != 0:
             return directory
-        lora = {k: v.detach().clone() for k, v in self.lora_state_dict().items()}
         save_lora(directory / LORA_FILE, lora, self.lora_config)
-        if self.ema is not None:
-            save_lora(directory / EMA_LORA_FILE, self.ema, self.lora_config)
+        if ema is not None:
+            save_lora(directory / EMA_LORA_FILE, ema, self.lora_config)
         # The unfolded weights too: the file's are scaled (lora_file), and x * s / s is not x
         # in float32 for every s, so resuming from the file alone would not be exact.
         _io.save_state(directory / _STATE_FILE, {
-            "lora": lora, "ema": self.ema, "optimizer": self.optimizer.state_dict(),
+            "lora": lora, "ema": ema, "optimizer": optimizer,
             "schedule": self.schedule.state_dict(),
             "step": self.step_index, "config": self.config.to_dict(),
             "rng": torch.get_rng_state()})
         return directory
 
     def load_checkpoint(self, directory: Union[str, Path]) -> None:
-        """Restore what :meth:`save_checkpoint` wrote (same config required)."""
-        from peft.utils import set_peft_model_state_dict
-
+        """Restore what :meth:`save_checkpoint` wrote (same config required; under FSDP every
+        rank reads the files and keeps its shards, whatever the number of ranks)."""
         directory = Path(directory)
         state = _io.load_state(directory / _STATE_FILE)
         saved, ours = state.get("config"), self.config.to_dict()
@@ -660,22 +710,51 @@ class GRPOTrainer:
                                                       for k in folded):
                 raise ValueError(f"cannot resume from {directory}: its {LORA_FILE} is not the "
                                  f"adapter its {_STATE_FILE} holds (files from different steps)")
-        own = self.lora_state_dict()
-        if set(lora) != set(own):
-            raise ValueError(f"LoRA weights {directory / LORA_FILE} do not match this model's "
-                             f"adapter ({len(lora)} vs {len(own)} tensors)")
-        result = set_peft_model_state_dict(self.transformer, lora)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"unexpected LoRA keys in {directory / LORA_FILE}: {unexpected[:3]}")
+        self._assign_lora(lora, f"LoRA weights {directory / LORA_FILE}")
         if self.ema is not None:
             ema = state.get("ema")
             if not isinstance(ema, dict) or set(ema) != set(self.ema):
                 raise ValueError(f"cannot resume from {directory}: it holds no EMA of this "
                                  f"adapter (config.ema_decay was set after it was written?)")
-            self.ema = {k: v.float() for k, v in ema.items()}
-        self.optimizer.load_state_dict(state["optimizer"])
+            self.ema = {k: _like(v.float(), self.ema[k]).clone() for k, v in ema.items()}
+        if self.config.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(self.transformer, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         self.step_index = int(state["step"])
 
+
+def _full(t):
+    """A whole plain tensor of ``t`` (gathering a sharded ``DTensor``: a collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _like(value: Tensor, target: Tensor) -> Tensor:
+    """``value`` (whole) in ``target``'s dtype, device and, for a ``DTensor``, its sharding."""
+    value = value.to(device=getattr(target, "device", None), dtype=target.dtype)
+    if hasattr(target, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value, target.device_mesh, target.placements)
+    return value
+
+
+def _fully_shard(transformer) -> None:
+    """FSDP2: each block its own unit (its parameters gathered only while it runs), then the
+    rest of the model. The LoRA's trainable parameters are float32 in every unit, which FSDP2
+    asks of the parameters it reduces; the frozen ones may mix dtypes."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch 2.4 and 2.5 keep FSDP2 here
+        from torch.distributed._composable.fsdp import fully_shard
+    for block in transformer.blocks:
+        fully_shard(block)
+    fully_shard(transformer)
