@@ -453,7 +453,7 @@ def _worker(n, out, mode, steps, resume=None):
     from helpers import free_port
 
     out.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).parent / "scripts" / "grpo_fsdp_worker.py"
+    script = Path(__file__).parent / "scripts" / "grpo_worker.py"
     args = [str(out), mode, str(steps)] + ([str(resume)] if resume else [])
     cmd = [sys.executable, str(script), *args] if n == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
