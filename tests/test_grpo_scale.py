@@ -67,6 +67,9 @@ def test_the_first_update_is_on_policy_in_bfloat16_with_micro_batches(micro, che
     log = trainer.train_step()
     assert log["ratio_min"] == log["ratio_max"] == 1.0 and log["kl"] == 0.0
     assert log["grad_norm"] > 0
+    states = list(trainer.optimizer.state.values())  # AdamW's state is float32 too
+    assert states and all(st["exp_avg"].dtype == st["exp_avg_sq"].dtype == torch.float32
+                          for st in states)
 
 
 def test_checkpointing_is_on_for_the_update_only_and_changes_nothing(one_rollout):
