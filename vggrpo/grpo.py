@@ -431,10 +431,13 @@ class GRPOTrainer:
         latents = {i: torch.empty((N,) + tuple(c.latent_shape), device=store) for i in kept}
         log_probs = torch.empty((N, end - start))
         chunks = self.micro_batches(N)
+        group_noise: Dict[int, Tensor] = {}  # drawn once a group, kept while its videos run
         for a, b in chunks:
             # The starting noise of this micro-batch's videos only, from their groups' seeds.
             first, last = a // G, (b - 1) // G
-            noise = torch.cat([self._noise(step, groups[g][0]) for g in range(first, last + 1)])
+            group_noise = {g: group_noise[g] if g in group_noise
+                           else self._noise(step, groups[g][0]) for g in range(first, last + 1)}
+            noise = torch.cat([group_noise[g] for g in range(first, last + 1)])
             noise = noise[a - first * G:b - first * G].to(self.device)
             traj = sample(self._velocity(prompts[a:b]), noise, self.sigmas,
                           sde_window=c.sde_window, noise_level=c.noise_level,
@@ -483,8 +486,7 @@ class GRPOTrainer:
         adv = adv.to(self.device)
         ratios, kls, clipped, losses = [], [], [], []
         self.optimizer.zero_grad(set_to_none=True)
-        checkpointing = c.gradient_checkpointing and hasattr(
-            self.transformer, "enable_gradient_checkpointing")
+        checkpointing = c.gradient_checkpointing  # the model's support was checked at __init__
         if checkpointing:
             self.transformer.enable_gradient_checkpointing()
         try:
