@@ -339,6 +339,9 @@ def lora_files(tmp_path_factory):
         "half": {k: v for k, v in tensors.items() if "lora_A" in k},
         "shape": {k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in tensors.items()},
         "other": {"text_encoder.q.lora_A.weight": torch.zeros(2, 2)},
+        "nan": {k: v.fill_(float("nan")) if "lora_A" in k else v
+                for k, v in load_file(good).items()},
+        "int": {k: v.to(torch.int32) for k, v in tensors.items()},
     }
     for name, sd in variants.items():
         save_file(sd, str(folder / f"{name}.safetensors"), metadata=meta)
@@ -364,14 +367,19 @@ def test_bad_sample_inputs_are_one_line_errors_before_sampling(tmp_path, capsys,
         (["--lora", str(lora_files / "garbage.safetensors")], "not a readable safetensors file"),
         (["--lora", str(lora_files / "other.safetensors")], "holds no LoRA tensors for the "
                                                             "transformer"),
-        (["--lora", str(lora_files / "extra.safetensors")], "holds 33 LoRA tensors for the "
-                                                            "transformer but the adapter it "
-                                                            "makes in this model has 32"),
+        (["--lora", str(lora_files / "extra.safetensors")], "no_such_block.to_q.lora_A.weight "
+                                                            "names no linear layer of this "
+                                                            "model (WanTransformer3DModel)"),
         (["--lora", str(lora_files / "half.safetensors")], "holds 16 LoRA tensors for the "
                                                            "transformer but the adapter it "
                                                            "makes in this model has 32"),
-        (["--lora", str(lora_files / "shape.safetensors")], "could not be loaded into the model: "
-                                                            "RuntimeError"),
+        # Checked before diffusers, whose size report would come first, 35 lines of it (#34).
+        (["--lora", str(lora_files / "shape.safetensors")], "lora_B.weight is [25, 2], expected "
+                                                            "[24, r] for blocks.0.attn1.to_k"),
+        (["--lora", str(lora_files / "nan.safetensors")], "lora_A.weight holds 48 NaN or "
+                                                          "infinite values"),
+        (["--lora", str(lora_files / "int.safetensors")], "expected floating-point tensors, "
+                                                          "but 'transformer.blocks.0"),
         (["--prompt-embeds", str(tmp_path / "d7.safetensors")], "width D = 7 but the model's "
                                                                  "text_dim is 16"),
         (["--prompt-embeds", str(tmp_path / "nan.safetensors")], "prompt_embeds holds NaN"),

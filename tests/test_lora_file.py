@@ -136,7 +136,8 @@ def test_resume_refuses_a_lora_file_from_another_step(tmp_path):
     trainer = make_trainer(lora_rank=2, lora_alpha=6.0)
     trainer.train(1, out_dir=tmp_path / "one", progress=False)
     trainer.train(1, out_dir=tmp_path / "two", progress=False)
-    (tmp_path / "one" / LORA_FILE).write_bytes((tmp_path / "two" / LORA_FILE).read_bytes())
+    (tmp_path / "one" / "checkpoint-1" / LORA_FILE).write_bytes(
+        (tmp_path / "two" / "checkpoint-2" / LORA_FILE).read_bytes())
     with pytest.raises(ValueError, match=f"its {LORA_FILE} is not the adapter its "
                                          "trainer_state.pt holds"):
         make_trainer(lora_rank=2, lora_alpha=6.0).load_checkpoint(tmp_path / "one")

@@ -10,24 +10,58 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Iterable, List, Union
 
 import torch
 from torch import Tensor
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_write", "save_json", "load_json", "save_tensors", "load_tensors",
-           "save_state", "load_state"]
+__all__ = ["atomic_write", "commit_folder", "remove_leftovers", "writable_target", "save_json",
+           "load_json", "save_tensors", "load_tensors", "check_floating", "save_state",
+           "load_state"]
+
+
+def writable_target(path: PathLike, what: str = "output") -> Path:
+    """The file a write to ``path`` lands in: ``path`` itself, or the target of a symlink (so a
+    link stays a link and its target is replaced). Refused, with one line naming ``what``: a
+    folder, a FIFO, a device or a socket (replacing one with a regular file would destroy it,
+    and writing into it would not be atomic), a name longer than the file system allows, and a
+    parent that is not a folder."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if len(os.fsencode(path.name)) > 255:
+        raise ValueError(f"{what} {str(path)[:200]}...: the file name is "
+                         f"{len(os.fsencode(path.name))} bytes; file systems allow 255")
+    if os.path.lexists(path):
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError(f"{what} {path} is a folder; expected the path of a file")
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{what} {path} exists and is not a regular file (a FIFO, device "
+                             f"or socket); refusing to replace it")
+    parent = next((p for p in path.parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is not a folder")
+    return path
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder, atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder, atomic).
+
+    Through a symlink, the link's target is replaced (:func:`writable_target`); a path that
+    exists and is not a regular file is refused. Returns the path written."""
+    path = writable_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         write(tmp)
@@ -43,13 +77,63 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-def save_json(path: PathLike, data: Dict[str, Any]) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+def commit_folder(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a folder as one unit: ``write(tmp_folder)`` fills a hidden folder beside ``path``,
+    which is then renamed to ``path``. A kill at any moment leaves either no ``path`` or the
+    whole of it, never a mix of two writes (only a hidden ``.<name>.*.tmp`` leftover, which
+    :func:`remove_leftovers` clears). An existing ``path`` is replaced: moved aside, the new
+    folder renamed in, the old one removed (a kill in between leaves the old one aside as a
+    leftover and no ``path``; never a torn one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        old = None
+        if os.path.lexists(path):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            os.replace(path, old / "old")
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
-    return atomic_write(path, write)
+
+def remove_leftovers(folder: PathLike, prefixes: Iterable[str]) -> List[str]:
+    """Delete the hidden temporaries that a killed :func:`atomic_write` or :func:`commit_folder`
+    left in ``folder`` for final names starting with one of ``prefixes`` (``.<name>.*.tmp``,
+    files or folders). Only those: other hidden files are the user's. Returns what was
+    removed."""
+    folder = Path(folder)
+    removed: List[str] = []
+    if not folder.is_dir():
+        return removed
+    prefixes = tuple(f".{n}" for n in prefixes)
+    for entry in folder.iterdir():
+        if entry.name.startswith(prefixes) and entry.name.endswith(".tmp"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def save_json(path: PathLike, data: Dict[str, Any]) -> Path:
+    """``data`` as JSON, atomically. A NaN or infinity anywhere in it is a ValueError before
+    anything is written: ``NaN`` is not JSON, and a non-finite result is an error, not data."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError:
+        raise ValueError(f"{path}: refusing to write a result holding NaN or infinity; "
+                         f"nothing was written") from None
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _require_file(path: PathLike, what: str) -> Path:
@@ -79,15 +163,31 @@ def save_tensors(path: PathLike, tensors: Dict[str, Tensor], metadata: Dict[str,
     return atomic_write(path, lambda tmp: save_file(owned, tmp, metadata=metadata))
 
 
-def load_tensors(path: PathLike, what: str = "weights", device: str = "cpu") -> Dict[str, Tensor]:
+def check_floating(dtypes: Dict[str, torch.dtype], what: str) -> None:
+    """Refuse integer or bool tensors where floating-point weights belong: casting them to
+    float would load a file of another kind (codes, masks) as weights without a word."""
+    wrong = sorted(k for k, d in dtypes.items() if not d.is_floating_point)
+    if wrong:
+        raise ValueError(f"{what}: expected floating-point tensors, but {wrong[0]!r} is "
+                         f"{dtypes[wrong[0]]} ({len(wrong)} of {len(dtypes)} are not floating "
+                         f"point)")
+
+
+def load_tensors(path: PathLike, what: str = "weights", device: str = "cpu", *,
+                 floating: bool = True) -> Dict[str, Tensor]:
+    """The tensors of a safetensors file, each a floating-point tensor (``floating``; else any
+    dtype). Anything else is one ValueError naming ``what`` and the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = _require_file(path, what)
     try:
-        return load_file(str(path), device=device)
+        tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{what} {path} is not a readable safetensors file: {err}") from None
+    if floating:
+        check_floating({k: v.dtype for k, v in tensors.items()}, f"{what} {path}")
+    return tensors
 
 
 def save_state(path: PathLike, state: Dict[str, Any]) -> Path:
@@ -121,6 +221,8 @@ def dataclass_from_dict(cls, data: Any):
 def load_state_dict_strict(module: torch.nn.Module, tensors: Dict[str, Tensor], what: str) -> None:
     """``module.load_state_dict(strict=True)`` with one clear error listing what does not fit."""
     own = module.state_dict()
+    check_floating({k: v.dtype for k, v in tensors.items()
+                    if k in own and own[k].is_floating_point()}, what)
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)

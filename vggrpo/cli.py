@@ -415,7 +415,7 @@ def cmd_reward(args) -> int:
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
         if path.suffix == ".safetensors":
-            tensors = _io.load_tensors(path, "latents")
+            tensors = _io.load_tensors(path, "latents", floating=False)
             if "latents" not in tensors:
                 raise UsageError(f"{path} must hold a 'latents' tensor [B,C,T,h,w]; it has "
                                  f"{sorted(tensors)}")
@@ -469,12 +469,12 @@ def _init_distributed() -> torch.device:
 
 
 def cmd_train(args) -> int:
-    from .grpo import GRPOConfig, GRPOTrainer
+    from .grpo import GRPOConfig, GRPOTrainer, latest_checkpoint
     from .latent_reward import LatentGeometryReward
 
     cfg = _read_config(args.config)
     known = {"model", "lgm", "backbone", "prompt_embeds", "out", "dtype", "checkpoint_every",
-             "grpo", "reward"}
+             "keep_checkpoints", "grpo", "reward"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise UsageError(f"config {args.config}: unknown keys {unknown}; expected {sorted(known)}")
@@ -482,11 +482,13 @@ def cmd_train(args) -> int:
     kinds = {"model": text, "lgm": text, "backbone": text, "prompt_embeds": text, "out": text,
              "dtype": text,
              "checkpoint_every": (int, "an int >= 0 (0: at the end only)"),
+             "keep_checkpoints": (int, "a positive int (the newest checkpoints kept)"),
              "grpo": table, "reward": table}
+    lowest = {"checkpoint_every": 0, "keep_checkpoints": 1}
     for key, (kind, what) in kinds.items():
         value = cfg.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
-                                  or (kind is int and value < 0)):
+                                  or (kind is int and value < lowest[key])):
             raise UsageError(f"config {args.config}: {key} must be {what}, got {value!r}")
     # A misspelt reward setting would otherwise be ignored and the default used.
     reward_known = {"weights", "topk", "flow_threshold"}
@@ -500,6 +502,11 @@ def cmd_train(args) -> int:
         raise UsageError(f"config dtype must be float32, bfloat16 or float16, got "
                          f"{cfg.get('dtype')!r}")
     out = _out_dir(args.out or cfg.get("out", "runs/grpo"))
+    resume_from = latest_checkpoint(out)
+    if resume_from is not None and not args.resume:
+        # Training afresh here would mix two runs' checkpoints, logs and history.
+        raise UsageError(f"--out {out} holds a run ({resume_from.name}); pass --resume to "
+                         f"continue it, or choose another folder")
     # The settings, then the small LGM, then the video model, which may take minutes to load:
     # a bad [grpo] or [reward] value must not wait for it.
     grpo = dict(cfg.get("grpo", {}))
@@ -516,12 +523,12 @@ def cmd_train(args) -> int:
     embeds, negative = _load_embeds(cfg.get("prompt_embeds"), transformer)
     _check_lgm_fits(lgm, transformer)
     trainer = GRPOTrainer(transformer, reward, embeds, config, negative_prompt_embeds=negative)
-    if args.resume and (out / "trainer_state.pt").is_file():
+    if resume_from is not None:
         trainer.load_checkpoint(out)
-    history = trainer.train(out_dir=out, checkpoint_every=int(cfg.get("checkpoint_every", 50)))
+    history = trainer.train(out_dir=out, checkpoint_every=int(cfg.get("checkpoint_every", 50)),
+                            keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))
     if trainer.rank == 0:
-        _io.save_json(out / "history.json", {"history": history, "world_size": trainer.world})
-        print(f"trained {len(history)} steps; LoRA in {out}")
+        print(f"trained {len(history)} steps (the run has {len(trainer.history)}); LoRA in {out}")
     return 0
 
 

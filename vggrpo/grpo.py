@@ -48,6 +48,7 @@ uninterrupted run's next step exactly.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ import torch
 from torch import Tensor
 
 from . import _io
-from ._checks import is_finite_number, is_positive_int
+from ._checks import is_finite_number, is_int, is_positive_int
 from ._nvtx import nvtx_range
 from .lora_file import LORA_FILE, fold_lora_scale, read_lora, save_lora
 from .rewards import group_advantages
@@ -69,11 +70,16 @@ from .sampling import (
     sde_step,
     wan_velocity,
 )
-from .step_log import StepLog, peak_memory, reset_peak_memory
+from .step_log import LOG_FILE, StepLog, clean_record, peak_memory, reset_peak_memory
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "LORA_FILE", "EMA_LORA_FILE"]
+__all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "LORA_FILE", "EMA_LORA_FILE",
+           "CHECKPOINT_PREFIX", "HISTORY_FILE", "checkpoint_folders", "latest_checkpoint"]
 
 _STATE_FILE = "trainer_state.pt"
+#: A run folder's checkpoints: ``checkpoint-<step>/``, each committed whole.
+CHECKPOINT_PREFIX = "checkpoint-"
+#: Every step's record of a run, resumed steps included (``{"history": [...], ...}``).
+HISTORY_FILE = "history.json"
 #: The EMA of the adapter (``GRPOConfig.ema_decay``), in the LoRA file's format.
 EMA_LORA_FILE = "pytorch_lora_weights_ema.safetensors"
 
@@ -373,6 +379,9 @@ class GRPOTrainer:
         self.sigmas = scheduler_sigmas(FlowMatchEulerDiscreteScheduler(shift=config.shift),
                                        config.num_inference_steps)
         self.step_index = 0
+        #: Every step's record (train_step's), this run's resumed steps included.
+        self.history: List[Dict[str, Any]] = []
+        self._saved_step: Optional[int] = None
         self.device = model_device
         # The EMA of the adapter, keyed as lora_state_dict() (float32, like the adapter).
         self.ema: Optional[Dict[str, Tensor]] = None
@@ -572,7 +581,15 @@ class GRPOTrainer:
             "time_rollout_s": t1 - t0, "time_reward_s": t2 - t1, "time_update_s": t3 - t2,
             "peak_memory_bytes": peak_memory(self.device),
         })
+        # Here, not at the checkpoint: a checkpoint of broken weights is refused anyway, and a
+        # run should stop at the step that broke it, not carry on training NaNs.
+        bad = [k for k, v in self.lora_state_dict().items() if not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"step {self.step_index}: the update made the adapter non-finite "
+                             f"({bad[0]}, {len(bad)} tensors in all; loss {log['loss']}): "
+                             f"lower lr, or check the reward for NaN")
         self.step_index += 1
+        self.history.append(log)
         return log
 
     @torch.no_grad()
@@ -602,11 +619,13 @@ class GRPOTrainer:
         return {k: float(v.mean()) for k, v in self.score(torch.cat(finals)).items()}
 
     def train(self, steps: Optional[int] = None, *, out_dir=None, checkpoint_every: int = 0,
-              progress: bool = True) -> List[Dict[str, float]]:
+              keep_checkpoints: int = 2, progress: bool = True) -> List[Dict[str, float]]:
         """Run ``steps`` (default: up to ``config.steps``) GRPO steps. With ``out_dir``: every
         step is appended to ``out_dir/log.jsonl`` (and TensorBoard, when installed;
-        :mod:`vggrpo.step_log`), and a checkpoint is written every ``checkpoint_every`` steps
-        and at the end. Returns this call's steps' records."""
+        :mod:`vggrpo.step_log`), and a checkpoint (:meth:`save_checkpoint`, keeping
+        ``keep_checkpoints``) is written every ``checkpoint_every`` steps and at the end, unless
+        the end's step is saved already. Returns this call's steps' records (all of the run's:
+        :attr:`history`)."""
         from tqdm.auto import tqdm
 
         end = self.config.steps if steps is None else self.step_index + steps
@@ -623,9 +642,9 @@ class GRPOTrainer:
                                  if k.startswith("reward_")})
                 if (out_dir is not None and checkpoint_every
                         and self.step_index % checkpoint_every == 0):
-                    self.save_checkpoint(out_dir)
-            if out_dir is not None:
-                self.save_checkpoint(out_dir)
+                    self.save_checkpoint(out_dir, keep=keep_checkpoints)
+            if out_dir is not None and self._saved_step != self.step_index:
+                self.save_checkpoint(out_dir, keep=keep_checkpoints)
         finally:
             if log is not None:
                 log.close()
@@ -657,10 +676,27 @@ class GRPOTrainer:
             for k, t in own.items():
                 t.copy_(_like(tensors[k], t))
 
-    def save_checkpoint(self, directory: Union[str, Path]) -> Path:
-        """LoRA weights (diffusers format, safetensors) and the trainer state, atomically.
-        Every rank must call it (under FSDP the shards are gathered); only rank 0 writes."""
+    def save_checkpoint(self, directory: Union[str, Path], *, keep: int = 2) -> Path:
+        """Commit this step's checkpoint to ``directory/checkpoint-<step>/`` as one unit, and
+        export its adapter and the run's history to the top of ``directory``. Returns the
+        checkpoint folder. Every rank must call it (under FSDP the shards are gathered); only
+        rank 0 writes.
+
+        The folder (``pytorch_lora_weights.safetensors``, ``pytorch_lora_weights_ema.safetensors``
+        with an EMA, ``trainer_state.pt``) is written under a hidden name and renamed into place:
+        a kill at any moment leaves the previous checkpoints whole and this one either complete
+        or absent. Then ``directory/pytorch_lora_weights.safetensors`` (and its EMA) and
+        ``directory/history.json`` (every step of the run so far, resumed ones included) are
+        replaced atomically; they are copies for users, never read back. The ``keep`` newest
+        checkpoints stay (at least 1); older ones and a killed write's leftovers are removed.
+
+        ValueError, before anything is written, when the adapter or its EMA holds a NaN or
+        infinite weight: a checkpoint never replaces good weights with broken ones.
+        """
+        if not is_positive_int(keep):
+            raise ValueError(f"keep: expected a positive int (checkpoints kept), got {keep!r}")
         directory = Path(directory)
+        folder = directory / f"{CHECKPOINT_PREFIX}{self.step_index}"
         lora = self.full_lora_state_dict()
         ema = None if self.ema is None else {k: _full(v).detach().clone()
                                              for k, v in self.ema.items()}
@@ -675,49 +711,85 @@ class GRPOTrainer:
                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             optimizer = self.optimizer.state_dict()
+        for what, weights in (("adapter", lora), ("adapter's EMA", ema or {})):
+            bad = sorted(k for k, v in weights.items() if not torch.isfinite(v).all())
+            if bad:
+                raise ValueError(f"step {self.step_index}: the {what} holds NaN or infinite "
+                                 f"weights ({bad[0]}, {len(bad)} tensors in all); no checkpoint "
+                                 f"written, the last one in {directory} is kept")
+        self._saved_step = self.step_index
         if self.rank != 0:
-            return directory
+            return folder
+        later = [k for k, _ in checkpoint_folders(directory) if k > self.step_index]
+        if later:
+            raise ValueError(f"{directory} holds {CHECKPOINT_PREFIX}{later[-1]}, a later step "
+                             f"than this trainer's {self.step_index}: another run's; resume from "
+                             f"it (load_checkpoint) or write to another folder")
+        state = {"lora": lora, "ema": ema, "optimizer": optimizer,
+                 "schedule": self.schedule.state_dict(), "step": self.step_index,
+                 "config": self.config.to_dict(), "rng": torch.get_rng_state(),
+                 "history": [clean_record(h) for h in self.history]}
+
+        def write(tmp: Path) -> None:
+            save_lora(tmp / LORA_FILE, lora, self.lora_config)
+            if ema is not None:
+                save_lora(tmp / EMA_LORA_FILE, ema, self.lora_config)
+            # The unfolded weights too: the file's are scaled (lora_file), and x * s / s is not
+            # x in float32 for every s, so resuming from the file alone would not be exact.
+            _io.save_state(tmp / _STATE_FILE, state)
+
+        _io.commit_folder(folder, write)
+        self._export(directory, lora, ema, folder)
+        for _, old in checkpoint_folders(directory)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def _export(self, directory: Path, lora, ema, folder: Path) -> None:
+        """The users' copies at the top of a run folder (see :meth:`save_checkpoint`)."""
         save_lora(directory / LORA_FILE, lora, self.lora_config)
         if ema is not None:
             save_lora(directory / EMA_LORA_FILE, ema, self.lora_config)
-        # The unfolded weights too: the file's are scaled (lora_file), and x * s / s is not x
-        # in float32 for every s, so resuming from the file alone would not be exact.
-        _io.save_state(directory / _STATE_FILE, {
-            "lora": lora, "ema": ema, "optimizer": optimizer,
-            "schedule": self.schedule.state_dict(),
-            "step": self.step_index, "config": self.config.to_dict(),
-            "rng": torch.get_rng_state()})
-        return directory
+        _io.save_json(directory / HISTORY_FILE, {
+            "history": [clean_record(h) for h in self.history], "world_size": self.world,
+            "checkpoint": folder.name})
+        _io.remove_leftovers(directory, (CHECKPOINT_PREFIX, LORA_FILE, EMA_LORA_FILE,
+                                         HISTORY_FILE, LOG_FILE))
 
-    def load_checkpoint(self, directory: Union[str, Path]) -> None:
-        """Restore what :meth:`save_checkpoint` wrote (same config required; under FSDP every
-        rank reads the files and keeps its shards, whatever the number of ranks)."""
+    def load_checkpoint(self, directory: Union[str, Path]) -> Path:
+        """Restore a checkpoint of :meth:`save_checkpoint`: ``directory``'s newest
+        ``checkpoint-<step>/``, or ``directory`` itself when it is one (it holds
+        ``trainer_state.pt``). Returns the folder read. Under FSDP every rank reads the files
+        and keeps its shards, whatever the number of ranks.
+
+        The config must be the one it was trained with, except ``steps``, which may grow (the
+        run is extended) but not fall below the checkpoint's step; the first keys that differ
+        are named. Everything is checked before the trainer changes, each a one-line
+        ValueError naming the folder: the state's structure, step, RNG state, optimiser state
+        (shapes, finite learning rate and moments) and history; that its LoRA (and EMA) files
+        are the adapter it holds (not the files of another step).
+        """
         directory = Path(directory)
-        state = _io.load_state(directory / _STATE_FILE)
-        saved, ours = state.get("config"), self.config.to_dict()
-        if saved != ours:
-            saved = saved if isinstance(saved, dict) else {}
-            diff = [k for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
-            what = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} there, {ours.get(k)!r} here"
-                             for k in diff[:3])
-            raise ValueError(f"cannot resume from {directory}: it was trained with another "
-                             f"config ({what}{'; ...' if len(diff) > 3 else ''})")
-        in_file, _ = read_lora(directory / LORA_FILE)
+        folder = latest_checkpoint(directory)
+        if folder is None:
+            raise FileNotFoundError(f"no checkpoint in {directory} (expected "
+                                    f"{CHECKPOINT_PREFIX}<step>/ folders holding {_STATE_FILE})")
+        state = _io.load_state(folder / _STATE_FILE)
+        self._check_state(state, folder)
+        in_file, _ = read_lora(folder / LORA_FILE)
         lora = state.get("lora")
         if lora is None:  # vggrpo 0.1.0 wrote the unfolded weights to the file only
             lora = in_file
         else:
-            folded = fold_lora_scale(lora, self.lora_config)
-            if set(folded) != set(in_file) or not all(torch.equal(folded[k], in_file[k])
-                                                      for k in folded):
-                raise ValueError(f"cannot resume from {directory}: its {LORA_FILE} is not the "
-                                 f"adapter its {_STATE_FILE} holds (files from different steps)")
-        self._assign_lora(lora, f"LoRA weights {directory / LORA_FILE}")
+            _check_same(fold_lora_scale(lora, self.lora_config), in_file, folder, LORA_FILE)
+        self._assign_lora(lora, f"LoRA weights {folder / LORA_FILE}")
         if self.ema is not None:
             ema = state.get("ema")
             if not isinstance(ema, dict) or set(ema) != set(self.ema):
-                raise ValueError(f"cannot resume from {directory}: it holds no EMA of this "
+                raise ValueError(f"cannot resume from {folder}: it holds no EMA of this "
                                  f"adapter (config.ema_decay was set after it was written?)")
+            if (folder / EMA_LORA_FILE).is_file():
+                _check_same(fold_lora_scale(ema, self.lora_config),
+                            read_lora(folder / EMA_LORA_FILE)[0], folder, EMA_LORA_FILE)
             self.ema = {k: _like(v.float(), self.ema[k]).clone() for k, v in ema.items()}
         if self.config.fsdp:
             from torch.distributed.checkpoint.state_dict import (
@@ -731,7 +803,132 @@ class GRPOTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
-        self.step_index = int(state["step"])
+        self.step_index = self._saved_step = state["step"]
+        self.history = list(state.get("history") or [])
+        if self.rank == 0 and folder != directory:
+            # A kill after the commit may have left the exports a step behind.
+            self._export(directory, lora, state.get("ema"), folder)
+        return folder
+
+    def _check_state(self, state: Any, folder: Path) -> None:
+        """Everything :meth:`load_checkpoint` reads from ``trainer_state.pt``, before any of it
+        is used (a tampered or foreign file is one line, never a traceback or a NaN run)."""
+        where = f"cannot resume from {folder}: {_STATE_FILE}"
+        if not isinstance(state, dict):
+            raise ValueError(f"{where} holds a {type(state).__name__}, expected a dict")
+        missing = sorted({"optimizer", "schedule", "step", "config", "rng"} - set(state))
+        if missing:
+            raise ValueError(f"{where} lacks {missing}")
+        saved, ours = state["config"], self.config.to_dict()
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where}: its config is a {type(saved).__name__}, expected a dict")
+        diff = [k for k in sorted(set(saved) | set(ours))
+                if k != "steps" and saved.get(k, "(absent)") != ours.get(k)]
+        if diff:
+            what = "; ".join(f"{k}: {_short(saved.get(k, '(absent)'))} there, "
+                             f"{_short(ours.get(k))} here" for k in diff[:3])
+            raise ValueError(f"cannot resume from {folder}: it was trained with another config "
+                             f"({what}{'; ...' if len(diff) > 3 else ''}); only steps may "
+                             f"change (to extend the run)")
+        step = state["step"]
+        if not is_int(step) or step < 0 or (is_positive_int(saved.get("steps"))
+                                            and step > saved["steps"]):
+            raise ValueError(f"{where}: step must be an int in [0, its config's steps], got "
+                             f"{_short(step)}")
+        if folder.name.startswith(CHECKPOINT_PREFIX) and folder.name != \
+                f"{CHECKPOINT_PREFIX}{step}":
+            raise ValueError(f"{where} is of step {step}, not of its folder's (files of "
+                             f"different checkpoints)")
+        if step > self.config.steps:
+            raise ValueError(f"cannot resume from {folder}: it is at step {step}, beyond this "
+                             f"config's steps = {self.config.steps} (steps may only grow)")
+        rng = state["rng"]
+        own_rng = torch.get_rng_state()
+        if not isinstance(rng, Tensor) or rng.dtype != own_rng.dtype or rng.shape != \
+                own_rng.shape:
+            raise ValueError(f"{where}: rng must be torch's RNG state (a {own_rng.dtype} tensor "
+                             f"of {own_rng.numel()} bytes)")
+        history = state.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history) \
+                or len(history) > step:
+            # Shorter than step for a run begun from a checkpoint of vggrpo 0.2 (none kept).
+            raise ValueError(f"{where}: history must be a list of at most {step} step records")
+        schedule = state["schedule"]
+        if not isinstance(schedule, dict) or not is_int(schedule.get("last_epoch")):
+            raise ValueError(f"{where}: schedule must be the LR schedule's state (a dict with "
+                             f"an int last_epoch)")
+        self._check_optimizer_state(state["optimizer"], where)
+
+    def _check_optimizer_state(self, opt: Any, where: str) -> None:
+        groups = opt.get("param_groups") if isinstance(opt, dict) else None
+        if not isinstance(groups, list) or not isinstance(opt.get("state"), dict):
+            raise ValueError(f"{where}: optimizer must be AdamW's state (param_groups, state)")
+        for g in groups:
+            for key in ("lr", "weight_decay", "betas", "eps"):
+                values = g.get(key) if isinstance(g, dict) else None
+                values = values if isinstance(values, (list, tuple)) else [values]
+                if not all(is_finite_number(v) and v >= 0 for v in values):
+                    raise ValueError(f"{where}: optimizer {key} must be finite and >= 0, got "
+                                     f"{_short(g.get(key) if isinstance(g, dict) else g)}")
+        if self.config.fsdp:  # keyed by parameter name; set_optimizer_state_dict checks them
+            return
+        ids = [i for g in groups for i in (g.get("params") or [])]
+        if sorted(ids) != list(range(len(self.params))):
+            raise ValueError(f"{where}: optimizer holds {len(ids)} parameters, this adapter "
+                             f"{len(self.params)}")
+        for i, moments in opt["state"].items():
+            if not (is_int(i) and 0 <= i < len(self.params)) or not isinstance(moments, dict):
+                raise ValueError(f"{where}: optimizer state entry {_short(i)} names no "
+                                 f"parameter of this adapter")
+            for key, value in moments.items():
+                if not isinstance(value, Tensor) or not torch.isfinite(value).all():
+                    raise ValueError(f"{where}: optimizer {key} of parameter {i} must be a "
+                                     f"finite tensor")
+                if key != "step" and value.shape != self.params[i].shape:
+                    raise ValueError(f"{where}: optimizer {key} of parameter {i} is "
+                                     f"{list(value.shape)}, the parameter "
+                                     f"{list(self.params[i].shape)}")
+
+
+def checkpoint_folders(directory: Union[str, Path]) -> List[Tuple[int, Path]]:
+    """``(step, folder)`` of every committed ``checkpoint-<step>/`` in a run folder, oldest
+    first (a hidden, uncommitted one is not listed)."""
+    directory = Path(directory)
+    found = []
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            step = entry.name[len(CHECKPOINT_PREFIX):]
+            if entry.name.startswith(CHECKPOINT_PREFIX) and step.isdigit() and entry.is_dir() \
+                    and (entry / _STATE_FILE).is_file():
+                found.append((int(step), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: Union[str, Path]) -> Optional[Path]:
+    """The folder :meth:`GRPOTrainer.load_checkpoint` reads for ``directory``: ``directory``
+    itself when it holds ``trainer_state.pt`` (one checkpoint folder, or a run of vggrpo 0.2 and
+    before, which kept its files at the top), else its newest ``checkpoint-<step>/``; None when
+    it holds neither."""
+    directory = Path(directory)
+    if (directory / _STATE_FILE).is_file():
+        return directory
+    found = checkpoint_folders(directory)
+    return found[-1][1] if found else None
+
+
+def _check_same(expected: Dict[str, Tensor], in_file: Dict[str, Tensor], folder: Path,
+                name: str) -> None:
+    if set(expected) != set(in_file) or not all(torch.equal(expected[k], in_file[k])
+                                                for k in expected):
+        raise ValueError(f"cannot resume from {folder}: its {name} is not the adapter its "
+                         f"{_STATE_FILE} holds (files from different steps)")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line stays a line, whatever a
+    tampered file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _full(t):

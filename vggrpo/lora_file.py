@@ -142,8 +142,10 @@ def load_lora(transformer: torch.nn.Module, path: Union[str, Path],
     """Load a LoRA file into a diffusers model (``WanTransformer3DModel``) at the strength it was
     trained with, through diffusers' own ``load_lora_adapter``. Returns the adapter's config.
 
-    Refused with one ValueError line naming the file: no ``<prefix>.*`` tensors; diffusers or
-    peft cannot load it; or not every tensor of the file became a parameter of the model (a LoRA
+    Refused with one ValueError line naming the file: no ``<prefix>.*`` tensors; a NaN or
+    infinite weight; a tensor whose layer the model lacks or whose shape does not fit it (checked
+    here, before diffusers, which would log its size report first); diffusers or peft cannot
+    load it; or not every tensor of the file became a parameter of the model (a LoRA
     trained for another model, or a partial file: diffusers would only warn). A file without
     adapter metadata loads with ``lora_alpha = r``, as diffusers does, with a warning.
     """
@@ -154,6 +156,7 @@ def load_lora(transformer: torch.nn.Module, path: Union[str, Path],
     if not tensors:
         raise ValueError(f"LoRA file {path} holds no LoRA tensors for the {prefix} (diffusers "
                          f"format: keys '{prefix}.*.lora_A.weight' / '.lora_B.weight')")
+    _check_fits(transformer, tensors, path)
     if config is None:
         warnings.warn(f"LoRA file {path} carries no adapter metadata: loading it with "
                       f"lora_alpha = r (scale 1), as diffusers does", stacklevel=2)
@@ -177,3 +180,28 @@ def load_lora(transformer: torch.nn.Module, path: Union[str, Path],
                          f"but the adapter it makes in this model has {added}: it was trained "
                          f"for another model, or it is incomplete")
     return config or {}
+
+
+def _check_fits(transformer: torch.nn.Module, tensors: Dict[str, Tensor], path: Path) -> None:
+    """Each ``<layer>.lora_A.weight`` ``[r, in]`` / ``<layer>.lora_B.weight`` ``[out, r]`` must
+    name a linear layer of the model with those features, and every weight must be finite."""
+    modules = dict(transformer.named_modules())
+    for key, value in sorted(tensors.items()):
+        bad = int((~torch.isfinite(value)).sum()) if value.is_floating_point() else 0
+        if bad:
+            raise ValueError(f"LoRA file {path}: {key} holds {bad} NaN or infinite values")
+        layer, _, kind = key.rpartition(".lora_")
+        # peft wraps a targeted layer; the features are the wrapped base layer's.
+        module = modules.get(layer)
+        module = getattr(module, "base_layer", module)
+        if kind not in ("A.weight", "B.weight") or not hasattr(module, "in_features"):
+            raise ValueError(f"LoRA file {path}: {key} names no linear layer of this model "
+                             f"({type(transformer).__name__}); was it trained for another?")
+        a = kind == "A.weight"
+        got = tuple(value.shape)
+        if len(got) != 2 or got[1 if a else 0] != (module.in_features if a
+                                                     else module.out_features):
+            expected = f"[r, {module.in_features}]" if a else f"[{module.out_features}, r]"
+            raise ValueError(f"LoRA file {path}: {key} is {list(got)}, expected {expected} for "
+                             f"{layer} of this model ({module.in_features} -> "
+                             f"{module.out_features} features)")

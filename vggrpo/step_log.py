@@ -22,17 +22,18 @@ import torch
 
 from . import _io
 
-__all__ = ["LOG_FILE", "TENSORBOARD_DIR", "StepLog", "read_log", "reset_peak_memory",
-           "peak_memory", "current_memory"]
+__all__ = ["LOG_FILE", "TENSORBOARD_DIR", "StepLog", "clean_record", "read_log",
+           "reset_peak_memory", "peak_memory", "current_memory"]
 
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def clean_record(record: Dict[str, Any]) -> Dict[str, Any]:
+    """``record`` with every float that is not finite replaced by None: the record as JSON holds
+    it (a NaN is not JSON)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
 
 
 def read_log(path: Union[str, Path]) -> list:
@@ -75,7 +76,7 @@ class StepLog:
 
     def write(self, record: Dict[str, Any]) -> None:
         """Append one step's record (a dict with an int ``step``)."""
-        clean = {k: _clean(v) for k, v in record.items()}
+        clean = clean_record(record)
         self._file.write(json.dumps(clean, sort_keys=True, allow_nan=False) + "\n")
         self._file.flush()
         if self._board is not None:

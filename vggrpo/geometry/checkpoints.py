@@ -24,6 +24,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .. import _io
+
 __all__ = ["find_weights", "load_state_dict_file", "load_weights_into"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -234,8 +236,8 @@ def load_weights_into(module: torch.nn.Module, files: Union[PathLike, List[PathL
 
     Everything is checked before anything is written, each a ValueError naming the file: a file
     that matches none of the module's tensors, a tensor of another shape, and with ``strict``
-    missing or unexpected keys. A dtype other than the module's is converted, as
-    ``load_state_dict`` does.
+    missing or unexpected keys, and an integer or bool tensor where the module's is floating
+    point. Another floating dtype than the module's is converted, as ``load_state_dict`` does.
     """
     if not isinstance(files, (list, tuple)):
         files = [files]
@@ -253,6 +255,8 @@ def load_weights_into(module: torch.nn.Module, files: Union[PathLike, List[PathL
         raise ValueError(f"{what} weights {names} match none of the model's {len(own)} tensors "
                          f"(file keys like {sorted(entries)[:3]}, model keys like "
                          f"{sorted(own)[:3]})")
+    _io.check_floating({k: entries[k].dtype for k in matched if own[k].is_floating_point()},
+                       f"{what} weights {names}")
     wrong = [k for k in matched if tuple(own[k].shape) != entries[k].shape]
     if wrong:
         k = wrong[0]
