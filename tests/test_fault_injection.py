@@ -10,9 +10,9 @@ Two kinds of kill, each in a fresh process (tests/scripts/kill_worker.py):
 * **at a time**: killed from outside after a random delay, anywhere in the run.
 
 After every kill the run is resumed (``--resume``), and that run may be killed again; the chain
-ends with a resume left to finish. ``make test`` runs a bounded plan (5 kills at renames, 2 at random);
-``make fault-injection`` runs ``VGGRPO_FAULT_KILLS`` (default 24) seeded random kills and
-prints the counts the README reports.
+ends with a resume left to finish. ``make test`` runs a bounded plan (5 kills at renames, 2 at
+random moments); ``make fault-injection`` runs ``VGGRPO_FAULT_KILLS`` (24) seeded random kills
+and prints the counts the README reports.
 """
 
 from __future__ import annotations

@@ -14,6 +14,19 @@ import numbers
 from typing import Callable, Dict, Iterable
 
 
+def short_repr(value, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, at most about ``limit`` characters, built without
+    walking all of ``value`` (a 281-byte YAML alias bomb expands to a value whose full repr
+    is hundreds of megabytes)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def is_int(value) -> bool:
     """A Python ``int``, not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -48,4 +61,4 @@ def check_fields(config: object, rule: str, names: Iterable[str]) -> None:
         if not test(value):
             article = "an" if rule[0] in "aeiou" else "a"
             raise ValueError(f"{type(config).__name__}.{name} must be {article} {rule}, "
-                             f"got {value!r}")
+                             f"got {short_repr(value)}")

@@ -21,7 +21,8 @@ from torch import Tensor
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_write", "commit_folder", "remove_leftovers", "writable_target", "save_json",
+__all__ = ["atomic_write", "commit_folder", "remove_leftovers", "writable_target",
+           "check_writable", "check_can_create", "save_json",
            "load_json", "save_tensors", "load_tensors", "check_floating", "save_state",
            "load_state"]
 
@@ -33,15 +34,16 @@ def writable_target(path: PathLike, what: str = "output") -> Path:
     and writing into it would not be atomic), a name longer than the file system allows, and a
     parent that is not a folder."""
     path = Path(path)
+    for p in (path, Path(os.path.realpath(path))):  # the link's name, then its target's
+        if len(os.fsencode(p.name)) > 255:
+            raise ValueError(f"{what} {str(p)[:120]}...: the file name is "
+                             f"{len(os.fsencode(p.name))} bytes; file systems allow 255")
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    if len(os.fsencode(path.name)) > 255:
-        raise ValueError(f"{what} {str(path)[:200]}...: the file name is "
-                         f"{len(os.fsencode(path.name))} bytes; file systems allow 255")
     if os.path.lexists(path):
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
-            raise ValueError(f"{what} {path} is a folder; expected the path of a file")
+            raise ValueError(f"{what} {path} is a folder; expected the path of a file to write")
         if not stat.S_ISREG(mode):
             raise ValueError(f"{what} {path} exists and is not a regular file (a FIFO, device "
                              f"or socket); refusing to replace it")
@@ -49,6 +51,32 @@ def writable_target(path: PathLike, what: str = "output") -> Path:
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{what} {path}: {parent} is not a folder")
     return path
+
+
+def check_writable(path: PathLike, what: str = "output") -> Path:
+    """:func:`writable_target`, and a probe that a file can be created where it would be (a
+    temporary file in the nearest existing folder, removed at once): a command checks its
+    output this way before any work, so a read-only or virtual file system (``/sys``,
+    ``/proc``) fails it in the first second, not after the work."""
+    path = writable_target(path, what)
+    check_can_create(path, what)
+    return path
+
+
+def check_can_create(path: PathLike, what: str = "output") -> None:
+    """Probe that a file or folder can be created at ``path`` (its nearest existing folder
+    takes a temporary file); a one-line ValueError naming ``what`` when it cannot."""
+    path = Path(path)
+    parent = next((p for p in path.parents if os.path.lexists(p)), Path("."))
+    if os.path.isdir(path):
+        parent = path
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vggrpo-probe.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot write in {parent} "
+                         f"({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
@@ -61,7 +89,8 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise ValueError(f"cannot write {path}: {err.strerror or err}") from None
+        raise ValueError(f"output {path}: cannot write in {path.parent} "
+                         f"({err.strerror or err})") from None
     os.close(fd)
     try:
         write(tmp)

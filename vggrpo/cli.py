@@ -263,17 +263,21 @@ def _out_dir(path: str) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     _check_out_parents(out)
+    try:
+        _io.check_can_create(out, "--out")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return out
 
 
 def _out_file(path: str) -> Path:
     """An --out that names a file, checked before any work (the atomic rename into it would
-    fail only at the end)."""
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; expected the path of a file to write")
-    _check_out_parents(out)
-    return out
+    fail only at the end): not a folder, FIFO or device, a name the file system takes, a
+    place a file can be created. A symlink is written through (its target replaced)."""
+    try:
+        return _io.check_writable(path, "--out")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 # -- subcommands -----------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from . import _io
-from ._checks import is_finite_number, is_int, is_positive_int
+from ._checks import is_finite_number, is_int, is_positive_int, short_repr
 from ._nvtx import nvtx_range
 from .lora_file import LORA_FILE, fold_lora_scale, read_lora, save_lora
 from .rewards import group_advantages
@@ -144,15 +144,18 @@ class GRPOConfig:
         if (not isinstance(self.lora_targets, tuple) or not self.lora_targets
                 or not all(isinstance(t, str) and t for t in self.lora_targets)):
             raise ValueError(f"lora_targets must be a non-empty list of module names, got "
-                             f"{self.lora_targets!r}")
+                             f"{short_repr(self.lora_targets)}")
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (a group of one has no relative "
-                             f"advantage), got {self.group_size!r}")
+                             f"advantage), got {short_repr(self.group_size)}")
         for name in ("prompts_per_step", "num_inference_steps", "lora_rank", "steps",
                      "updates_per_rollout"):
             value = getattr(self, name)
             if not is_positive_int(value):
-                raise ValueError(f"GRPOConfig.{name} must be a positive int, got {value!r}")
+                raise ValueError(f"GRPOConfig.{name} must be a positive int, got "
+                                 f"{short_repr(value)}")
+        if not is_int(self.seed):  # 1.5 would silently become 1
+            raise ValueError(f"GRPOConfig.seed must be an int, got {short_repr(self.seed)}")
         if self.sde_window is None:  # the sampler reads None as "no SDE steps": nothing to train
             raise ValueError("sde_window must be a (start, end) pair of step indices (the steps "
                              "GRPO trains), got None")
@@ -161,39 +164,42 @@ class GRPOConfig:
         for name in ("clip_eps", "lr", "grad_clip", "shift", "lora_alpha"):
             value = getattr(self, name)
             if not (is_finite_number(value) and value > 0):
-                raise ValueError(f"GRPOConfig.{name} must be a finite number > 0, got {value!r}")
+                raise ValueError(f"GRPOConfig.{name} must be a finite number > 0, got "
+                                 f"{short_repr(value)}")
         for name in ("kl_beta", "noise_level", "weight_decay"):
             value = getattr(self, name)
             if not (is_finite_number(value) and value >= 0):
-                raise ValueError(f"GRPOConfig.{name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"GRPOConfig.{name} must be a finite number >= 0, got "
+                                 f"{short_repr(value)}")
         if not is_finite_number(self.guidance_scale):
             raise ValueError(f"GRPOConfig.guidance_scale must be a finite number, got "
-                             f"{self.guidance_scale!r}")
+                             f"{short_repr(self.guidance_scale)}")
         if (not isinstance(self.latent_shape, tuple) or len(self.latent_shape) != 4
                 or not all(map(is_positive_int, self.latent_shape))):
             raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
                              f"{self.latent_shape}")
         if self.micro_batch_size is not None and not is_positive_int(self.micro_batch_size):
             raise ValueError(f"GRPOConfig.micro_batch_size must be a positive int or None (all "
-                             f"of a rank's videos at once), got {self.micro_batch_size!r}")
+                             f"of a rank's videos at once), got "
+                             f"{short_repr(self.micro_batch_size)}")
         for name in ("gradient_checkpointing", "offload_trajectory", "same_noise_per_group",
                      "fsdp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GRPOConfig.{name} must be true or false, got "
-                                 f"{getattr(self, name)!r}")
+                                 f"{short_repr(getattr(self, name))}")
         if self.reward_weights is not None:
             w = self.reward_weights
             if (not isinstance(w, dict) or not w
                     or not all(isinstance(k, str) and is_finite_number(v) for k, v in w.items())):
                 raise ValueError(f"GRPOConfig.reward_weights must map reward names to finite "
-                                 f"numbers (or be None: weight 1 each), got {w!r}")
+                                 f"numbers (or be None: weight 1 each), got {short_repr(w)}")
             if not any(v != 0 for v in w.values()):
                 raise ValueError(f"GRPOConfig.reward_weights are all 0: nothing would be "
-                                 f"trained, got {w!r}")
+                                 f"trained, got {short_repr(w)}")
         if self.ema_decay is not None and not (is_finite_number(self.ema_decay)
                                                and 0 < self.ema_decay < 1):
             raise ValueError(f"GRPOConfig.ema_decay must be a number in (0, 1) or None, got "
-                             f"{self.ema_decay!r}")
+                             f"{short_repr(self.ema_decay)}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -825,8 +831,8 @@ class GRPOTrainer:
         diff = [k for k in sorted(set(saved) | set(ours))
                 if k != "steps" and saved.get(k, "(absent)") != ours.get(k)]
         if diff:
-            what = "; ".join(f"{k}: {_short(saved.get(k, '(absent)'))} there, "
-                             f"{_short(ours.get(k))} here" for k in diff[:3])
+            what = "; ".join(f"{k}: {short_repr(saved.get(k, '(absent)'))} there, "
+                             f"{short_repr(ours.get(k))} here" for k in diff[:3])
             raise ValueError(f"cannot resume from {folder}: it was trained with another config "
                              f"({what}{'; ...' if len(diff) > 3 else ''}); only steps may "
                              f"change (to extend the run)")
@@ -834,7 +840,7 @@ class GRPOTrainer:
         if not is_int(step) or step < 0 or (is_positive_int(saved.get("steps"))
                                             and step > saved["steps"]):
             raise ValueError(f"{where}: step must be an int in [0, its config's steps], got "
-                             f"{_short(step)}")
+                             f"{short_repr(step)}")
         if folder.name.startswith(CHECKPOINT_PREFIX) and folder.name != \
                 f"{CHECKPOINT_PREFIX}{step}":
             raise ValueError(f"{where} is of step {step}, not of its folder's (files of "
@@ -869,7 +875,7 @@ class GRPOTrainer:
                 values = values if isinstance(values, (list, tuple)) else [values]
                 if not all(is_finite_number(v) and v >= 0 for v in values):
                     raise ValueError(f"{where}: optimizer {key} must be finite and >= 0, got "
-                                     f"{_short(g.get(key) if isinstance(g, dict) else g)}")
+                                     f"{short_repr(g.get(key) if isinstance(g, dict) else g)}")
         if self.config.fsdp:  # keyed by parameter name; set_optimizer_state_dict checks them
             return
         ids = [i for g in groups for i in (g.get("params") or [])]
@@ -878,7 +884,7 @@ class GRPOTrainer:
                              f"{len(self.params)}")
         for i, moments in opt["state"].items():
             if not (is_int(i) and 0 <= i < len(self.params)) or not isinstance(moments, dict):
-                raise ValueError(f"{where}: optimizer state entry {_short(i)} names no "
+                raise ValueError(f"{where}: optimizer state entry {short_repr(i)} names no "
                                  f"parameter of this adapter")
             for key, value in moments.items():
                 if not isinstance(value, Tensor) or not torch.isfinite(value).all():
@@ -922,13 +928,6 @@ def _check_same(expected: Dict[str, Tensor], in_file: Dict[str, Tensor], folder:
                                                 for k in expected):
         raise ValueError(f"cannot resume from {folder}: its {name} is not the adapter its "
                          f"{_STATE_FILE} holds (files from different steps)")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: an error line stays a line, whatever a
-    tampered file holds."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _full(t):
