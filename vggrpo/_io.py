@@ -248,10 +248,17 @@ def dataclass_from_dict(cls, data: Any):
 
 
 def load_state_dict_strict(module: torch.nn.Module, tensors: Dict[str, Tensor], what: str) -> None:
-    """``module.load_state_dict(strict=True)`` with one clear error listing what does not fit."""
+    """``module.load_state_dict(strict=True)`` with one clear error listing what does not fit;
+    integer or bool tensors where the module has floats, and NaN or infinite weights, are
+    refused the same way, before anything is loaded."""
     own = module.state_dict()
     check_floating({k: v.dtype for k, v in tensors.items()
                     if k in own and own[k].is_floating_point()}, what)
+    broken = sorted(k for k, v in tensors.items()
+                    if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:
+        raise ValueError(f"{what}: {broken[0]} holds NaN or infinite values ({len(broken)} "
+                         f"tensors in all); weights must be finite")
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)

@@ -220,6 +220,17 @@ def _check_lgm_vae(lgm, model: str, vae=None, name: Optional[str] = None) -> Non
     lgm.check_vae(vae, name=name)
 
 
+def _check_finite_rewards(rewards: Dict[str, torch.Tensor], what: str) -> None:
+    """A NaN or infinite score is an error, not a result: it would print as ``nan``, and JSON
+    cannot hold it."""
+    for name, values in rewards.items():
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        if bad:
+            raise UsageError(f"{what}: the {name} reward is {float(values[bad[0]])} for video "
+                             f"{bad[0]} ({len(bad)} of {values.numel()} not finite): the LGM's "
+                             f"weights or the latents are out of range; nothing written")
+
+
 def _read_config(path: str) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -446,6 +457,7 @@ def cmd_reward(args) -> int:
             latents = encode_video(vae, video[None])
         with torch.no_grad():
             r = reward(latents)
+        _check_finite_rewards(r, f"{path}")
         for b in range(latents.shape[0]):
             rows.append({"input": path.name, "index": b, "motion": float(r["motion"][b]),
                          "geo": float(r["geo"][b])})
@@ -607,8 +619,14 @@ def cmd_sample(args) -> int:
         guidance = RewardGuidance(reward, args.guidance_scale, (args.guidance_start, end),
                                   reward.weights)
     final = sample(vel, noise, sigmas, guidance=guidance).final
+    bad = int((~torch.isfinite(final)).sum())
+    if bad:
+        raise UsageError(f"the sampled latents hold {bad} NaN or infinite values (of "
+                         f"{final.numel()}); nothing written: check --model, --lora and "
+                         f"--guidance-scale")
     with torch.no_grad():
         r = reward(final)
+    _check_finite_rewards(r, "the sampled latents")
     _io.save_tensors(out, {"latents": final},
                      metadata={"rewards": json.dumps({k: v.tolist() for k, v in r.items()})})
     print(f"wrote {out}: motion {r['motion'].tolist()}, geo {r['geo'].tolist()}")

@@ -24,6 +24,7 @@ import operator
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from . import _ext  # noqa: F401  (loads vggrpo._C, which defines torch.ops.vggrpo)
@@ -100,6 +101,33 @@ def _float_arg(op: str, name: str, value) -> float:
         ) from None
 
 
+def _refuse_forward_ad(op: str, *tensors: Optional[Tensor]) -> None:
+    """The fused ops have reverse-mode formulas only: a forward-mode tangent (torch.func.jvp,
+    jacfwd, torch.autograd.forward_ad) would be dropped and read as 0, so it is an error."""
+    if torch.compiler.is_compiling():  # dynamo traces the reverse-mode path only
+        return
+    if any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            f"vggrpo.{op}: forward-mode AD (torch.func.jvp, jacfwd, forward_ad) is not supported "
+            f"by the fused op; use reverse mode (torch.autograd.grad or .functional.jacobian), or "
+            f"vggrpo.reference.{op}, its plain-PyTorch twin, which supports both"
+        )
+
+
+def _refuse_double_backward(op: str) -> None:
+    """Registers, for ``vggrpo::<op>_backward``, an autograd formula that raises: a gradient of
+    the gradient would otherwise be None or zeros with only a warning."""
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"vggrpo.{op}: double backward (a gradient of its gradient, create_graph=True) is "
+            f"not supported by the fused op; use vggrpo.reference.{op}, its plain-PyTorch twin"
+        )
+
+    torch.library.register_autograd(f"vggrpo::{op}_backward", backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
 # ---- so3_log ---------------------------------------------------------------------------------
 
 
@@ -115,6 +143,7 @@ def so3_log(R: Tensor) -> Tensor:
         A matrix with a NaN/inf entry gets NaN in all 3 outputs and all 9 gradient entries.
     """
     dtype = _compute_dtype(R)
+    _refuse_forward_ad("so3_log", R)
     return _ops.so3_log(_prepare("so3_log", dtype, "R", R))
 
 
@@ -151,17 +180,27 @@ def motion_smoothness(extrinsics: Tensor, eps: float = 1e-8) -> tuple[Tensor, Te
 
     Args:
         extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world, ``T >= 3``.
-        eps: positive constant in each ratio's denominator (keeps a still camera finite).
+        eps: positive constant in each ratio's denominator (keeps a still camera finite); at
+            least the smallest normal number of the compute dtype (``1.18e-38`` for float32).
     Returns:
         ``(e_trans [B], e_rot [B])``: the mean over ``t`` of
         ``|x[t+1] - x[t]| / (|x[t+1]| + |x[t]| + eps)`` for camera-centre velocities and for
         body-frame angular steps ``log(R_wc[t]^T R_wc[t+1])`` (unitless; 0 for uniform motion).
     """
     dtype = _compute_dtype(extrinsics)
+    _refuse_forward_ad("motion_smoothness", extrinsics)
     op = "motion_smoothness"
-    return _ops.motion_smoothness(
-        _prepare(op, dtype, "extrinsics", extrinsics), _float_arg(op, "eps", eps)
-    )
+    eps = _float_arg(op, "eps", eps)
+    tiny = torch.finfo(dtype or torch.float32).tiny
+    if 0 < eps < tiny:
+        # The kernel computes in the extrinsics' dtype, where this eps rounds to 0 (or to a
+        # subnormal): a still camera would then give 0 / 0.
+        raise ValueError(
+            f"vggrpo.{op}: `eps` = {eps:g} is below the smallest normal "
+            f"{dtype or torch.float32} ({tiny:g}), the dtype it is computed in; pass "
+            f"eps >= {tiny:g}, or float64 extrinsics"
+        )
+    return _ops.motion_smoothness(_prepare(op, dtype, "extrinsics", extrinsics), eps)
 
 
 @torch.library.register_fake("vggrpo::motion_smoothness")
@@ -210,6 +249,7 @@ def static_points(
         A point is valid when finite and (given a flow) its flow is finite and not dynamic.
     """
     dtype = _compute_dtype(pointmaps, scene_flow)
+    _refuse_forward_ad("static_points", pointmaps, scene_flow)
     op = "static_points"
     return _ops.static_points(
         _prepare(op, dtype, "pointmaps", pointmaps),
@@ -268,6 +308,7 @@ def splat_depth(
         float32 depth, ties to the smaller index; deterministic (docs/ops.md#splat_depth).
     """
     dtype = _compute_dtype(points, extrinsics, intrinsics)
+    _refuse_forward_ad("splat_depth", points, extrinsics, intrinsics)
     op = "splat_depth"
     return _ops.splat_depth(
         _prepare(op, dtype, "points", points),
@@ -329,6 +370,7 @@ def view_depth_error(
         both are finite and > 0 (world units; 0 when no pixel counts), and how many pixels counted.
     """
     dtype = _compute_dtype(rendered, depths)
+    _refuse_forward_ad("view_depth_error", rendered, depths)
     op = "view_depth_error"
     return _ops.view_depth_error(
         _prepare(op, dtype, "rendered", rendered),
@@ -379,6 +421,7 @@ def worst_k_mean(err: Tensor, count: Tensor, k: int = 3) -> Tensor:
         to the smaller view index); 0 for a video with no valid view.
     """
     dtype = _compute_dtype(err)
+    _refuse_forward_ad("worst_k_mean", err)
     op = "worst_k_mean"
     return _ops.worst_k_mean(
         _prepare(op, dtype, "err", err), _prepare(op, None, "count", count), _int_arg(op, "k", k)
@@ -444,6 +487,7 @@ def reprojection_errors(
         units) and the number of pixels it averages.
     """
     dtype = _compute_dtype(pointmaps, depths, extrinsics, intrinsics, scene_flow)
+    _refuse_forward_ad("reprojection_errors", pointmaps, depths, extrinsics, intrinsics, scene_flow)
     op = "reprojection_errors"
     # The winner map is kept only when a gradient can be asked for: under torch.no_grad (GRPO
     # rollouts) the op skips it and, for float32, uses a cheaper depth-only z-buffer.
@@ -503,3 +547,7 @@ def _reproject_backward(ctx, grad_err, grad_count, grad_winner, grad_valid):
 torch.library.register_autograd(
     "vggrpo::reprojection_errors", _reproject_backward, setup_context=_reproject_setup
 )
+
+for _op in ("so3_log", "motion_smoothness", "splat_depth", "view_depth_error", "worst_k_mean",
+            "reprojection_errors"):
+    _refuse_double_backward(_op)

@@ -218,16 +218,26 @@ def group_advantages(
         # Statistics in float64: a float32 mean of equal values can be off by an ulp, and that ulp
         # over an equally tiny std (plus eps) is an O(1) advantage for a group with no signal.
         groups = r.to(torch.float64).reshape(n // group_size, group_size)
+        # Each group divided by its largest |r| first: (r - mean) / (std + eps) is the same for
+        # r / s with eps / s, and a sum of finite rewards near 1e308 would overflow to inf.
+        scale = groups.abs().amax(dim=1, keepdim=True)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        groups = groups / scale
         mean = groups.mean(dim=1, keepdim=True)
         std = groups.std(dim=1, unbiased=False, keepdim=True)
-        normalised = (groups - mean) / (std + eps)
+        # Tensor by tensor: a Python float over a tensor is taken as float * (1 / tensor), which
+        # is 0 * inf = NaN for eps = 0 and a subnormal scale. A tiny scale with eps > 0 gives inf,
+        # so advantage 0, as the unscaled formula gives (std << eps).
+        scaled_eps = torch.full_like(scale, eps) / scale
+        normalised = (groups - mean) / (std + scaled_eps)
         # A group whose samples all score the same carries no signal: exactly 0 (also with eps = 0,
         # where it would be 0 / 0).
-        constant = (groups == groups[:, :1]).all(dim=1, keepdim=True) | (std + eps == 0)
+        constant = (groups == groups[:, :1]).all(dim=1, keepdim=True) | (std + scaled_eps == 0)
         normalised = torch.where(constant, torch.zeros_like(normalised), normalised)
         w = float(weights.get(name, 0.0))
         if w == 0:
             continue
-        normalised = w * normalised.reshape(n)
+        # w / norm is at most 1 in size: a huge finite weight cannot overflow the sum.
+        normalised = (w / norm) * normalised.reshape(n)
         total = normalised if total is None else total + normalised
-    return (total / norm).to(dtype)
+    return total.to(dtype)
