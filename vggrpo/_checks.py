@@ -62,3 +62,34 @@ def check_fields(config: object, rule: str, names: Iterable[str]) -> None:
             article = "an" if rule[0] in "aeiou" else "a"
             raise ValueError(f"{type(config).__name__}.{name} must be {article} {rule}, "
                              f"got {short_repr(value)}")
+
+
+def total_memory_bytes() -> int:
+    """This machine's physical memory (bytes); 0 where the OS does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_buildable(build: Callable[[], object], what: str) -> None:
+    """Build a module on the meta device (no memory) and refuse, with one ValueError naming
+    ``what``, sizes that cannot be built or whose float32 weights would not fit in this
+    machine's memory: a config file of an untrusted folder could otherwise ask for petabytes,
+    and fail deep in the allocator (or, worse, swap for minutes first)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            module = build()
+    except (RuntimeError, OverflowError, ValueError, MemoryError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise ValueError(f"{what}: its sizes cannot be built ({reason})") from None
+    numel = sum(t.numel() for t in list(module.parameters()) + list(module.buffers()))
+    budget = total_memory_bytes()
+    if budget and 4 * numel > budget:
+        raise ValueError(f"{what}: its sizes make {numel:.3g} parameters ({4 * numel / 2**30:.3g} "
+                         f"GiB in float32), more than this machine's memory "
+                         f"({budget / 2**30:.3g} GiB)")

@@ -178,6 +178,8 @@ def load_json(path: PathLike, what: str = "config") -> Dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{what} {path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ValueError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
     return data

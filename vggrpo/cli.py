@@ -44,6 +44,31 @@ class UsageError(Exception):
     """A problem with what the user gave us: reported as one line, exit code 2."""
 
 
+#: What a command reports as ``error: ...`` (one line, exit code 2) rather than a traceback:
+#: the user's input, files and machine. RecursionError: JSON nested too deep for the parser;
+#: MemoryError: a size that cannot be allocated.
+USER_ERRORS = (UsageError, OSError, ValueError, ImportError, RecursionError, MemoryError,
+               NotImplementedError)
+
+
+def error_line(err: BaseException, limit: int = 600) -> str:
+    """``error: <message>`` on one line, at most about ``limit`` characters: messages from
+    parsers and libraries can span lines (torch's size reports, YAML's context marks)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (RecursionError, MemoryError)):
+        text = f"{type(err).__name__}: {text}"
+    return "error: " + (text if len(text) <= limit else text[:limit] + "...")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``error: <prog>: <message>``, exit code
+    2, without the usage block (``--help`` shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} "
+                     f"--help)\n")
+
+
 # -- option types: a bad value is refused by the parser, before any work ---------------------------
 
 def _int_at_least(low: int):
@@ -146,14 +171,14 @@ def _load_vae(spec: str):
 
     if spec == "tiny":
         return load_tiny_wan_vae()
-    from diffusers import AutoencoderKLWan
+    from .vae import load_vae_folder
 
     folder = Path(spec)
     sub = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
     if not (sub / "config.json").is_file():
         raise UsageError(f"{folder} is not a diffusers VAE folder: expected config.json (or "
                          f"vae/config.json in a pipeline folder)")
-    return AutoencoderKLWan.from_pretrained(str(sub), local_files_only=True).eval()
+    return load_vae_folder(sub)
 
 
 def _check_pipeline_layout(folder: Path) -> None:
@@ -250,7 +275,18 @@ def _read_config(path: str) -> Dict[str, Any]:
             except ImportError:
                 raise UsageError("YAML configs need PyYAML (pip install pyyaml); or use TOML") \
                     from None
-            data = yaml.safe_load(text)  # data only: never executes anything
+            # Data only: never executes anything (safe_load), and no aliases: nine levels of
+            # *alias lists make a 281-byte file expand to a billion entries.
+            class NoAliasLoader(yaml.SafeLoader):
+                def compose_node(self, parent, index):
+                    if self.check_event(yaml.AliasEvent):
+                        mark = self.peek_event().start_mark
+                        raise UsageError(f"config {p}: line {mark.line + 1}: YAML aliases "
+                                         f"(*name) are not allowed in a config; write the "
+                                         f"value out")
+                    return super().compose_node(parent, index)
+
+            data = yaml.load(text, Loader=NoAliasLoader)
         else:
             raise UsageError(f"config {p} must be .toml, .yaml or .yml")
     except UsageError:
@@ -737,7 +773,7 @@ def cmd_bench(args) -> int:
 # -- the parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vggrpo", description="World-consistent video generation "
+    p = OneLineParser(prog="vggrpo", description="World-consistent video generation "
                                 "with latent geometry rewards (VGGRPO).")
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
 
@@ -766,7 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
                             frames_help="frames read per video, 1 + 4k", what="videos")
     r.add_argument("--topk", type=_positive_int, default=3,
                    help="the geometry reward averages the k worst views (default: %(default)s)")
-    r.add_argument("--flow-threshold", type=_finite_float, default=0.1,
+    r.add_argument("--flow-threshold", type=_non_negative_float, default=0.1,
                    help="a point whose scene-flow norm exceeds this (world units) is dynamic "
                         "and left out of the geometry reward (default: %(default)s)")
     r.add_argument("--out", help="also write the scores to this JSON file")
@@ -876,8 +912,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (UsageError, FileNotFoundError, NotADirectoryError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
         return 2
 
 

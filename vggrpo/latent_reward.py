@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Optional
 
 from torch import Tensor, nn
 
-from ._checks import is_finite_number
+from ._checks import is_finite_number, is_positive_int, short_repr
 
 __all__ = ["GeometryReward", "LatentGeometryReward", "REWARD_NAMES"]
 
@@ -42,10 +42,12 @@ class GeometryReward(nn.Module):
         bad = {k: w for k, w in weights.items() if not is_finite_number(w)}
         if bad:
             raise ValueError(f"weights must be finite numbers, got {bad}")
-        if not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int, got {topk!r}")
-        if not flow_threshold >= 0:
-            raise ValueError(f"flow_threshold must be >= 0, got {flow_threshold!r}")
+        # Types first: True would pass as 1 and "0.1" would fail deep inside a comparison.
+        if not is_positive_int(topk):
+            raise ValueError(f"topk must be a positive int, got {short_repr(topk)}")
+        if not (is_finite_number(flow_threshold) and flow_threshold >= 0):
+            raise ValueError(f"flow_threshold must be a finite number >= 0 (world units), got "
+                             f"{short_repr(flow_threshold)}")
         self.weights = weights
         self.topk = topk
         self.flow_threshold = float(flow_threshold)

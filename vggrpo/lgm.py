@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _io
-from ._checks import is_int, is_positive_int
+from ._checks import check_buildable, is_finite_number, is_int, is_positive_int, short_repr
 from ._nvtx import nvtx_range
 from .geometry.backbone import missing_backbone_members
 from .geometry.record import Geometry
@@ -275,7 +275,9 @@ class LatentGeometryModel(nn.Module):
         meta = _io.load_json(directory / _CONFIG_FILE, "LGM config")
         if meta.get("format") != LGM_FORMAT:
             raise ValueError(f"{directory / _CONFIG_FILE} is not an LGM config "
-                             f"(format {meta.get('format')!r}, expected {LGM_FORMAT!r})")
+                             f"(format {short_repr(meta.get('format'))}, expected "
+                             f"{LGM_FORMAT!r})")
+        _check_entries(meta, directory / _CONFIG_FILE)
         return meta
 
     @classmethod
@@ -305,10 +307,15 @@ class LatentGeometryModel(nn.Module):
                                  f"whose weights it does not hold: pass that backbone "
                                  f"(backbone= in Python; on the command line --backbone SPEC, "
                                  f"e.g. vggt:DIR)")
-            backbone = TinyVGGT(TinyVGGTConfig.from_dict(spec.get("config", {})))
+            tiny_config = TinyVGGTConfig.from_dict(spec.get("config", {}))
+            check_buildable(lambda: TinyVGGT(tiny_config),
+                            f"the tiny backbone of {directory / _CONFIG_FILE}")
+            backbone = TinyVGGT(tiny_config)
             _io.load_state_dict_strict(
                 backbone, _io.load_tensors(directory / _BACKBONE_FILE, "backbone weights"),
                 f"backbone weights {directory / _BACKBONE_FILE}")
+        check_buildable(lambda: LatentConnector(config),
+                        f"the connector of {directory / _CONFIG_FILE}")
         model = cls(backbone, config)
         if meta.get("vae") is not None:
             from .vae import check_vae_signature
@@ -329,7 +336,41 @@ class LatentGeometryModel(nn.Module):
             if set(own) != set(tensors):
                 raise ValueError(f"LoRA weights {directory / _LORA_FILE} do not match the config's "
                                  f"adapters")
+            wrong = sorted(k for k in own if own[k].shape != tensors[k].shape)
+            if wrong:
+                raise ValueError(f"LoRA weights {directory / _LORA_FILE}: {wrong[0]} is "
+                                 f"{list(tensors[wrong[0]].shape)}, the config's adapter "
+                                 f"{list(own[wrong[0]].shape)} ({len(wrong)} in all)")
+            bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
+            if bad:
+                raise ValueError(f"LoRA weights {directory / _LORA_FILE}: {bad[0]} holds NaN or "
+                                 f"infinite values")
             model.backbone.blocks.load_state_dict(tensors, strict=False)
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         return model.float().eval()
+
+
+def _check_entries(meta: Dict[str, Any], path: Path) -> None:
+    """The entries of an LGM ``config.json`` that :meth:`LatentGeometryModel.from_pretrained`
+    reads, each checked for its type before use (a tampered file is one line, not a
+    traceback): ``lgm`` an object; ``backbone`` absent or ``{"type": str, "config": {...}}``;
+    ``lora`` null or ``{"rank": int >= 1, "alpha": number > 0, "target_modules": [str, ...]}``."""
+    if not isinstance(meta.get("lgm", {}), dict):
+        raise ValueError(f"{path}: \"lgm\" must be an object of connector sizes, got "
+                         f"{short_repr(meta['lgm'])}")
+    spec = meta.get("backbone")
+    if spec is not None and (not isinstance(spec, dict) or not isinstance(spec.get("type"), str)
+                             or not isinstance(spec.get("config", {}), dict)):
+        raise ValueError(f"{path}: \"backbone\" must be an object {{\"type\": name, \"config\": "
+                         f"{{...}}}}, got {short_repr(spec)}")
+    lora = meta.get("lora")
+    if lora is not None:
+        fields = {"rank", "alpha", "target_modules"}
+        ok = (isinstance(lora, dict) and set(lora) == fields and is_positive_int(lora["rank"])
+              and is_finite_number(lora["alpha"]) and lora["alpha"] > 0
+              and isinstance(lora["target_modules"], list) and lora["target_modules"]
+              and all(isinstance(t, str) and t for t in lora["target_modules"]))
+        if not ok:
+            raise ValueError(f"{path}: \"lora\" must be null or {{\"rank\": int >= 1, \"alpha\": "
+                             f"number > 0, \"target_modules\": [names]}}, got {short_repr(lora)}")

@@ -145,6 +145,9 @@ def check_wan_inputs(transformer, *, prompt_embeds: Optional[Tensor] = None,
             what = (f"{emb.dtype} {list(emb.shape)}" if isinstance(emb, Tensor)
                     else type(emb).__name__)
             raise ValueError(f"{name} must be a floating-point tensor [P,L,D], got {what}")
+        if emb.shape[0] < 1 or emb.shape[1] < 1:
+            raise ValueError(f"{name} must hold at least one prompt of at least one token "
+                             f"[P,L,D], got {list(emb.shape)}")
         if text_dim is not None and emb.shape[-1] != int(text_dim):
             raise ValueError(f"{name} has width D = {emb.shape[-1]} but the model's text_dim is "
                              f"{int(text_dim)}: {list(emb.shape)}")

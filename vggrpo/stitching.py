@@ -280,12 +280,11 @@ _FIELD_HELP = {
 def build_parser(prog: str = "python -m vggrpo.stitching"):
     """The ``train-lgm`` command line (``argparse.ArgumentParser``); option values are checked
     here or by :class:`StitchingConfig`, before any work."""
-    import argparse
 
-    from .cli import _add_video_size_options, _positive_int, _wan_frames
+    from .cli import OneLineParser, _add_video_size_options, _positive_int, _wan_frames
     from .geometry.backbone_spec import BACKBONE_SPEC_HELP
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description="Train an LGM connector by feature stitching: frozen Wan VAE + frozen "
                     "geometry backbone (the embedded tiny one, VGGT, Any4D or your own), videos "
@@ -317,21 +316,28 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
 
+    from . import _io
+    from .cli import USER_ERRORS, error_line
     from .defaults import DefaultsRecipe, load_default_lgm, load_tiny_wan_vae, scene_pool
     from .lgm import LGMConfig
 
     try:
+        # Where the LGM and checkpoint go, first: a file there would fail only after training.
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} exists and is not a folder; expected the "
+                             f"folder to write the LGM and its checkpoint to")
+        _io.check_can_create(args.out, "--out")
         # The config and the source first: a bad option is reported before any work.
         config = StitchingConfig(**{f.name: getattr(args, f.name)
                                     for f in dataclasses.fields(StitchingConfig)})
         if args.vae == "tiny":
             vae = load_tiny_wan_vae()
         else:
-            from diffusers import AutoencoderKLWan
+            from .vae import load_vae_folder
 
             if not Path(args.vae).is_dir():
                 raise FileNotFoundError(f"VAE folder not found: {args.vae}")
-            vae = AutoencoderKLWan.from_pretrained(args.vae, local_files_only=True).eval()
+            vae = load_vae_folder(args.vae)
         if args.backbone == "default" or Path(args.backbone).is_dir():
             base = load_default_lgm(None if args.backbone == "default" else args.backbone)
             backbone = base.backbone
@@ -350,8 +356,8 @@ def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
         lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim))
         history = train_stitching(lgm, vae, data, config, out_dir=args.out, resume=args.resume)
         lgm.save_pretrained(Path(args.out) / "lgm")
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
         return 2
     print(f"final loss {history[-1]['loss']:.5g}; LGM written to {Path(args.out) / 'lgm'}")
     return 0

@@ -20,11 +20,11 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from ._checks import is_finite_number, is_int, is_positive_int
+from ._checks import is_finite_number, is_int, is_positive_int, short_repr
 
-__all__ = ["TINY_WAN_VAE_CONFIG", "vae_factors", "encode_video", "decode_latents",
-           "aligned_frames", "latent_frame_count", "check_video_frames", "vae_signature",
-           "vae_mismatch", "check_vae_signature"]
+__all__ = ["TINY_WAN_VAE_CONFIG", "load_vae_folder", "vae_factors", "encode_video",
+           "decode_latents", "aligned_frames", "latent_frame_count", "check_video_frames",
+           "vae_signature", "vae_mismatch", "check_vae_signature"]
 
 # diffusers' own test size of AutoencoderKLWan (~14k parameters): runs in well under a second on a
 # CPU, with Wan2.1's layout (16 latent channels, 8x spatial, 4x temporal).
@@ -35,6 +35,52 @@ TINY_WAN_VAE_CONFIG: Dict[str, Any] = {
     "num_res_blocks": 1,
     "temperal_downsample": [False, True, True],
 }
+
+
+_VAE_INT_KEYS = ("z_dim", "base_dim", "num_res_blocks", "scale_factor_spatial",
+                 "scale_factor_temporal")
+
+
+def load_vae_folder(folder) -> Any:
+    """A local diffusers ``AutoencoderKLWan`` folder (``config.json`` and safetensors weights),
+    checked before diffusers sees it, each a one-line ValueError naming the file: the config's
+    sizes (``z_dim``, ``base_dim``... positive ints), weights in safetensors (a pickled ``.bin``
+    is refused, never unpickled: convert it), every weight floating point. Returns the VAE in
+    eval mode."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    from . import _io
+
+    folder = Path(folder)
+    config = _io.load_json(folder / "config.json", "VAE config")
+    for key in _VAE_INT_KEYS:
+        if key in config and config[key] is not None and not is_positive_int(config[key]):
+            raise ValueError(f"VAE config {folder / 'config.json'}: {key} must be a positive "
+                             f"int, got {short_repr(config[key])}")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in folder.iterdir()
+                         if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f" (it has {pickles}: pickle files, which vggrpo never loads; save them as " \
+                f"safetensors)" if pickles else ""
+        raise ValueError(f"VAE folder {folder} holds no .safetensors weights{found}")
+    for f in weights:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                kinds = {k: handle.get_slice(k).get_dtype() for k in handle.keys()}
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"VAE weights {f} are not a readable safetensors file: "
+                             f"{err}") from None
+        wrong = sorted(k for k, d in kinds.items() if not d.startswith(("F", "BF")))
+        if wrong:
+            raise ValueError(f"VAE weights {f}: expected floating-point tensors, but "
+                             f"{wrong[0]!r} is {kinds[wrong[0]]} ({len(wrong)} in all)")
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True,
+                                            use_safetensors=True).eval()
 
 
 def vae_factors(vae) -> Dict[str, int]:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -39,6 +40,7 @@ from .._checks import is_positive_int
 __all__ = [
     "VIDEO_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "MAX_FRAME_PIXELS",
     "natural_key",
     "list_frames",
     "read_video",
@@ -129,6 +131,11 @@ def _wanted(stride: int, frames: Optional[int]):
         yield take
 
 
+#: The most pixels a frame file may declare (8192 x 8192): its header is checked before any
+#: pixel is decoded, so a small file claiming a huge image costs nothing.
+MAX_FRAME_PIXELS = 8192 * 8192
+
+
 def _read_frame_folder(folder: Path, stride: int, frames: Optional[int]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -141,10 +148,20 @@ def _read_frame_folder(folder: Path, stride: int, frames: Optional[int]) -> np.n
     arrays = []
     for f in files:
         try:
-            with Image.open(f) as img:
-                arr = np.asarray(img.convert("RGB"))
+            with warnings.catch_warnings():
+                # Refused below with the file's name, before any pixel is decoded.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(f) as img:
+                    width, height = img.size
+                    if width * height > MAX_FRAME_PIXELS:
+                        raise ValueError(f"it declares {width}x{height} pixels, more than the "
+                                         f"{MAX_FRAME_PIXELS} a frame may have (a "
+                                         f"decompression bomb, or far too large a frame)")
+                    arr = np.asarray(img.convert("RGB"))
+        except Image.DecompressionBombError as err:
+            raise ValueError(f"cannot read frame {str(f)!r}: {err}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"cannot read frame {str(f)!r}: {err}") from err
+            raise ValueError(f"cannot read frame {str(f)!r}: {err}") from None
         if arrays and arr.shape != arrays[0].shape:
             raise ValueError(
                 f"frame {str(f)!r} is {arr.shape[1]}x{arr.shape[0]} but the first frame "
