@@ -24,7 +24,7 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["atomic_write", "commit_folder", "remove_leftovers", "writable_target",
            "check_writable", "check_can_create", "save_json",
            "load_json", "save_tensors", "load_tensors", "check_floating", "save_state",
-           "load_state"]
+           "load_state", "unpickling_refusal"]
 
 
 def writable_target(path: PathLike, what: str = "output") -> Path:
@@ -231,7 +231,21 @@ def load_state(path: PathLike, what: str = "training state") -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{what} {path} could not be loaded safely: {err}") from None
+        raise ValueError(f"{what} {path} could not be loaded safely: "
+                         f"{unpickling_refusal(err)}") from None
+
+
+def unpickling_refusal(err: BaseException) -> str:
+    """One line for why ``torch.load(weights_only=True)`` refused a file. Torch's own message
+    spans lines and advises ``weights_only=False``, which would run the file's code: never."""
+    import re
+
+    text = " ".join(str(err).split())
+    found = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if found:
+        return (f"it holds objects other than tensors and plain containers ({found.group(0)}), "
+                f"which vggrpo never unpickles")
+    return text[:300]
 
 
 def dataclass_from_dict(cls, data: Any):

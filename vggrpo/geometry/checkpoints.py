@@ -203,8 +203,9 @@ def _load_pickle(path: Path, mmap: bool) -> Dict[str, Tensor]:
         raise ValueError(
             f"{str(path)!r} holds objects other than tensors and plain containers, which "
             "vggrpo does not unpickle (weights_only=True); re-save its state dict with "
-            f"torch.save(model.state_dict(), ...) or as safetensors ({err})"
-        ) from err
+            f"torch.save(model.state_dict(), ...) or as safetensors "
+            f"({_io.unpickling_refusal(err)})"
+        ) from None
     part = _unwrap(part)
     if not isinstance(part, dict):
         raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(part).__name__})")
