@@ -35,7 +35,7 @@ CUDA_PYTHON ?= $(or $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin
 CUDA_ENV_STAMP := $(CUDA_VENV)/.vggrpo-env
 EXT_STAMP := build/.vggrpo-ext
 
-.PHONY: env lint build cpp-test cuda-compile cuda-build cuda-emulated floor gpu-wheels pytest bench-quick bench bench-check test demo clean
+.PHONY: env lint build cpp-test cuda-compile cuda-build cuda-emulated floor gpu-wheels pytest bench-quick bench bench-check test fault-injection demo clean
 
 env: $(ENV_STAMP)
 $(ENV_STAMP): requirements-dev.txt
@@ -137,6 +137,15 @@ bench-check: build
 	$(PY) -m pytest bench -q --benchmark-min-rounds=10 --vggrpo-check-targets
 
 test: lint build cpp-test cuda-compile cuda-build pytest cuda-emulated bench-quick
+
+# The long fault-injection run (make test runs a bounded one): vggrpo train killed with SIGKILL
+# FAULT_KILLS times, at random renames and moments, each run resumed to its end and compared
+# bitwise with an uninterrupted one; the counts go to out/fault-injection.json (README).
+FAULT_KILLS ?= 24
+fault-injection: build
+	mkdir -p out
+	VGGRPO_FAULT_KILLS=$(FAULT_KILLS) VGGRPO_FAULT_REPORT=out/fault-injection.json \
+	  $(PY) -m pytest tests/test_fault_injection.py -q -s -p no:xdist -k random_kills
 
 # The main job on the embedded tiny models (measured: 39-43 s on 2 cores, once built):
 # synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided

@@ -353,12 +353,10 @@ class LatentGeometryModel(nn.Module):
 
 def _check_entries(meta: Dict[str, Any], path: Path) -> None:
     """The entries of an LGM ``config.json`` that :meth:`LatentGeometryModel.from_pretrained`
-    reads, each checked for its type before use (a tampered file is one line, not a
-    traceback): ``lgm`` an object; ``backbone`` absent or ``{"type": str, "config": {...}}``;
-    ``lora`` null or ``{"rank": int >= 1, "alpha": number > 0, "target_modules": [str, ...]}``."""
-    if not isinstance(meta.get("lgm", {}), dict):
-        raise ValueError(f"{path}: \"lgm\" must be an object of connector sizes, got "
-                         f"{short_repr(meta['lgm'])}")
+    reads, each checked for its type before use, so that a tampered file is one line, not a
+    traceback (``lgm`` is :meth:`LGMConfig.from_dict`'s to check): ``backbone`` absent or
+    ``{"type": str, "config": {...}}``; ``lora`` null or ``{"rank": int >= 1, "alpha": number
+    > 0, "target_modules": [str, ...]}``."""
     spec = meta.get("backbone")
     if spec is not None and (not isinstance(spec, dict) or not isinstance(spec.get("type"), str)
                              or not isinstance(spec.get("config", {}), dict)):
