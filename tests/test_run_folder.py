@@ -251,3 +251,25 @@ def test_weight_files_of_integer_or_bool_dtype_are_refused(tmp_path, dtype):
     with pytest.raises(ValueError, match="expected floating-point tensors"):
         _io.load_tensors(tmp_path / "w.safetensors")
     assert torch.equal(module.weight, before)
+
+
+# -- committing a folder ---------------------------------------------------------------------
+
+def test_a_folder_commit_killed_between_its_renames_is_recovered(tmp_path):
+    def write(text):
+        return lambda tmp: (tmp / "a.txt").write_text(text)
+
+    folder = _io.commit_folder(tmp_path / "checkpoint", write("one"))
+    # What a kill after moving the old folder aside, before the new one goes in, leaves:
+    os.rename(folder, tmp_path / ".checkpoint.old")
+    (tmp_path / ".checkpoint.abc123.tmp").mkdir()
+    assert _io.recover_folder(folder) and (folder / "a.txt").read_text() == "one"
+    assert _io.remove_leftovers(tmp_path, ["checkpoint"]) == [".checkpoint.abc123.tmp"]
+    _io.commit_folder(folder, write("two"))
+    assert (folder / "a.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    # A write that fails leaves the committed folder as it was, and nothing else.
+    with pytest.raises(RuntimeError):
+        _io.commit_folder(folder, lambda tmp: (_ for _ in ()).throw(RuntimeError("disk")))
+    assert (folder / "a.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

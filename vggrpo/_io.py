@@ -21,7 +21,7 @@ from torch import Tensor
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_write", "commit_folder", "remove_leftovers", "writable_target",
+__all__ = ["atomic_write", "commit_folder", "recover_folder", "remove_leftovers", "writable_target",
            "check_writable", "check_can_create", "save_json",
            "load_json", "save_tensors", "load_tensors", "check_floating", "save_state",
            "load_state", "unpickling_refusal"]
@@ -108,30 +108,44 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
 
 def commit_folder(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Write a folder as one unit: ``write(tmp_folder)`` fills a hidden folder beside ``path``,
-    which is then renamed to ``path``. A kill at any moment leaves either no ``path`` or the
-    whole of it, never a mix of two writes (only a hidden ``.<name>.*.tmp`` leftover, which
-    :func:`remove_leftovers` clears). An existing ``path`` is replaced: moved aside, the new
-    folder renamed in, the old one removed (a kill in between leaves the old one aside as a
-    leftover and no ``path``; never a torn one)."""
+    which is then renamed to ``path``. A kill at any moment leaves either the previous ``path``
+    or the new one whole, never a mix of two writes, plus at most a hidden ``.<name>.*.tmp``
+    leftover (:func:`remove_leftovers` clears it).
+
+    An existing ``path`` is replaced: moved aside to ``.<name>.old``, the new folder renamed in,
+    the old one removed. A kill between the two renames leaves no ``path`` but the previous
+    one whole in ``.<name>.old``, which :func:`recover_folder` (called here first, and by a
+    resume) puts back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    aside = path.parent / f".{path.name}.old"
     try:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
-        old = None
         if os.path.lexists(path):
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-            os.replace(path, old / "old")
+            shutil.rmtree(aside, ignore_errors=True)  # a kill's, after its new folder went in
+            os.rename(path, aside)
         os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def recover_folder(path: PathLike) -> bool:
+    """Put back the folder a killed :func:`commit_folder` left aside (``.<name>.old``) when
+    ``path`` itself is missing. Returns whether it did."""
+    path = Path(path)
+    aside = path.parent / f".{path.name}.old"
+    if not os.path.lexists(path) and aside.is_dir():
+        os.rename(aside, path)
+        return True
+    return False
 
 
 def remove_leftovers(folder: PathLike, prefixes: Iterable[str]) -> List[str]:

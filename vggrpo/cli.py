@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -400,6 +401,9 @@ def cmd_demo(args) -> int:
 
     # 5. Files.
     print("[5/5] writing outputs")
+    # The demo's own folder, remade each run: an earlier demo's checkpoint of a later step
+    # (--steps was larger) would otherwise be refused as another run's.
+    shutil.rmtree(out / "lora", ignore_errors=True)
     trainer.save_checkpoint(out / "lora")
     _reward_curve(history, before, after, out / "reward_curve.png")
     summary["wall_s"] = round(time.perf_counter() - t_start, 1)

@@ -18,7 +18,9 @@ enc_rgb|)`` (means). It is 0 (off) without adapters.
 
 Checkpoints (``out_dir/checkpoint``): the LGM folder (:meth:`save_pretrained`: safetensors and
 config.json) plus ``trainer_state.pt`` (optimiser, schedule, RNG, epoch; loaded with
-``weights_only=True``), written atomically after every ``checkpoint_every`` epochs. ``resume=True``
+``weights_only=True``), written after every ``checkpoint_every`` epochs as one unit (a hidden
+folder renamed into place, :func:`vggrpo._io.commit_folder`: a kill never leaves the weights
+of one epoch beside the state of another). ``resume=True``
 continues from it and reproduces the uninterrupted run (the batch order of each epoch depends only
 on ``(seed, epoch)``).
 """
@@ -196,6 +198,9 @@ def train_stitching(
     start_epoch = 0
     history: List[Dict[str, float]] = []
     ckpt = None if out_dir is None else Path(out_dir) / "checkpoint"
+    if ckpt is not None:  # a killed checkpoint write's: the previous one back, leftovers gone
+        _io.recover_folder(ckpt)
+        _io.remove_leftovers(ckpt.parent, [ckpt.name])
     if resume and ckpt is not None and (ckpt / _STATE_FILE).is_file():
         state = _io.load_state(ckpt / _STATE_FILE)
         if state.get("config") != dataclasses.asdict(config):
@@ -255,11 +260,17 @@ def train_stitching(
             bar.update(1)
         if ckpt is not None and ((epoch + 1) % config.checkpoint_every == 0
                                  or epoch + 1 == end_epoch):
-            lgm.save_pretrained(ckpt)
-            _io.save_state(ckpt / _STATE_FILE, {
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "rng": _rng_state(), "epoch": epoch + 1, "history": history,
-                "config": dataclasses.asdict(config)})
+            state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                     "rng": _rng_state(), "epoch": epoch + 1, "history": history,
+                     "config": dataclasses.asdict(config)}
+
+            def write(tmp: Path, state=state) -> None:
+                lgm.save_pretrained(tmp)
+                _io.save_state(tmp / _STATE_FILE, state)
+
+            # One unit (the LGM's files and the state), so a kill never pairs the weights of
+            # one epoch with the state of another.
+            _io.commit_folder(ckpt, write)
     bar.close()
     lgm.eval()
     return history
