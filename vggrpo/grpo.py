@@ -48,6 +48,7 @@ uninterrupted run's next step exactly.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -651,6 +652,8 @@ class GRPOTrainer:
                     self.save_checkpoint(out_dir, keep=keep_checkpoints)
             if out_dir is not None and self._saved_step != self.step_index:
                 self.save_checkpoint(out_dir, keep=keep_checkpoints)
+            elif out_dir is not None and self.rank == 0:  # a kill may have kept an extra one
+                _prune_checkpoints(out_dir, keep_checkpoints)
         finally:
             if log is not None:
                 log.close()
@@ -746,8 +749,7 @@ class GRPOTrainer:
 
         _io.commit_folder(folder, write)
         self._export(directory, lora, ema, folder)
-        for _, old in checkpoint_folders(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        _prune_checkpoints(directory, keep)
         return folder
 
     def _export(self, directory: Path, lora, ema, folder: Path) -> None:
@@ -908,6 +910,18 @@ def checkpoint_folders(directory: Union[str, Path]) -> List[Tuple[int, Path]]:
                     and (entry / _STATE_FILE).is_file():
                 found.append((int(step), entry))
     return sorted(found)
+
+
+def _prune_checkpoints(directory: Union[str, Path], keep: int) -> None:
+    """Remove all but the ``keep`` newest checkpoints. Each is first renamed to a hidden
+    leftover name (one atomic step), so a kill while it is deleted never leaves a half-deleted
+    folder under a checkpoint's name."""
+    directory = Path(directory)
+    for _, old in checkpoint_folders(directory)[:-keep]:
+        hidden = directory / f".{old.name}.pruned.tmp"
+        shutil.rmtree(hidden, ignore_errors=True)
+        os.rename(old, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 def latest_checkpoint(directory: Union[str, Path]) -> Optional[Path]:
