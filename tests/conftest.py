@@ -1,6 +1,9 @@
-"""Shared by every test module: only the thread split of parallel runs (`pytest -n N`)."""
+"""Shared by every test module: the thread split of parallel runs (`pytest -n N`), and where
+diffusers' log handler writes."""
 
+import logging
 import os
+import sys
 
 import torch
 
@@ -13,3 +16,16 @@ def pytest_configure(config):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if os.environ.get("PYTEST_XDIST_WORKER") and workers > 0:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+def pytest_sessionstart(session):
+    # diffusers makes its StreamHandler on first use, bound to the sys.stderr of that moment:
+    # inside a test using capsys, a stream closed when the test ends, so every later diffusers
+    # warning becomes a "--- Logging error ---" traceback in whichever test logs it (order
+    # dependent: it depended on which test touched diffusers first). Bind it to the real one.
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.get_logger("diffusers")
+    for handler in logging.getLogger("diffusers").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.__stderr__)

@@ -5,16 +5,9 @@ import json
 import pytest
 import torch
 
-from vggrpo.defaults import (
-    WEIGHTS_DIR,
-    DefaultsRecipe,
-    build_defaults,
-    evaluate_lgm,
-    load_default_lgm,
-    load_tiny_backbone,
-    load_tiny_wan_vae,
-    main,
-)
+from vggrpo.cli import main
+from vggrpo.defaults import WEIGHTS_DIR, load_default_lgm, load_tiny_backbone, load_tiny_wan_vae
+from vggrpo.recipe import DefaultsRecipe, build_defaults, evaluate_lgm
 from vggrpo.geometry import TinyVGGT
 from vggrpo.vae import TINY_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature
 
@@ -61,7 +54,7 @@ def test_default_lgm_reads_tiny_vae_latents():
 
 
 def test_missing_default_folder_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m vggrpo.defaults"):
+    with pytest.raises(FileNotFoundError, match="vggrpo build-defaults"):
         load_default_lgm(tmp_path / "absent")
     (tmp_path / "vae").mkdir()
     with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
@@ -92,16 +85,15 @@ def test_quality_report_matches_the_recipe():
 
 def test_stitching_command(tmp_path, capsys):
     from vggrpo.lgm import LatentGeometryModel
-    from vggrpo.stitching import main
 
-    code = main(["--synthetic", "2", "--frames", "5", "--height", "32", "--width", "48",
+    code = main(["train-lgm", "--synthetic", "2", "--frames", "5", "--height", "32", "--width", "48",
                  "--epochs", "1", "--batch-size", "2", "--out", str(tmp_path / "run")])
     assert code == 0
     lgm = LatentGeometryModel.from_pretrained(tmp_path / "run" / "lgm")
     assert lgm.config.latent_channels == 16
     assert (tmp_path / "run" / "checkpoint" / "trainer_state.pt").is_file()
     capsys.readouterr()
-    assert main(["--synthetic", "2", "--vae", str(tmp_path / "no-vae"), "--out",
+    assert main(["train-lgm", "--synthetic", "2", "--vae", str(tmp_path / "no-vae"), "--out",
                  str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: VAE folder not found: {tmp_path / 'no-vae'}"]
@@ -171,11 +163,8 @@ def test_evaluate_lgm_refuses_empty_counts():
 def test_defaults_command_names_the_bad_option_and_writes_nothing(argv, expected, tmp_path,
                                                                   capsys):
     out = tmp_path / "weights"
-    with pytest.raises(SystemExit) as exit_:
-        main([*argv, "--out", str(out)])
-    assert exit_.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == f"python -m vggrpo.defaults: error: {expected}"
+    assert main(["build-defaults", *argv, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {expected}"]
     assert not out.exists()
 
 

@@ -174,34 +174,22 @@ def test_an_example_runs(source, run, tmp_path, monkeypatch):
 
 
 def _command_options() -> dict:
-    """``{command: {option strings}}`` of the ``vggrpo`` command line and of the two module
-    commands the docs name (``python -m vggrpo.stitching``, ``python -m vggrpo.defaults``)."""
+    """``{command: {option strings}}`` of the ``vggrpo`` command line."""
     import argparse
-    import contextlib
-    import io
 
-    from vggrpo import defaults
     from vggrpo.cli import build_parser
-    from vggrpo.stitching import build_parser as stitching_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    # main() hands train-lgm to the stitching parser; the entry here only lists it for --help.
-    parsers = {**sub.choices, "train-lgm": stitching_parser(),
-               "vggrpo.stitching": stitching_parser()}
-    out = {name: {s for a in p._actions for s in a.option_strings}
-           for name, p in parsers.items()}
-    # vggrpo.defaults builds its parser inside main(): read the options from its --help.
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
-        defaults.main(["--help"])
-    out["vggrpo.defaults"] = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", text.getvalue()))
-    return out
+    return {name: {s for a in p._actions for s in a.option_strings}
+            for name, p in sub.choices.items()}
 
 
 def _command_lines():
     """``(file, command, rest)`` of every command line in the docs: code spans and lines of
-    bash blocks that start with ``vggrpo``, ``python -m vggrpo...`` or ``torchrun ... -m``."""
-    pattern = re.compile(r"^(?:python -m vggrpo\.(stitching|defaults)(?![\w.])"
+    bash blocks that start with ``vggrpo``, ``python -m vggrpo`` or ``torchrun ... -m``; a
+    ``python -m vggrpo.<module>`` line is reported as the command ``vggrpo.<module>``, which
+    does not exist (those became ``vggrpo`` commands)."""
+    pattern = re.compile(r"^(?:python -m vggrpo\.(\w+)"
                          r"|(?:torchrun .*?-m |python -m )?vggrpo ([a-z][\w-]*))(.*)$")
     for path in [*DOCS, ROOT / "bench" / "README.md"]:
         text = path.read_text(encoding="utf-8")
@@ -218,7 +206,7 @@ def _command_lines():
 def test_the_readme_cli_table_names_every_command():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `vggrpo ([\w-]+)[^`]*` \|", text, re.M)
-    commands = set(_command_options()) - {"vggrpo.stitching", "vggrpo.defaults"}
+    commands = set(_command_options())
     assert sorted(rows) == sorted(commands), "one README row per command"
 
 

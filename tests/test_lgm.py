@@ -11,7 +11,8 @@ from vggrpo import _io
 from vggrpo.data.synthetic import make_scene
 from vggrpo.geometry import TinyVGGT, TinyVGGTConfig
 from vggrpo.lgm import LatentConnector, LatentGeometryModel, LGMConfig
-from vggrpo.stitching import StitchingConfig, stitching_targets, train_stitching, warmup_cosine
+from vggrpo.schedules import warmup_cosine
+from vggrpo.stitching import StitchingConfig, stitching_targets, train_stitching
 from vggrpo.vae import (
     TINY_WAN_VAE_CONFIG,
     aligned_frames,

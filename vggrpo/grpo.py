@@ -64,13 +64,14 @@ from ._nvtx import nvtx_range
 from .lora_file import LORA_FILE, fold_lora_scale, read_lora, save_lora
 from .rewards import group_advantages
 from .sampling import (
-    _check_window,
     check_wan_inputs,
     sample,
     scheduler_sigmas,
     sde_step,
     wan_velocity,
 )
+from .schedules import check_step_window
+from .seeds import combined_seed
 from .step_log import LOG_FILE, StepLog, clean_record, peak_memory, reset_peak_memory
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "LORA_FILE", "EMA_LORA_FILE",
@@ -160,7 +161,7 @@ class GRPOConfig:
         if self.sde_window is None:  # the sampler reads None as "no SDE steps": nothing to train
             raise ValueError("sde_window must be a (start, end) pair of step indices (the steps "
                              "GRPO trains), got None")
-        _check_window(self.sde_window, self.num_inference_steps, "sde_window")
+        check_step_window(self.sde_window, self.num_inference_steps, "sde_window")
         # Finite too: an inf learning rate or a NaN alpha would not fail, it would train NaNs.
         for name in ("clip_eps", "lr", "grad_clip", "shift", "lora_alpha"):
             value = getattr(self, name)
@@ -211,15 +212,6 @@ def _dist() -> Tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _seed(*parts: int) -> int:
-    from .data.synthetic import _element_seed
-
-    s = 0
-    for p in parts:
-        s = _element_seed(s, int(p))
-    return s
 
 
 @dataclass
@@ -415,7 +407,7 @@ class GRPOTrainer:
 
     def _noise(self, step: int, slot: int) -> Tensor:
         c = self.config
-        gen = torch.Generator().manual_seed(_seed(c.seed, step, slot, 1))
+        gen = torch.Generator().manual_seed(combined_seed(c.seed, step, slot, 1))
         G = 1 if c.same_noise_per_group else c.group_size
         z = torch.randn((G,) + c.latent_shape, generator=gen)
         return z.expand(c.group_size, *c.latent_shape) if c.same_noise_per_group else z
@@ -435,7 +427,7 @@ class GRPOTrainer:
         prompts = torch.tensor([p for _, p in groups for _ in range(G)])
         # One SDE generator per video: its trajectory depends neither on the rank layout nor on
         # the micro-batches.
-        gens = [torch.Generator().manual_seed(_seed(c.seed, step, slot, 2, k))
+        gens = [torch.Generator().manual_seed(combined_seed(c.seed, step, slot, 2, k))
                 for slot, _ in groups for k in range(G)]
         start, end = c.sde_window
         store = torch.device("cpu") if c.offload_trajectory else self.device

@@ -38,7 +38,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import is_finite_number, is_int, is_positive_int
+from ._checks import is_finite_number, is_positive_int
+from .schedules import check_step_window
 
 __all__ = [
     "SDEStep",
@@ -301,19 +302,6 @@ def sde_step(x: Tensor, v: Tensor, sigma: float, sigma_next: float, noise_level:
     return SDEStep(sample=sample_, mean=mean, std=std_tensor, log_prob=log_prob)
 
 
-def _check_window(window: Optional[Tuple[int, int]], steps: int, name: str) -> range:
-    if window is None:
-        return range(0)
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(is_int(i) for i in window)):
-        raise ValueError(f"{name} must be a (start, end) pair of step indices, got {window!r}")
-    start, end = window
-    if not 0 <= start < end <= steps:
-        raise ValueError(f"{name} {tuple(window)} lies outside the schedule's {steps} steps "
-                         f"(need 0 <= start < end <= {steps})")
-    return range(start, end)
-
-
 def _guided(velocity_v: Tensor, x: Tensor, sigma: float, g: RewardGuidance
             ) -> Tuple[Tensor, Tensor]:
     x0_hat = (x - sigma * velocity_v).detach().requires_grad_(True)
@@ -361,8 +349,8 @@ def sample(
     if steps < 1 or not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-1]) < 0:
         raise ValueError(f"sigmas must be a strictly decreasing schedule of >= 2 values ending "
                          f">= 0, got {sigmas.tolist()}")
-    sde = _check_window(sde_window, steps, "sde_window")
-    guided = _check_window(guidance.steps if guidance else None, steps, "guidance steps")
+    sde = check_step_window(sde_window, steps, "sde_window")
+    guided = check_step_window(guidance.steps if guidance else None, steps, "guidance steps")
     if guidance is not None and any(float(sigmas[i]) >= 1.0 for i in guided):
         raise ValueError("guidance steps must not include a step at sigma = 1 (s/(1-s) is "
                          "infinite there); start the interval at step 1 or later")

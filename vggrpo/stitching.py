@@ -40,9 +40,10 @@ from torch import Tensor
 from . import _io
 from ._checks import check_fields
 from .lgm import LatentGeometryModel
-from .vae import _signature_mismatch, check_vae_signature, check_video_frames, encode_video
+from .schedules import warmup_cosine
+from .vae import check_vae_signature, check_video_frames, encode_video, signature_mismatch
 
-__all__ = ["StitchingConfig", "train_stitching", "stitching_targets", "warmup_cosine"]
+__all__ = ["StitchingConfig", "train_stitching", "stitching_targets"]
 
 _STATE_FILE = "trainer_state.pt"
 
@@ -67,14 +68,6 @@ class StitchingConfig:
         # Finite: an infinite learning rate trains the connector to NaN and saves that.
         check_fields(self, "finite number > 0", ("lr", "grad_clip"))
         check_fields(self, "finite number >= 0", ("output_weight",))
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up ``(step+1)/warmup``, then cosine from 1 to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
 def _video_of(item: Any) -> Tensor:
@@ -207,7 +200,7 @@ def train_stitching(
             raise ValueError(f"cannot resume {ckpt}: it was trained with config "
                              f"{state.get('config')}, not {dataclasses.asdict(config)}")
         recorded = _io.load_json(ckpt / "config.json", "LGM checkpoint config").get("vae")
-        why = None if recorded is None else _signature_mismatch(
+        why = None if recorded is None else signature_mismatch(
             check_vae_signature(recorded, str(ckpt / "config.json")), lgm.vae_signature)
         if why is not None:
             raise ValueError(f"cannot resume {ckpt}: vae is not the VAE it was stitched to "
@@ -274,105 +267,3 @@ def train_stitching(
     bar.close()
     lgm.eval()
     return history
-
-
-_FIELD_HELP = {
-    "epochs": "passes over the clips",
-    "batch_size": "clips per optimisation step",
-    "lr": "peak AdamW learning rate",
-    "warmup_steps": "linear warm-up steps before the cosine decay",
-    "grad_clip": "gradient-norm clip",
-    "seed": "seed of the connector's initialisation and of the batch order",
-    "checkpoint_every": "write the checkpoint every this many epochs",
-    "output_weight": "weight of the output distillation term; used only with LoRA adapters",
-}
-
-
-def build_parser(prog: str = "python -m vggrpo.stitching"):
-    """The ``train-lgm`` command line (``argparse.ArgumentParser``); option values are checked
-    here or by :class:`StitchingConfig`, before any work."""
-
-    from .cli import OneLineParser, _add_video_size_options, _positive_int, _wan_frames
-    from .geometry.backbone_spec import BACKBONE_SPEC_HELP
-
-    parser = OneLineParser(
-        prog=prog,
-        description="Train an LGM connector by feature stitching: frozen Wan VAE + frozen "
-                    "geometry backbone (the embedded tiny one, VGGT, Any4D or your own), videos "
-                    "from a folder (mp4/png frames) or synthetic scenes.")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--videos", help="folder of videos / frame folders (each clip >= --frames)")
-    src.add_argument("--synthetic", type=_positive_int, metavar="N", help="use N synthetic scenes")
-    parser.add_argument("--vae", default="tiny", help="local diffusers AutoencoderKLWan folder, or "
-                        "'tiny' for the embedded tiny VAE (default: %(default)s)")
-    parser.add_argument("--backbone", default="default", metavar="SPEC",
-                        help="the backbone to stitch to: 'default' (the embedded tiny one), an "
-                             "LGM folder whose tiny backbone to take, or a real one: "
-                             f"{BACKBONE_SPEC_HELP} (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="output folder (LGM + checkpoint)")
-    _add_video_size_options(parser, frames_type=_wan_frames,
-                            frames_help="frames per clip, 1 + 4k", what="clips")
-    for f in dataclasses.fields(StitchingConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
-                            default=f.default, help=f"{_FIELD_HELP[f.name]} (default: %(default)s)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from --out's checkpoint (same options)")
-    return parser
-
-
-def main(argv=None, prog: str = "python -m vggrpo.stitching") -> int:
-    """``python -m vggrpo.stitching``: stitch a connector to a local VAE (see --help)."""
-    import sys
-
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-
-    from . import _io
-    from .cli import USER_ERRORS, error_line
-    from .defaults import DefaultsRecipe, load_default_lgm, load_tiny_wan_vae, scene_pool
-    from .lgm import LGMConfig
-
-    try:
-        # Where the LGM and checkpoint go, first: a file there would fail only after training.
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise ValueError(f"--out {args.out} exists and is not a folder; expected the "
-                             f"folder to write the LGM and its checkpoint to")
-        _io.check_can_create(args.out, "--out")
-        # The config and the source first: a bad option is reported before any work.
-        config = StitchingConfig(**{f.name: getattr(args, f.name)
-                                    for f in dataclasses.fields(StitchingConfig)})
-        if args.vae == "tiny":
-            vae = load_tiny_wan_vae()
-        else:
-            from .vae import load_vae_folder
-
-            if not Path(args.vae).is_dir():
-                raise FileNotFoundError(f"VAE folder not found: {args.vae}")
-            vae = load_vae_folder(args.vae)
-        if args.backbone == "default" or Path(args.backbone).is_dir():
-            base = load_default_lgm(None if args.backbone == "default" else args.backbone)
-            backbone = base.backbone
-        else:
-            from .geometry.backbone_spec import load_backbone
-
-            backbone = load_backbone(args.backbone)
-        if args.videos:
-            from .data.video import VideoFolderDataset
-
-            data = VideoFolderDataset(args.videos, args.frames, args.height, args.width)
-        else:
-            recipe = DefaultsRecipe(height=args.height, width=args.width, frames=args.frames)
-            data = scene_pool(args.synthetic, recipe, seed=0, progress=True)
-        torch.manual_seed(args.seed)
-        lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim))
-        history = train_stitching(lgm, vae, data, config, out_dir=args.out, resume=args.resume)
-        lgm.save_pretrained(Path(args.out) / "lgm")
-    except USER_ERRORS as err:
-        print(error_line(err), file=sys.stderr)
-        return 2
-    print(f"final loss {history[-1]['loss']:.5g}; LGM written to {Path(args.out) / 'lgm'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

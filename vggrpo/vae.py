@@ -167,10 +167,10 @@ def vae_mismatch(expected: Dict[str, Any], vae) -> Optional[str]:
     latent normalisation (``latents_mean`` / ``latents_std``, relative tolerance 1e-4), the
     encoder's architecture (tensor count and sizes), or its weights (norms more than 1% apart).
     """
-    return _signature_mismatch(expected, vae_signature(vae))
+    return signature_mismatch(expected, vae_signature(vae))
 
 
-def _signature_mismatch(expected: Dict[str, Any], got: Dict[str, Any]) -> Optional[str]:
+def signature_mismatch(expected: Dict[str, Any], got: Dict[str, Any]) -> Optional[str]:
     # vae_mismatch on a signature already computed (stitching's resume has one: the record it
     # just made), which saves a second pass over the encoder weights.
     for key in ("channels", "spatial", "temporal"):

@@ -73,6 +73,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._checks import is_int
+from ..seeds import element_seed
 
 __all__ = [
     "Box",
@@ -611,12 +612,12 @@ def _surface_table(texture_seed: int, room: Box, boxes: Sequence[Box], device) -
     """
     f64 = torch.float64
     hue0 = float(
-        torch.rand((), generator=torch.Generator().manual_seed(_element_seed(texture_seed, -1)),
+        torch.rand((), generator=torch.Generator().manual_seed(element_seed(texture_seed, -1)),
                    dtype=f64)
     )
     cols = []
     for s in range(_ROOM_FACES + len(boxes)):
-        r = torch.rand(5, generator=torch.Generator().manual_seed(_element_seed(texture_seed, s)),
+        r = torch.rand(5, generator=torch.Generator().manual_seed(element_seed(texture_seed, s)),
                        dtype=f64).tolist()
         owner = room if s < _ROOM_FACES else boxes[s - _ROOM_FACES]
         if owner.colour is not None:
@@ -970,17 +971,6 @@ class BoxRoomSpec:
         return geo.to(dtype=_out_dtype(dtype))
 
 
-def _element_seed(seed: int, index: int) -> int:
-    # SplitMix64-style mix: element b's scene depends on (seed, b) only, so batch=1 and batch=4
-    # with the same seed agree on element 0, and nearby seeds give unrelated scenes.
-    mask = (1 << 64) - 1
-    z = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    z ^= z >> 31
-    return z & ((1 << 63) - 1)
-
-
 def sample_scene_specs(
     batch: int = 1,
     frames: int = 8,
@@ -1004,7 +994,7 @@ def sample_scene_specs(
         raise ValueError(f"batch must be >= 1, got {batch}")
     return tuple(
         _sample_spec(
-            _element_seed(int(seed), b), frames, height, width, trajectory=trajectory,
+            element_seed(int(seed), b), frames, height, width, trajectory=trajectory,
             jitter=jitter, static_objects=static_objects, moving_objects=moving_objects,
             fov_x_deg=fov_x_deg,
         )
@@ -1195,13 +1185,13 @@ class SyntheticSceneDataset(Dataset):
         lo, hi = self.moving_objects
         # A hash separate from the scene's own generator, so that the count does not shift the
         # scene's draws.
-        return lo + _element_seed(self.seed ^ 0x6D6F76696E67, index) % (hi - lo + 1)
+        return lo + element_seed(self.seed ^ 0x6D6F76696E67, index) % (hi - lo + 1)
 
     def spec(self, index: int) -> BoxRoomSpec:
         """The scene description of item ``index``."""
         index = self._index(index)
         return _sample_spec(
-            _element_seed(self.seed, index), self.frames, self.height, self.width,
+            element_seed(self.seed, index), self.frames, self.height, self.width,
             trajectory=self.trajectory_of(index), jitter=self.jitter,
             static_objects=self.static_objects, moving_objects=self.moving_objects_of(index),
             fov_x_deg=self.fov_x_deg,

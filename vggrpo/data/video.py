@@ -67,7 +67,7 @@ _SWS_FULL_CHR_H_INT = 0x2000
 _SWS_ACCURATE_RND = 0x40000
 
 
-def _import_av():
+def import_av():
     try:
         import av
     except ImportError as err:
@@ -180,7 +180,7 @@ def _to_rgb(frame) -> np.ndarray:
 
 
 def _read_video_file(path: Path, stride: int, frames: Optional[int]) -> np.ndarray:
-    av = _import_av()
+    av = import_av()
     arrays = []
     try:
         with av.open(str(path), mode="r") as container:
@@ -298,7 +298,7 @@ def _temp_sibling(path: Path, suffix: str = "") -> Path:
 
 
 def _encode_file(path: Path, frames: np.ndarray, fps: float) -> None:
-    av = _import_av()
+    av = import_av()
     T, H, W, _ = frames.shape
     suffix = path.suffix.lower()
     if suffix == ".webm":

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_fields
-from ..stitching import warmup_cosine
+from ..schedules import warmup_cosine
 from .cameras import cameras_to_pose_encoding, relative_to_first_camera
 from .record import Geometry
 

@@ -1,0 +1,44 @@
+"""``vggrpo build-defaults``: rebuild the embedded tiny models (backbone, tiny Wan VAE, LGM
+connector) on synthetic scenes and evaluate them (:func:`vggrpo.recipe.build_defaults`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ..defaults import WEIGHTS_DIR
+from ..geometry.tiny import TinyVGGTConfig
+from ..recipe import DefaultsRecipe, build_defaults, check_build_size
+from .options import UsageError
+
+
+def add_parser(sub) -> None:
+    """Add this command to the ``vggrpo`` subparsers ``sub``: one option per
+    :class:`~vggrpo.recipe.DefaultsRecipe` field, checked by the recipe before any work."""
+    parser = sub.add_parser(
+        "build-defaults", help="rebuild the embedded tiny models, offline",
+        description="Rebuild the embedded tiny models (backbone, tiny Wan VAE, LGM connector) "
+                    "on synthetic scenes and evaluate them; writes --out/{tiny_wan_vae, "
+                    "default_lgm, quality.json}, each folder complete before it appears.")
+    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="output folder (default: the "
+                        "package's weights folder, %(default)s)")
+    for field in dataclasses.fields(DefaultsRecipe):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
+                            default=field.default,
+                            help=f"DefaultsRecipe.{field.name} (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(fn=run)
+
+
+def run(args) -> int:
+    try:
+        recipe = DefaultsRecipe(**{f.name: getattr(args, f.name)
+                                   for f in dataclasses.fields(DefaultsRecipe)})
+        check_build_size(recipe, TinyVGGTConfig.patch_size)
+    except ValueError as err:  # in the option's name, which the user typed
+        field = re.match(r"DefaultsRecipe\.(\w+) (.*)", str(err), re.S)
+        raise UsageError(f"--{field[1].replace('_', '-')} {field[2]}" if field else str(err)) \
+            from None
+    report = build_defaults(args.out, recipe, progress=not args.no_progress)
+    print(report["quality"])
+    return 0
