@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from vggrpo.data.synthetic import camera_centres, make_scene
+from vggrpo.data.synthetic import make_scene
 from vggrpo.geometry.adapters import (
     Any4DAdapter,
     VGGTAdapter,
@@ -31,7 +31,11 @@ from vggrpo.geometry.adapters import (
     to_geometry,
     vggt_outputs_to_geometry_dict,
 )
-from vggrpo.geometry.cameras import cameras_to_pose_encoding, pose_encoding_to_cameras
+from vggrpo.geometry.cameras import (
+    camera_centres,
+    cameras_to_pose_encoding,
+    pose_encoding_to_cameras,
+)
 from vggrpo.geometry.record import Geometry
 
 from vggt_standin import write_vggt_package

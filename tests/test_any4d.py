@@ -58,7 +58,7 @@ def test_the_adapter_feeds_any4d_its_own_input(scene, geometry):
 def test_any4d_s_own_principal_point_is_half_a_pixel_before_ours(scene):
     """Any4D's recover_pinhole_intrinsics_from_ray_directions fits x = cx + fx rx/rz over
     integer pixel coordinates. Its K used as this package's would move the points."""
-    from vggrpo.data.synthetic import unproject_depth
+    from vggrpo.geometry.cameras import unproject_depth
 
     rays = any4d_truth(scene)[0]
     ratio = rays[..., 0] / rays[..., 2]

@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from vggrpo.data.synthetic import camera_centres, make_scene, unproject_depth
+from vggrpo.data.synthetic import make_scene
 from vggrpo.geometry.cameras import (
+    camera_centres,
     camera_to_world_to_extrinsics,
     cameras_to_pose_encoding,
     extrinsics_to_camera_to_world,
@@ -22,6 +23,7 @@ from vggrpo.geometry.cameras import (
     quaternion_to_matrix,
     range_depth_to_z_depth,
     relative_to_first_camera,
+    unproject_depth,
     z_depth_to_range_depth,
 )
 

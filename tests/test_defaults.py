@@ -7,8 +7,8 @@ import torch
 
 from vggrpo.cli import main
 from vggrpo.defaults import WEIGHTS_DIR, load_default_lgm, load_tiny_backbone, load_tiny_wan_vae
-from vggrpo.recipe import DefaultsRecipe, build_defaults, evaluate_lgm
 from vggrpo.geometry import TinyVGGT
+from vggrpo.recipe import DefaultsRecipe, build_defaults, evaluate_lgm
 from vggrpo.vae import TINY_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature
 
 from helpers import assert_same_vae_signature, tiny_vae
@@ -86,8 +86,8 @@ def test_quality_report_matches_the_recipe():
 def test_stitching_command(tmp_path, capsys):
     from vggrpo.lgm import LatentGeometryModel
 
-    code = main(["train-lgm", "--synthetic", "2", "--frames", "5", "--height", "32", "--width", "48",
-                 "--epochs", "1", "--batch-size", "2", "--out", str(tmp_path / "run")])
+    code = main(["train-lgm", "--synthetic", "2", "--frames", "5", "--height", "32", "--width",
+                 "48", "--epochs", "1", "--batch-size", "2", "--out", str(tmp_path / "run")])
     assert code == 0
     lgm = LatentGeometryModel.from_pretrained(tmp_path / "run" / "lgm")
     assert lgm.config.latent_channels == 16

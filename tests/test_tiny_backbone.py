@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vggrpo.data.synthetic import make_scene, unproject_depth
+from vggrpo.data.synthetic import make_scene
 from vggrpo.geometry import (
     Geometry,
     GeometryBackbone,
@@ -14,7 +14,7 @@ from vggrpo.geometry import (
     TinyVGGTConfig,
     missing_backbone_members,
 )
-from vggrpo.geometry.cameras import cameras_to_pose_encoding
+from vggrpo.geometry.cameras import cameras_to_pose_encoding, unproject_depth
 from vggrpo.geometry.tiny import sincos_2d
 from vggrpo.geometry.training import (
     BackboneTrainingConfig,

@@ -43,17 +43,7 @@ its base colour. Per-surface parameters are drawn from ``(texture_seed, s)`` (``
 part of :class:`BoxRoomSpec`, drawn from the scene seed), so the same seed gives a bitwise
 identical video. No anti-aliasing: each pixel is the colour at its centre ray's hit point.
 
-Conventions (the package's public contract, see DESIGN.md and docs/ops.md):
-
-* extrinsics ``[B,T,3,4]`` camera-from-world ``[R | t]``, OpenCV camera axes (x right, y down,
-  z forward); intrinsics ``[B,T,3,3]`` pinhole; depths ``[B,T,H,W]`` camera z-depth in metres;
-  pointmaps ``[B,T,H,W,3]`` world frame in metres; scene_flow ``[B,T,H,W,3]`` world-frame motion
-  of each pixel's point in metres per frame; dynamic_mask ``[B,T,H,W]`` bool; video
-  ``[B,T,3,H,W]`` RGB in [0, 1], channels first (VGGT's image layout).
-* Pixel (x, y) covers ``[x, x+1) x [y, y+1)``; rays go through pixel centres (x+0.5, y+0.5); a
-  centred camera has its principal point at (W/2, H/2).
-* The world frame of these scenes is y-down as well (gravity along +y): the floor is the room's
-  ``hi[1]`` face and the ceiling its ``lo[1]`` face, so a camera with identity rotation is upright.
+Conventions: see :mod:`vggrpo.data.scene` and docs/conventions.md.
 
 Everything is computed in float64 internally (rotations are built from angles / Rodrigues there so
 they stay orthonormal to rounding; the video too) and cast to the requested dtype at the end.
@@ -73,7 +63,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._checks import is_int
+from ..geometry.cameras import (
+    camera_centres,
+    geometry_dtype,
+    pinhole_intrinsics,
+    pixel_rays,
+    rotate_by_transpose,
+    unproject_depth,
+)
 from ..seeds import element_seed
+from .scene import CAMERA_CLEARANCE, DEFAULT_ROOM, Box, SceneGeometry, Vec3
+from .trajectories import TRAJECTORIES, camera_trajectory
 
 __all__ = [
     "Box",
@@ -92,13 +92,6 @@ __all__ = [
     "SyntheticSceneDataset",
 ]
 
-Vec3 = Tuple[float, float, float]
-
-TRAJECTORIES = ("dolly", "orbit", "pan")
-
-# Clearance (metres) kept between cameras and every surface; a camera closer than this to a box
-# would see a frame filled by one face, useless as data though still exact.
-_CAMERA_CLEARANCE = 0.25
 # Smallest per-frame speed of a sampled moving box (metres per frame): above the rewards' default
 # flow_threshold of 0.1, so moving pixels are classified as dynamic.
 _MIN_MOVING_SPEED = 0.15
@@ -106,451 +99,8 @@ _MAX_MOVING_SPEED = 0.3
 
 
 # --------------------------------------------------------------------------------------------------
-# Scene description
-# --------------------------------------------------------------------------------------------------
-
-
-def _three_floats(name: str, value, what: str = "") -> Tuple[float, float, float]:
-    """``value`` as 3 Python floats (tuples, lists, NumPy or torch vectors all come in), or one
-    ``ValueError`` naming ``name``; a ``bool`` or a string is not a coordinate."""
-    try:
-        if isinstance(value, (str, bytes)):
-            raise TypeError
-        items = list(value)  # once: a generator would be spent by a second pass
-        if any(isinstance(v, (bool, str, bytes)) for v in items):
-            raise TypeError
-        out = tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        out = ()
-    if len(out) != 3:
-        raise ValueError(f"{name} must be 3 numbers{what}, got {value!r}")
-    return out  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Box:
-    """An axis-aligned box in world coordinates (metres).
-
-    ``lo`` and ``hi`` are the minimum and maximum corners at frame 0 (``lo < hi`` on every axis).
-    ``velocity`` is a constant per-frame displacement in metres per frame: at frame ``t`` the box
-    spans ``[lo + t*velocity, hi + t*velocity]``. A box with zero velocity is static.
-
-    ``colour`` is the RGB base colour (3 values in [0, 1]) of all its faces in the rendered video;
-    ``None`` (the default) draws one from the render's ``texture_seed`` (see the module docstring).
-    Used as the room, it is the base colour of all six inner faces.
-    """
-
-    lo: Vec3
-    hi: Vec3
-    velocity: Vec3 = (0.0, 0.0, 0.0)
-    colour: Optional[Vec3] = None
-
-    def __post_init__(self) -> None:
-        lo, hi, vel = (_three_floats(f"Box.{name}", getattr(self, name))
-                       for name in ("lo", "hi", "velocity"))
-        if not all(math.isfinite(v) for v in lo + hi + vel):
-            raise ValueError(f"Box coordinates must be finite: lo={lo}, hi={hi}, velocity={vel}")
-        if not all(a < b for a, b in zip(lo, hi)):
-            raise ValueError(f"Box needs lo < hi on every axis, got lo={lo}, hi={hi}")
-        # Frozen dataclass: normalise to plain float tuples so equality and hashing are by value.
-        object.__setattr__(self, "lo", lo)
-        object.__setattr__(self, "hi", hi)
-        object.__setattr__(self, "velocity", vel)
-        if self.colour is not None:
-            colour = _three_floats("Box.colour", self.colour, " in [0, 1] (or None)")
-            if not all(0.0 <= v <= 1.0 for v in colour):
-                raise ValueError(
-                    f"Box.colour must be 3 numbers in [0, 1] (or None), got {self.colour!r}"
-                )
-            object.__setattr__(self, "colour", colour)
-
-    @property
-    def is_moving(self) -> bool:
-        return any(v != 0.0 for v in self.velocity)
-
-    def at(self, frame: float) -> Tuple[Vec3, Vec3]:
-        """The ``(lo, hi)`` corners at ``frame`` (frame 0 is the box as given)."""
-        lo = tuple(a + frame * v for a, v in zip(self.lo, self.velocity))
-        hi = tuple(a + frame * v for a, v in zip(self.hi, self.velocity))
-        return lo, hi  # type: ignore[return-value]
-
-    def swept(self, frames: int) -> Tuple[Vec3, Vec3]:
-        """The axis-aligned bounds of everything the box covers over frames ``0..frames-1``."""
-        lo0, hi0 = self.at(0)
-        lo1, hi1 = self.at(max(frames - 1, 0))
-        lo = tuple(min(a, b) for a, b in zip(lo0, lo1))
-        hi = tuple(max(a, b) for a, b in zip(hi0, hi1))
-        return lo, hi  # type: ignore[return-value]
-
-    @property
-    def centre(self) -> Vec3:
-        return tuple((a + b) / 2 for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
-
-    @property
-    def half_extent(self) -> Vec3:
-        return tuple((b - a) / 2 for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
-
-
-# 8 m wide (x), 3 m high (y, floor at y = +1.5), 10 m deep (z).
-DEFAULT_ROOM = Box((-4.0, -1.5, -5.0), (4.0, 1.5, 5.0))
-
-
-# --------------------------------------------------------------------------------------------------
-# Rendered geometry
-# --------------------------------------------------------------------------------------------------
-
-
-# eq=False: field-wise == on tensors is ambiguous; compare fields with torch.equal instead.
-@dataclass(frozen=True, eq=False)
-class SceneGeometry:
-    """Exact geometry and rendered RGB video of a batch of scenes.
-
-    Fields (``B`` videos, ``T`` frames, ``H x W`` pixels; floating fields share one dtype):
-
-    * ``extrinsics`` ``[B,T,3,4]``: camera-from-world ``[R | t]`` (OpenCV axes), metres.
-    * ``intrinsics`` ``[B,T,3,3]``: pinhole, pixels.
-    * ``depths`` ``[B,T,H,W]``: camera z of each pixel's hit point, metres, finite and > 0.
-    * ``pointmaps`` ``[B,T,H,W,3]``: world hit point of each pixel, metres.
-    * ``scene_flow`` ``[B,T,H,W,3]``: world motion of each pixel's point from frame t to t+1,
-      metres per frame (the moving box's velocity; 0 on static surfaces). Motion is constant
-      velocity, so the last frame carries the same flow as the others.
-    * ``dynamic_mask`` ``[B,T,H,W]`` bool: the pixel sees a moving box.
-    * ``video`` ``[B,T,3,H,W]``: RGB in [0, 1], channels first (the VGGT image layout); the colour
-      of each pixel's surface point (see the module docstring for the texture model).
-
-    Indexing (``g[i]``, ``g[a:b]``), :meth:`to` and :meth:`cat` apply to every field.
-    """
-
-    extrinsics: Tensor
-    intrinsics: Tensor
-    depths: Tensor
-    pointmaps: Tensor
-    scene_flow: Tensor
-    dynamic_mask: Tensor
-    video: Tensor
-
-    @property
-    def batch(self) -> int:
-        return self.depths.shape[0]
-
-    @property
-    def frames(self) -> int:
-        return self.depths.shape[1]
-
-    @property
-    def height(self) -> int:
-        return self.depths.shape[2]
-
-    @property
-    def width(self) -> int:
-        return self.depths.shape[3]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.depths.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.depths.device
-
-    def to(
-        self, dtype: Optional[torch.dtype] = None, device: Optional[torch.device | str] = None
-    ) -> "SceneGeometry":
-        """A copy with the floating fields cast to ``dtype`` and every field moved to ``device``.
-
-        ``dynamic_mask`` stays bool whatever ``dtype`` is.
-        """
-        if dtype is not None and not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-        changes = {}
-        for f in dataclasses.fields(self):
-            value: Tensor = getattr(self, f.name)
-            if value.is_floating_point():
-                changes[f.name] = value.to(device=device, dtype=dtype)
-            else:
-                changes[f.name] = value.to(device=device)
-        return dataclasses.replace(self, **changes)
-
-    def __getitem__(self, index) -> "SceneGeometry":
-        """Index the batch dimension; an integer keeps it (``g[0]`` has ``B == 1``)."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
-        return SceneGeometry(
-            **{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
-        )
-
-    @staticmethod
-    def cat(items: Sequence["SceneGeometry"]) -> "SceneGeometry":
-        """Concatenate along the batch dimension."""
-        if not items:
-            raise ValueError("cat needs at least one SceneGeometry")
-        return SceneGeometry(
-            **{
-                f.name: torch.cat([getattr(g, f.name) for g in items], dim=0)
-                for f in dataclasses.fields(SceneGeometry)
-            }
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Cameras
-# --------------------------------------------------------------------------------------------------
-
-
-def _out_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half precision cannot hold metre-scale geometry to useful accuracy; follow the package rule.
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def pinhole_intrinsics(
-    height: int, width: int, fov_x_deg: float = 60.0, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """Centred pinhole intrinsics ``[3,3]`` with square pixels.
-
-    ``fx = fy = (W/2) / tan(fov_x/2)`` (pixels), principal point ``(W/2, H/2)``.
-    ``fov_x_deg`` is the full horizontal field of view in degrees, in (0, 180).
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
-    if not 0.0 < fov_x_deg < 180.0:
-        raise ValueError(f"fov_x_deg must be in (0, 180), got {fov_x_deg}")
-    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
-    K = torch.tensor(
-        [[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64
-    )
-    return K.to(dtype)
-
-
-def _rot_x(a: Tensor) -> Tensor:
-    c, s = torch.cos(a), torch.sin(a)
-    o, z = torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([o, z, z, z, c, -s, z, s, c], dim=-1).reshape(*a.shape, 3, 3)
-
-
-def _rot_y(a: Tensor) -> Tensor:
-    c, s = torch.cos(a), torch.sin(a)
-    o, z = torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([c, z, s, z, o, z, -s, z, c], dim=-1).reshape(*a.shape, 3, 3)
-
-
-def _rodrigues(omega: Tensor) -> Tensor:
-    """``exp(omega^)`` for rotation vectors ``[...,3]`` (float64), exact at omega = 0."""
-    theta = omega.norm(dim=-1, keepdim=True)
-    axis = omega / theta.clamp_min(1e-300)
-    x, y, z = axis.unbind(-1)
-    zero = torch.zeros_like(x)
-    Kx = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*x.shape, 3, 3)
-    th = theta[..., None]
-    eye = torch.eye(3, dtype=omega.dtype).expand_as(Kx)
-    return eye + torch.sin(th) * Kx + (1.0 - torch.cos(th)) * (Kx @ Kx)
-
-
-def _world_from_camera(yaw: Tensor, tilt: Tensor) -> Tensor:
-    # Yaw about world y (vertical), then tilt the optical axis down by `tilt` radians; the camera
-    # looks along (sin(yaw)cos(tilt), sin(tilt), cos(yaw)cos(tilt)) (y-down world: + is down).
-    return _rot_y(yaw) @ _rot_x(-tilt)
-
-
-def _extrinsics_from(R_wc: Tensor, centres: Tensor) -> Tensor:
-    R_cw = R_wc.transpose(-1, -2)
-    t = -(R_cw @ centres[..., None])
-    return torch.cat([R_cw, t], dim=-1)
-
-
-def camera_centres(extrinsics: Tensor) -> Tensor:
-    """Camera centres ``C = -R^T t`` ``[...,3]`` (world, metres) of extrinsics ``[...,3|4,4]``."""
-    if extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
-        raise ValueError(f"extrinsics must be [...,3,4] or [...,4,4]: {tuple(extrinsics.shape)}")
-    R = extrinsics[..., :3, :3]
-    t = extrinsics[..., :3, 3]
-    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
-
-
-def _rotation_angles(R_wc: Tensor) -> Tensor:
-    """Angles (radians) of the relative rotations between consecutive frames ``[T-1]``."""
-    rel = R_wc[:-1].transpose(-1, -2) @ R_wc[1:]
-    c = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    return torch.acos(c)
-
-
-def camera_trajectory(
-    kind: str,
-    frames: int,
-    *,
-    jitter: float = 0.0,
-    phase: float = 0.0,
-    room: Box = DEFAULT_ROOM,
-    generator: Optional[torch.Generator] = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """A camera path inside ``room``: camera-from-world extrinsics ``[T,3,4]`` (metres).
-
-    Kinds (all smooth at ``jitter=0``: constant velocity and constant body-frame angular velocity,
-    so the camera motion smoothness error is ~0; the camera is tilted slightly down so floor boxes
-    are in view):
-
-    * ``"dolly"``: translates along the room's z axis at constant speed (``0.8 * half depth``
-      metres in total) with a slight constant-rate yaw (0.15 rad in total). Second difference of the
-      centres is 0.
-    * ``"orbit"``: moves at constant angular speed along a 60 degree arc around the room centre
-      (radius ``0.6 * min(half width, half depth)``), always looking at a point below the centre.
-      The speed and the angular velocity are constant; the velocity direction turns by the step
-      angle per frame (``|a_t| / (|v_t| + |v_t+1|) = sin(step/2)``, ~0.075 for 8 frames), which is
-      the only non-zero term of the motion error of a smooth trajectory.
-    * ``"pan"``: fixed position (backed away from the middle of the sweep, so it looks across the
-      room), constant-rate yaw (60 degrees in total) at a small constant downward tilt. The
-      centres do not move.
-
-    ``phase`` in [0, 1) varies the path: the dolly's lateral offset and initial heading, the orbit's
-    and the pan's starting angle (a full turn over [0, 1)).
-
-    ``jitter >= 0`` is the one shake knob. It adds i.i.d. Gaussian noise to the camera centres with
-    std ``jitter * mean step length`` (metres; so a pan, which has no steps, gets none) and composes
-    each world-from-camera rotation with ``exp(angle * axis)``, a uniformly random axis and
-    ``angle ~ N(0, (jitter * s)^2)`` where ``s`` is the mean rotation step (radians), or 0.01 rad if
-    the trajectory does not rotate. Noisy centres are clamped into the room shrunk by 0.25 m so the
-    camera never leaves it. ``generator`` drives the noise (a generator seeded with 0 is used when
-    it is None, so the output is deterministic either way).
-
-    Rotations are built in float64 from angles / Rodrigues' formula and cast to ``dtype`` at the
-    end, so they are orthonormal with determinant +1 to the rounding of ``dtype``.
-    """
-    if kind not in TRAJECTORIES:
-        raise ValueError(f"unknown trajectory kind {kind!r}; expected one of {TRAJECTORIES}")
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    if not (jitter >= 0.0 and math.isfinite(jitter)):
-        raise ValueError(f"jitter must be finite and >= 0, got {jitter}")
-    f64 = torch.float64
-    centre = torch.tensor(room.centre, dtype=f64)
-    hx, hy, hz = room.half_extent
-    t = torch.arange(frames, dtype=f64)
-    steps = max(frames - 1, 1)
-    eye_y = centre[1] - 0.2 * hy  # a little above the middle of the room (y is down)
-
-    if kind == "dolly":
-        x = float(centre[0]) + (2.0 * phase - 1.0) * 0.3 * hx
-        z0, z1 = centre[2] - 0.7 * hz, centre[2] + 0.1 * hz
-        z = z0 + (z1 - z0) * t / steps
-        centres = torch.stack([torch.full_like(t, x), torch.full_like(t, float(eye_y)), z], -1)
-        # Start turned slightly towards the room's centre line, keep turning at a constant rate.
-        yaw = 0.2 * (0.5 - phase) + 0.15 * t / steps
-        tilt = torch.full_like(t, 0.15)
-    elif kind == "orbit":
-        radius = 0.6 * min(hx, hz)
-        target_y = centre[1] + 0.3 * hy
-        yaw = 2.0 * math.pi * phase + (math.pi / 3.0) * t / steps
-        forward_xz = torch.stack([torch.sin(yaw), torch.cos(yaw)], -1)
-        centres = torch.stack(
-            [
-                centre[0] - radius * forward_xz[:, 0],
-                torch.full_like(t, float(eye_y)),
-                centre[2] - radius * forward_xz[:, 1],
-            ],
-            -1,
-        )
-        tilt = torch.full_like(t, math.atan2(float(target_y - eye_y), radius))
-    else:  # pan
-        yaw = 2.0 * math.pi * phase + (math.pi / 3.0) * t / steps
-        # Stand back from the middle of the sweep so the camera looks across the room, not at a
-        # nearby wall.
-        yaw_mid = 2.0 * math.pi * phase + math.pi / 6.0
-        pos = torch.stack(
-            [
-                centre[0] - 0.4 * hx * math.sin(yaw_mid),
-                eye_y,
-                centre[2] - 0.4 * hz * math.cos(yaw_mid),
-            ]
-        )
-        centres = pos.expand(frames, 3).clone()
-        tilt = torch.full_like(t, 0.2)
-
-    R_wc = _world_from_camera(yaw, tilt)
-
-    if jitter > 0.0:
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        step_len = (centres[1:] - centres[:-1]).norm(dim=-1)
-        mean_step = float(step_len.mean()) if frames > 1 else 0.0
-        rot_steps = _rotation_angles(R_wc) if frames > 1 else torch.zeros(0, dtype=f64)
-        mean_rot = float(rot_steps.mean()) if frames > 1 else 0.0
-        if mean_rot < 1e-12:
-            mean_rot = 0.01
-        noise = torch.randn(frames, 3, generator=generator, dtype=f64)
-        centres = centres + jitter * mean_step * noise
-        axis = torch.randn(frames, 3, generator=generator, dtype=f64)
-        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        angle = jitter * mean_rot * torch.randn(frames, 1, generator=generator, dtype=f64)
-        # Body-frame perturbation: the shake of a hand-held camera is about its own axes.
-        R_wc = R_wc @ _rodrigues(angle * axis)
-        lo = torch.tensor(room.lo, dtype=f64) + _CAMERA_CLEARANCE
-        hi = torch.tensor(room.hi, dtype=f64) - _CAMERA_CLEARANCE
-        centres = torch.maximum(torch.minimum(centres, hi), lo)
-
-    return _extrinsics_from(R_wc, centres).to(_out_dtype(dtype))
-
-
-# --------------------------------------------------------------------------------------------------
 # Rays, unprojection, rendering
 # --------------------------------------------------------------------------------------------------
-
-
-def _camera_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
-    """Camera-frame ray directions ``[...,H,W,3]`` through pixel centres, with z = 1.
-
-    Inverts ``u = K00 x/z + K01 y/z + K02``, ``v = K11 y/z + K12`` (docs/ops.md reads only the first
-    two rows of K; K10 is taken to be 0 as for any pinhole), so a point ``depth * ray`` has camera
-    z equal to ``depth``.
-    """
-    dtype, device = intrinsics.dtype, intrinsics.device
-    u = torch.arange(width, dtype=dtype, device=device) + 0.5
-    v = torch.arange(height, dtype=dtype, device=device) + 0.5
-    K = intrinsics[..., None, None, :, :]  # [...,1,1,3,3]
-    vv = v[:, None]
-    uu = u[None, :]
-    y = (vv - K[..., 1, 2]) / K[..., 1, 1]
-    x = (uu - K[..., 0, 2] - K[..., 0, 1] * y) / K[..., 0, 0]
-    x, y = torch.broadcast_tensors(x, y)
-    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
-
-
-def _rotate_rows(points: Tensor, R: Tensor) -> Tensor:
-    """``R^T p`` for every point of ``points`` ``[...,H,W,3]`` with one ``R`` ``[...,3,3]``
-    per image.
-
-    Written as the row product ``p^T R`` over flattened pixels: one batched matmul per image
-    instead of H*W tiny 3x3 products.
-    """
-    h, w = points.shape[-3:-1]
-    lead = torch.broadcast_shapes(points.shape[:-3], R.shape[:-2])
-    rows = points.expand(*lead, h, w, 3).reshape(*lead, h * w, 3)
-    return (rows @ R.expand(*lead, 3, 3)).reshape(*lead, h, w, 3)
-
-
-def unproject_depth(depths: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
-    """World points ``[B,T,H,W,3]`` of z-depths seen through pixel centres.
-
-    ``depths`` ``[B,T,H,W]`` (camera z, metres), ``intrinsics`` ``[B,T,3,3]``, ``extrinsics``
-    ``[B,T,3,4]`` or ``[B,T,4,4]`` camera-from-world. Pixel (x, y) is unprojected through its centre
-    (x+0.5, y+0.5): ``p = R^T (depth * K^-1 [x+0.5, y+0.5, 1] - t)``, the inverse of the pinhole
-    projection of docs/ops.md. Any leading dimensions work as long as they match. Invalid depths
-    (non-finite or <= 0) give points that are not meaningful; mask them yourself.
-
-    float32 / float64 in, same dtype out; float16 / bfloat16 are computed and returned in float32.
-    """
-    if depths.dim() < 2:
-        raise ValueError(f"depths must be [...,H,W], got {tuple(depths.shape)}")
-    if intrinsics.shape[-2:] != (3, 3):
-        raise ValueError(f"intrinsics must be [...,3,3], got {tuple(intrinsics.shape)}")
-    if extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
-        raise ValueError(f"extrinsics must be [...,3,4] or [...,4,4]: {tuple(extrinsics.shape)}")
-    dtype = _out_dtype(torch.promote_types(depths.dtype, extrinsics.dtype))
-    height, width = depths.shape[-2:]
-    depths = depths.to(dtype)
-    rays = _camera_rays(intrinsics.to(dtype), height, width)  # [...,H,W,3]
-    R = extrinsics[..., :3, :3].to(dtype)
-    t = extrinsics[..., :3, 3].to(dtype)[..., None, None, :]
-    return _rotate_rows(depths[..., None] * rays - t, R)
 
 
 def _max3(t: Tensor) -> Tuple[Tensor, Tensor]:
@@ -716,7 +266,7 @@ def render_box_room(
         raise ValueError(
             f"intrinsics must be [3,3] or [B,T,3,3] = [{B},{T},3,3], got {tuple(intrinsics.shape)}"
         )
-    out_dtype = _out_dtype(extrinsics.dtype)
+    out_dtype = geometry_dtype(extrinsics.dtype)
     device = extrinsics.device
     f64 = torch.float64
 
@@ -735,8 +285,8 @@ def render_box_room(
         if bool(inside.any()):
             raise ValueError("a camera centre is inside (or on) a box; cameras must be outside")
 
-    rays_cam = _camera_rays(K, height, width)  # [B,T,H,W,3], z = 1
-    dirs = _rotate_rows(rays_cam, R)  # world directions
+    rays_cam = pixel_rays(K, height, width)  # [B,T,H,W,3], z = 1
+    dirs = rotate_by_transpose(rays_cam, R)  # world directions
     # Slab test with exact zeros nudged: 1/0 would give inf*0 = nan when the origin lies on a slab.
     tiny = 1e-300
     safe = torch.where(dirs.abs() < tiny, torch.full_like(dirs, tiny), dirs)
@@ -766,7 +316,7 @@ def render_box_room(
     # rays_cam has z = 1, so the ray parameter is the z-depth. The point is computed exactly as
     # unproject_depth does, so the two agree to the last bits.
     depths = best
-    pointmaps = _rotate_rows(depths[..., None] * rays_cam - t[:, :, None, None, :], R)
+    pointmaps = rotate_by_transpose(depths[..., None] * rays_cam - t[:, :, None, None, :], R)
 
     n_static = len(static_boxes)
     dynamic = winner >= n_static
@@ -915,7 +465,7 @@ def sample_box_layout(
             bounds = _frame_bounds(box, frames)
             if _overlaps_any(bounds, placed, box_gap):
                 continue
-            if _near_cameras(bounds, cams, _CAMERA_CLEARANCE):
+            if _near_cameras(bounds, cams, CAMERA_CLEARANCE):
                 continue
             # Visibility is a preference: after half the tries a box may land out of view rather
             # than make a crowded room fail.
@@ -968,7 +518,7 @@ class BoxRoomSpec:
             self.moving_boxes,
             texture_seed=self.texture_seed,
         )
-        return geo.to(dtype=_out_dtype(dtype))
+        return geo.to(dtype=geometry_dtype(dtype))
 
 
 def sample_scene_specs(

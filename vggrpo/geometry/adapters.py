@@ -49,13 +49,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from vggrpo.data.synthetic import unproject_depth
 from vggrpo.geometry.any4d import (
     Any4DAdapter,
     any4d_outputs_to_geometry_dict,
     any4d_predictions_to_geometry_dict,
 )
-from vggrpo.geometry.cameras import pose_encoding_to_cameras
+from vggrpo.geometry.cameras import pose_encoding_to_cameras, unproject_depth
 from vggrpo.geometry.checkpoints import find_weights, load_state_dict_file, load_weights_into
 
 __all__ = [

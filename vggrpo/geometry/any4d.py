@@ -327,7 +327,7 @@ def any4d_outputs_to_geometry_dict(
     Returns ``{"extrinsics": [B,S,3,4], "intrinsics", "depths": z-depth [B,S,H,W], "pointmaps":
     unprojected world points [B,S,H,W,3], "scene_flow", "confidences"}``. Differentiable.
     """
-    from vggrpo.data.synthetic import unproject_depth
+    from vggrpo.geometry.cameras import unproject_depth
 
     for name, value in (("camera_to_world", camera_to_world), ("range_depth", range_depth),
                         ("intrinsics", intrinsics)):

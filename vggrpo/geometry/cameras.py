@@ -25,6 +25,7 @@ returned in float32, following the package rule.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -44,6 +45,11 @@ __all__ = [
     "range_depth_to_z_depth",
     "z_depth_to_range_depth",
     "relative_to_first_camera",
+    "pinhole_intrinsics",
+    "camera_centres",
+    "unproject_depth",
+    "rotate_by_transpose",
+    "geometry_dtype",
 ]
 
 
@@ -78,12 +84,18 @@ def _check_size(height, width) -> None:
             raise ValueError(f"{name} must be a positive int (pixels), got {value!r}")
 
 
+def geometry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype geometry of ``dtype`` is computed and returned in: float32 and float64 stay,
+    anything else (half precision, integers) becomes float32. Half precision cannot hold
+    rotations or metre-scale geometry to useful accuracy."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    # Half precision cannot hold rotations or metre-scale geometry to useful accuracy.
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return geometry_dtype(dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,21 +272,26 @@ def extrinsics_to_camera_to_world(extrinsics: Tensor) -> Tensor:
 
 
 def pixel_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
-    """Camera-frame rays ``K^-1 [x+0.5, y+0.5, 1]`` ``[...,H,W,3]`` through pixel centres.
+    """Camera-frame rays ``[...,H,W,3]`` through pixel centres ``(x+0.5, y+0.5)``, with z = 1.
 
-    ``intrinsics`` ``[...,3,3]`` (any invertible pinhole, skew included). For a pinhole with last
-    row ``[0, 0, 1]`` the rays have z = 1, so ``z_depth * ray`` is the camera-frame point.
+    The exact inverse of the pinhole projection of docs/ops.md, ``u = K00 x/z + K01 y/z + K02``,
+    ``v = K11 y/z + K12``: only those entries of ``intrinsics`` ``[...,3,3]`` (pixels) are read
+    (skew included; ``K10`` is 0 and the last row ``[0, 0, 1]`` for any pinhole), so a point
+    ``z_depth * ray`` has camera z equal to ``z_depth`` and projects back to its pixel centre.
+    float32 / float64 in, same dtype out; half precision is computed and returned in float32.
     """
     _check_trailing("intrinsics", intrinsics, [(3, 3)])
     _check_size(height, width)
     dtype = _compute_dtype(intrinsics)
-    K_inv = torch.linalg.inv(intrinsics.to(dtype))
-    device = intrinsics.device
-    u = torch.arange(width, dtype=dtype, device=device) + 0.5
-    v = torch.arange(height, dtype=dtype, device=device) + 0.5
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    pix = torch.stack([uu, vv, torch.ones_like(uu)], dim=-1)  # [H,W,3]
-    return torch.einsum("...ij,hwj->...hwi", K_inv, pix)
+    K = intrinsics.to(dtype)[..., None, None, :, :]  # [...,1,1,3,3]
+    u = torch.arange(width, dtype=dtype, device=intrinsics.device)[None, :] + 0.5
+    v = torch.arange(height, dtype=dtype, device=intrinsics.device)[:, None] + 0.5
+    # Back-substitution through the triangular K: no general inverse, so no rounding beyond
+    # these two divisions.
+    y = (v - K[..., 1, 2]) / K[..., 1, 1]
+    x = (u - K[..., 0, 2] - K[..., 0, 1] * y) / K[..., 0, 0]
+    x, y = torch.broadcast_tensors(x, y)
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
 def intrinsics_from_rays(ray_directions: Tensor) -> Tensor:
@@ -437,3 +454,75 @@ def relative_to_first_camera(
     if scene_flow is not None:
         new_flow = torch.einsum("...ij,...thwj->...thwi", R0_b, scene_flow.to(dtype))
     return E_new, new_points, new_flow
+
+
+# --------------------------------------------------------------------------------------------------
+# Pinhole cameras: intrinsics, centres, unprojection
+# --------------------------------------------------------------------------------------------------
+
+
+def pinhole_intrinsics(
+    height: int, width: int, fov_x_deg: float = 60.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Centred pinhole intrinsics ``[3,3]`` with square pixels.
+
+    ``fx = fy = (W/2) / tan(fov_x/2)`` (pixels), principal point ``(W/2, H/2)``.
+    ``fov_x_deg`` is the full horizontal field of view in degrees, in (0, 180).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    if not 0.0 < fov_x_deg < 180.0:
+        raise ValueError(f"fov_x_deg must be in (0, 180), got {fov_x_deg}")
+    f = (width / 2.0) / math.tan(math.radians(fov_x_deg) / 2.0)
+    K = torch.tensor(
+        [[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+    )
+    return K.to(dtype)
+
+
+def camera_centres(extrinsics: Tensor) -> Tensor:
+    """Camera centres ``C = -R^T t`` ``[...,3]`` (world, metres) of extrinsics ``[...,3|4,4]``."""
+    if extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [...,3,4] or [...,4,4]: {tuple(extrinsics.shape)}")
+    R = extrinsics[..., :3, :3]
+    t = extrinsics[..., :3, 3]
+    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+
+
+def rotate_by_transpose(points: Tensor, R: Tensor) -> Tensor:
+    """``R^T p`` for every point of ``points`` ``[...,H,W,3]`` with one ``R`` ``[...,3,3]``
+    per image.
+
+    Written as the row product ``p^T R`` over flattened pixels: one batched matmul per image
+    instead of H*W tiny 3x3 products.
+    """
+    h, w = points.shape[-3:-1]
+    lead = torch.broadcast_shapes(points.shape[:-3], R.shape[:-2])
+    rows = points.expand(*lead, h, w, 3).reshape(*lead, h * w, 3)
+    return (rows @ R.expand(*lead, 3, 3)).reshape(*lead, h, w, 3)
+
+
+def unproject_depth(depths: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
+    """World points ``[B,T,H,W,3]`` of z-depths seen through pixel centres.
+
+    ``depths`` ``[B,T,H,W]`` (camera z, metres), ``intrinsics`` ``[B,T,3,3]``, ``extrinsics``
+    ``[B,T,3,4]`` or ``[B,T,4,4]`` camera-from-world. Pixel (x, y) is unprojected through its centre
+    (x+0.5, y+0.5): ``p = R^T (depth * K^-1 [x+0.5, y+0.5, 1] - t)``, the inverse of the pinhole
+    projection of docs/ops.md. Any leading dimensions work as long as they match. Invalid depths
+    (non-finite or <= 0) give points that are not meaningful; mask them yourself.
+
+    float32 / float64 in, same dtype out; float16 / bfloat16 are computed and returned in float32.
+    """
+    if depths.dim() < 2:
+        raise ValueError(f"depths must be [...,H,W], got {tuple(depths.shape)}")
+    if intrinsics.shape[-2:] != (3, 3):
+        raise ValueError(f"intrinsics must be [...,3,3], got {tuple(intrinsics.shape)}")
+    if extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [...,3,4] or [...,4,4]: {tuple(extrinsics.shape)}")
+    dtype = _compute_dtype(depths, extrinsics)
+    height, width = depths.shape[-2:]
+    depths = depths.to(dtype)
+    rays = pixel_rays(intrinsics.to(dtype), height, width)  # [...,H,W,3]
+    R = extrinsics[..., :3, :3].to(dtype)
+    t = extrinsics[..., :3, 3].to(dtype)[..., None, None, :]
+    return rotate_by_transpose(depths[..., None] * rays - t, R)
