@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from vggrpo import LatentGeometryReward
-from vggrpo.baseline import RGBGeometryReward
 from vggrpo.defaults import load_default_lgm, load_tiny_wan_vae
+from vggrpo.rgb_reward import RGBGeometryReward
 
 
 @pytest.fixture(scope="module")

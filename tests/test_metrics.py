@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vggrpo.data import make_scene, write_video
-from vggrpo.metrics import evaluate_folder, sampson_distance, sampson_error
+from vggrpo.evaluation import evaluate_folder, sampson_distance, sampson_error
 
 
 def test_sampson_distance_hand_computed():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vggrpo.quality import camera_errors, depth_abs_rel, rankdata, spearman
+from vggrpo.evaluation import camera_errors, depth_abs_rel, rankdata, spearman
 
 
 def _rotation(axis, angle_deg):

@@ -20,7 +20,6 @@ plain-PyTorch twins, docs/ops.md the exact contract.
 
 from . import ops, reference
 from ._ext import cuda_built, openmp
-from .baseline import RGBGeometryReward
 from .geometry import Geometry
 from .latent_reward import LatentGeometryReward
 from .lgm import LatentGeometryModel, LGMConfig
@@ -31,6 +30,7 @@ from .rewards import (
     geometry_reprojection_reward,
     group_advantages,
 )
+from .rgb_reward import RGBGeometryReward
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 :class:`GeometryReward` is the shared part (weights, ``topk``, ``flow_threshold``, the rewards of
 a Geometry); :class:`LatentGeometryReward` reads the geometry with the LGM, and
-:class:`vggrpo.baseline.RGBGeometryReward` (the path the paper replaces) decodes first.
+:class:`vggrpo.rgb_reward.RGBGeometryReward` (the path the paper replaces) decodes first.
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
     """Held-out quality of the tiny backbone (RGB) and the LGM (latents) against ground truth,
     and whether LGM rewards rank smooth over jittered and clean over noisy (Spearman).
     ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`)."""
+    from .evaluation import camera_errors, depth_abs_rel, spearman
     from .geometry.training import supervised_targets
-    from .quality import camera_errors, depth_abs_rel, spearman
     from .vae import encode_video
 
     if scenes is not None and not is_positive_int(scenes):

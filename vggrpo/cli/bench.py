@@ -108,11 +108,11 @@ def run(args) -> int:
     if args.suite == "grpo":
         return _run_grpo(args)
     from .. import reference
-    from ..baseline import RGBGeometryReward
     from ..data.synthetic import make_scene
     from ..defaults import load_default_lgm, load_tiny_wan_vae
     from ..latent_reward import LatentGeometryReward
     from ..rewards import geometry_reprojection_reward
+    from ..rgb_reward import RGBGeometryReward
 
     out = output_file(args.out or "out/bench.json")
     lgm, vae = load_default_lgm(), load_tiny_wan_vae()

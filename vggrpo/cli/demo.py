@@ -32,12 +32,12 @@ def run(args) -> int:
     """The main job on the embedded tiny models: synthetic scenes read by the LGM, a short GRPO
     run on the tiny Wan model with LoRA, guided vs unguided samples, latent vs RGB reward
     timing. Writes reward_curve.png, summary.json and the LoRA to --out."""
-    from ..baseline import RGBGeometryReward
     from ..data.synthetic import make_scene
     from ..defaults import load_default_lgm, load_tiny_wan_vae, tiny_wan_transformer
     from ..grpo import GRPOConfig, GRPOTrainer
     from ..latent_reward import LatentGeometryReward
     from ..rewards import camera_motion_reward, geometry_reprojection_reward
+    from ..rgb_reward import RGBGeometryReward
     from ..sampling import RewardGuidance, sample, wan_velocity
     from ..vae import encode_video
 

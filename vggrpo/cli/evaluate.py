@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..metrics import evaluate_folder
+    from ..evaluation import evaluate_folder
 
     summary = evaluate_folder(args.folder, output_folder(args.out), frames=args.frames,
                               height=args.height, width=args.width)
