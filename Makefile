@@ -49,6 +49,7 @@ $(ENV_STAMP): requirements-dev.txt
 LINT_PATHS := vggrpo tests bench scripts examples csrc setup.py
 lint: $(ENV_STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) scripts/house_check.py
 
 # --no-build-isolation: compile against the torch in .venv, not a freshly downloaded one.
 build: $(EXT_STAMP)

@@ -127,9 +127,10 @@ def test_checkpoint_loading_peak_memory(checkpoints, request):
         with capture.global_and_fixture_disabled():
             reporter.write_line("\n" + report)
     if request.config.getoption("benchmark_min_rounds") >= 3:  # a measurement, not a smoke run
-        from vggrpo import _io
+        from harness.machine import machine_slug
+        from harness.settings import RESULTS_DIR
 
-        from conftest import RESULTS_DIR, machine_slug
+        from vggrpo import _io
 
         _io.save_json(RESULTS_DIR / f"checkpoint-loading-{machine_slug()}.json",
                       {"model_mib": MODEL_MIB, "results": results,

@@ -24,12 +24,14 @@ import time
 
 import pytest
 import torch
+from harness.machine import build_info
+from harness.report import atomic_write_json, clean
+from harness.settings import RESULTS_DIR
 
 import vggrpo
 from vggrpo import reference
 from vggrpo.data.synthetic import make_scene
 
-from conftest import RESULTS_DIR, _atomic_write_json, _clean, build_info
 from profiling import kernel_breakdown
 
 pytestmark = pytest.mark.skipif(
@@ -63,7 +65,7 @@ def scene():
     }
     RESULTS["build"] = build_info()
     RESULTS["shape"] = PAPER
-    _atomic_write_json(RESULTS_DIR / f"gpu-{_gpu_slug()}.json", _clean(RESULTS))
+    atomic_write_json(RESULTS_DIR / f"gpu-{_gpu_slug()}.json", clean(RESULTS))
 
 
 def _time(fn, rounds=ROUNDS):

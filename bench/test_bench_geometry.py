@@ -4,7 +4,7 @@ the vectorised plain-PyTorch baseline a user would write
 ``[B, V, N]``, and a ``scatter_reduce(amin)`` z-buffer).
 
 Forward under ``torch.no_grad`` (GRPO rollouts) and forward + backward with gradients w.r.t.
-pointmaps, depths and extrinsics (reward guidance), at both sizes of ``conftest.SIZES``.
+pointmaps, depths and extrinsics (reward guidance), at both sizes of ``harness.settings.SIZES``.
 """
 
 import pytest

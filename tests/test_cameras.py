@@ -19,6 +19,7 @@ from vggrpo.geometry.cameras import (
     cameras_to_pose_encoding,
     extrinsics_to_camera_to_world,
     matrix_to_quaternion,
+    pixel_rays,
     pose_encoding_to_cameras,
     quaternion_to_matrix,
     range_depth_to_z_depth,
@@ -417,3 +418,25 @@ def test_intrinsics_from_rays_recovers_a_pinhole_from_rays_of_any_length():
     assert torch.isnan(intrinsics_from_rays(one)[:, 0, 0]).all()
     with pytest.raises(ValueError, match=r"ray_directions must have shape \[\.\.\.,3\]"):
         intrinsics_from_rays(rays[..., :2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pixel_rays_project_back_to_pixel_centres_with_skew(dtype):
+    """The rays invert the ops' projection (docs/conventions.md): ``depth * ray`` projects,
+    through u = K00 x/z + K01 y/z + K02 and v = K11 y/z + K12, onto the pixel's centre."""
+    K = torch.tensor([[[50.0, 3.0, 20.5], [0.0, 45.0, 11.0], [0.0, 0.0, 1.0]],
+                      [[80.0, 0.0, 16.0], [0.0, 80.0, 12.0], [0.0, 0.0, 1.0]]], dtype=F64)
+    H, W = 24, 32
+    rays = pixel_rays(K.to(dtype), H, W)
+    assert rays.shape == (2, H, W, 3) and rays.dtype == dtype
+    assert torch.equal(rays[..., 2], torch.ones_like(rays[..., 2]))
+    p = rays.to(F64) * torch.linspace(0.5, 7.0, H * W, dtype=F64).reshape(H, W, 1)
+    x, y, z = p.unbind(-1)
+    Kb = K[:, None, None]
+    u = Kb[..., 0, 0] * x / z + Kb[..., 0, 1] * y / z + Kb[..., 0, 2]
+    v = Kb[..., 1, 1] * y / z + Kb[..., 1, 2]
+    centres_u = (torch.arange(W, dtype=F64) + 0.5).expand(2, H, W)
+    centres_v = (torch.arange(H, dtype=F64)[:, None] + 0.5).expand(2, H, W)
+    tol = TOL[dtype]
+    torch.testing.assert_close(u, centres_u, **tol)
+    torch.testing.assert_close(v, centres_v, **tol)

@@ -193,6 +193,44 @@ def test_save_load_round_trip(vae, tmp_path):
         "backbone.safetensors", "config.json", "connector.safetensors"]
 
 
+def test_load_weights_reads_its_own_folder_and_refuses_another_lgms(vae, tmp_path):
+    """What a resume uses: the trained weights of a folder into a built LGM, after checking the
+    folder describes this LGM (connector config, LoRA, VAE); a refusal changes nothing."""
+    trained = make_lgm(vae, seed=1)
+    trained.add_lora(2, 2.0, ["qkv"])
+    with torch.no_grad():
+        for p in trained.lora_state_dict().values():
+            p.normal_()
+    trained.record_vae(vae)
+    trained.save_pretrained(tmp_path / "m")
+    fresh = make_lgm(vae, seed=2)  # another initialisation: the load must change it
+    fresh.add_lora(2, 2.0, ["qkv"])
+    fresh.record_vae(vae)
+    before = {k: v.clone() for k, v in fresh.connector.state_dict().items()}
+    fresh.load_weights(tmp_path / "m")
+    for k, v in trained.connector.state_dict().items():
+        assert torch.equal(fresh.connector.state_dict()[k], v), k
+        assert not torch.equal(before[k], v), k
+    for k, v in trained.lora_state_dict().items():
+        assert torch.equal(fresh.lora_state_dict()[k], v), k
+
+    other_rank = make_lgm(vae, seed=1)
+    other_rank.add_lora(4, 2.0, ["qkv"])
+    with pytest.raises(ValueError, match="its LoRA weights are not this LGM's adapters"):
+        other_rank.load_weights(tmp_path / "m")
+    wider = LatentGeometryModel(make_lgm(vae).backbone, LGMConfig(latent_channels=48,
+                                                                   token_dim=32))
+    untouched = {k: v.clone() for k, v in wider.connector.state_dict().items()}
+    with pytest.raises(ValueError, match="its connector config is not this LGM's"):
+        wider.load_weights(tmp_path / "m")
+    assert all(torch.equal(wider.connector.state_dict()[k], v) for k, v in untouched.items())
+    another_vae = make_lgm(vae, seed=1)
+    another_vae.add_lora(2, 2.0, ["qkv"])
+    another_vae.record_vae(tiny_vae(1))
+    with pytest.raises(ValueError, match="^vae is not the VAE it was stitched to"):
+        another_vae.load_weights(tmp_path / "m")
+
+
 def test_missing_and_broken_files_are_clear_errors(vae, tmp_path):
     with pytest.raises(FileNotFoundError, match="LGM folder not found"):
         LatentGeometryModel.from_pretrained(tmp_path / "nope")

@@ -262,21 +262,6 @@ def unpickling_refusal(err: BaseException) -> str:
     return text[:300]
 
 
-def dataclass_from_dict(cls, data: Any):
-    """``cls(**data)`` for a config dataclass, refusing anything but a JSON object of its fields
-    (a config written for another model must not half-load)."""
-    import dataclasses
-
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; expected a subset of "
-                         f"{sorted(known)}")
-    return cls(**data)
-
-
 def load_state_dict_strict(module: torch.nn.Module, tensors: Dict[str, Tensor], what: str) -> None:
     """``module.load_state_dict(strict=True)`` with one clear error listing what does not fit;
     integer or bool tensors where the module has floats, and NaN or infinite weights, are

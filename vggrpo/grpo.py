@@ -47,7 +47,6 @@ uninterrupted run's next step exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -59,7 +58,7 @@ import torch
 from torch import Tensor
 
 from . import _io
-from ._checks import is_finite_number, is_int, is_positive_int, short_repr
+from ._checks import DictConfig, check_fields, is_finite_number, is_int, is_positive_int, short_repr
 from ._nvtx import nvtx_range
 from .lora_file import LORA_FILE, fold_lora_scale, read_lora, save_lora
 from .rewards import group_advantages
@@ -87,7 +86,7 @@ EMA_LORA_FILE = "pytorch_lora_weights_ema.safetensors"
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(DictConfig):
     """Hyper-parameters of :class:`GRPOTrainer` (paper values for clip eps, KL beta, grad clip).
 
     ``prompts_per_step`` prompt groups of ``group_size`` videos per optimisation step (across all
@@ -150,32 +149,18 @@ class GRPOConfig:
         if not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (a group of one has no relative "
                              f"advantage), got {short_repr(self.group_size)}")
-        for name in ("prompts_per_step", "num_inference_steps", "lora_rank", "steps",
-                     "updates_per_rollout"):
-            value = getattr(self, name)
-            if not is_positive_int(value):
-                raise ValueError(f"GRPOConfig.{name} must be a positive int, got "
-                                 f"{short_repr(value)}")
-        if not is_int(self.seed):  # 1.5 would silently become 1
-            raise ValueError(f"GRPOConfig.seed must be an int, got {short_repr(self.seed)}")
+        check_fields(self, "positive int", ("prompts_per_step", "num_inference_steps",
+                                            "lora_rank", "steps", "updates_per_rollout"))
+        check_fields(self, "int", ("seed",))  # 1.5 would silently become 1
         if self.sde_window is None:  # the sampler reads None as "no SDE steps": nothing to train
             raise ValueError("sde_window must be a (start, end) pair of step indices (the steps "
                              "GRPO trains), got None")
         check_step_window(self.sde_window, self.num_inference_steps, "sde_window")
         # Finite too: an inf learning rate or a NaN alpha would not fail, it would train NaNs.
-        for name in ("clip_eps", "lr", "grad_clip", "shift", "lora_alpha"):
-            value = getattr(self, name)
-            if not (is_finite_number(value) and value > 0):
-                raise ValueError(f"GRPOConfig.{name} must be a finite number > 0, got "
-                                 f"{short_repr(value)}")
-        for name in ("kl_beta", "noise_level", "weight_decay"):
-            value = getattr(self, name)
-            if not (is_finite_number(value) and value >= 0):
-                raise ValueError(f"GRPOConfig.{name} must be a finite number >= 0, got "
-                                 f"{short_repr(value)}")
-        if not is_finite_number(self.guidance_scale):
-            raise ValueError(f"GRPOConfig.guidance_scale must be a finite number, got "
-                             f"{short_repr(self.guidance_scale)}")
+        check_fields(self, "finite number > 0", ("clip_eps", "lr", "grad_clip", "shift",
+                                                 "lora_alpha"))
+        check_fields(self, "finite number >= 0", ("kl_beta", "noise_level", "weight_decay"))
+        check_fields(self, "finite number", ("guidance_scale",))
         if (not isinstance(self.latent_shape, tuple) or len(self.latent_shape) != 4
                 or not all(map(is_positive_int, self.latent_shape))):
             raise ValueError(f"latent_shape must be (C, T, h, w) of positive ints, got "
@@ -184,11 +169,8 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.micro_batch_size must be a positive int or None (all "
                              f"of a rank's videos at once), got "
                              f"{short_repr(self.micro_batch_size)}")
-        for name in ("gradient_checkpointing", "offload_trajectory", "same_noise_per_group",
-                     "fsdp"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GRPOConfig.{name} must be true or false, got "
-                                 f"{short_repr(getattr(self, name))}")
+        check_fields(self, "bool", ("gradient_checkpointing", "offload_trajectory",
+                                    "same_noise_per_group", "fsdp"))
         if self.reward_weights is not None:
             w = self.reward_weights
             if (not isinstance(w, dict) or not w
@@ -202,10 +184,6 @@ class GRPOConfig:
                                                and 0 < self.ema_decay < 1):
             raise ValueError(f"GRPOConfig.ema_decay must be a number in (0, 1) or None, got "
                              f"{short_repr(self.ema_decay)}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
 
 
 def _dist() -> Tuple[int, int]:
@@ -299,16 +277,12 @@ class GRPOTrainer:
                          latent_shape=config.latent_shape, min_frames=3)
         # Else the first rollout (minutes on a real model) would end in a shape error inside the
         # reward: the LGM's (LatentGeometryReward) or the decoder's (the RGB baseline).
-        lgm_config = getattr(getattr(reward, "lgm", None), "config", None)
-        vae_config = getattr(getattr(reward, "vae", None), "config", None)
-        for reader, channels, fix in (
-                ("LGM reads", getattr(lgm_config, "latent_channels", None),
-                 "stitch an LGM to this model's VAE (vggrpo train-lgm)"),
-                ("VAE decodes", getattr(vae_config, "z_dim", None), "pass this model's VAE")):
-            if channels is not None and int(channels) != config.latent_shape[0]:
-                raise ValueError(f"reward: its {reader} {int(channels)}-channel latents but the "
-                                 f"model makes {config.latent_shape[0]}-channel ones "
-                                 f"(latent_shape {tuple(config.latent_shape)}): {fix}")
+        # Any callable latents -> {name: [N]} is a reward; one that says which channels it reads
+        # (GeometryReward.check_latent_channels) is checked here.
+        check = getattr(reward, "check_latent_channels", None)
+        if callable(check):
+            check(config.latent_shape[0], "the model",
+                  f" (latent_shape {tuple(config.latent_shape)})")
         # Else the first rollout would end in a device error inside the reward.
         model_device = next(transformer.parameters()).device
         weights = reward.parameters() if isinstance(reward, torch.nn.Module) else ()

@@ -52,6 +52,28 @@ class GeometryReward(nn.Module):
         self.topk = topk
         self.flow_threshold = float(flow_threshold)
 
+    #: What reads the latents, for messages ("its <reader> 16-channel latents"), and what to do
+    #: when they do not fit.
+    channels_reader = "geometry model reads"
+    channels_advice = "use a reward made for this model's VAE"
+
+    @property
+    def latent_channels(self) -> Optional[int]:
+        """The channel count ``C`` of the latents ``[B,C,T',h,w]`` this reward reads; None when
+        it reads any. The one place the trainer and the CLI ask."""
+        return None
+
+    def check_latent_channels(self, channels: int, source: str = "the model",
+                              detail: str = "") -> None:
+        """A ValueError when ``source`` makes ``channels``-channel latents and this reward reads
+        another count (``detail`` is added after ``source``'s count, e.g. its latent shape).
+        Checked before a rollout, which on a real model takes minutes before the shape error."""
+        mine = self.latent_channels
+        if mine is not None and int(mine) != int(channels):
+            raise ValueError(f"reward: its {self.channels_reader} {int(mine)}-channel latents but "
+                             f"{source} makes {int(channels)}-channel ones{detail}: "
+                             f"{self.channels_advice}")
+
     def geometry(self, latents: Tensor):
         raise NotImplementedError
 
@@ -98,6 +120,15 @@ class LatentGeometryReward(GeometryReward):
                                 f"leave vae out")
             check_vae(vae, name="vae")
         self.lgm = lgm.requires_grad_(False).eval()
+
+    channels_reader = "LGM reads"
+    channels_advice = "stitch an LGM to this model's VAE (vggrpo train-lgm)"
+
+    @property
+    def latent_channels(self) -> Optional[int]:
+        # Any module latents -> Geometry may stand in for the LGM; one without a channel count
+        # reads any.
+        return getattr(self.lgm, "latent_channels", None)
 
     def geometry(self, latents: Tensor):
         return self.lgm(latents)

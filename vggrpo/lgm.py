@@ -18,7 +18,6 @@ replaced by a connector reading the video VAE's latent::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -27,7 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from . import _io
-from ._checks import check_buildable, is_finite_number, is_int, is_positive_int, short_repr
+from ._checks import (
+    DictConfig,
+    check_buildable,
+    check_fields,
+    is_finite_number,
+    is_int,
+    is_positive_int,
+    short_repr,
+)
 from ._nvtx import nvtx_range
 from .geometry.backbone import missing_backbone_members
 from .geometry.record import Geometry
@@ -43,7 +50,7 @@ _CONFIG_FILE = "config.json"
 
 
 @dataclass
-class LGMConfig:
+class LGMConfig(DictConfig):
     """Shape of the connector (the paper's Conv3d; kernel, stride and padding are fixed there).
 
     ``latent_channels``/``spatial_factor``/``temporal_factor`` describe the VAE the LGM was
@@ -61,10 +68,8 @@ class LGMConfig:
     padding: Tuple[int, int, int] = (2, 2, 2)
 
     def __post_init__(self) -> None:
-        for name in ("latent_channels", "spatial_factor", "temporal_factor", "token_dim"):
-            value = getattr(self, name)
-            if not is_positive_int(value):
-                raise ValueError(f"LGMConfig.{name} must be a positive int, got {value!r}")
+        check_fields(self, "positive int",
+                     ("latent_channels", "spatial_factor", "temporal_factor", "token_dim"))
         # Conv3d takes a kernel or stride of 0 only to fail in its forward; an int here (not a
         # triple) would be a TypeError naming nothing.
         for name, least in (("kernel_size", 1), ("stride", 1), ("padding", 0)):
@@ -84,14 +89,6 @@ class LGMConfig:
         f = vae_factors(vae)
         return cls(latent_channels=f["channels"], spatial_factor=f["spatial"],
                    temporal_factor=f["temporal"], token_dim=token_dim)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "LGMConfig":
-        return _io.dataclass_from_dict(cls, data)
 
 
 class LatentConnector(nn.Module):
@@ -160,6 +157,11 @@ class LatentGeometryModel(nn.Module):
     @property
     def temporal_factor(self) -> int:
         return self.config.temporal_factor
+
+    @property
+    def latent_channels(self) -> int:
+        """The channel count ``C`` of the latents ``[B,C,T',h,w]`` this LGM reads."""
+        return self.config.latent_channels
 
     def rgb_frame_of(self, latent_frame: int) -> int:
         """The RGB frame a latent frame stands for (``temporal_factor * k``)."""
@@ -325,17 +327,51 @@ class LatentGeometryModel(nn.Module):
                 raise ValueError(f"{directory / _CONFIG_FILE} is inconsistent: its VAE has "
                                  f"{model.vae_signature['channels']} latent channels, its "
                                  f"connector reads {config.latent_channels}")
-        _io.load_state_dict_strict(
-            model.connector, _io.load_tensors(directory / _CONNECTOR_FILE, "connector weights"),
-            f"connector weights {directory / _CONNECTOR_FILE}")
         lora = meta.get("lora")
         if lora:
             model.add_lora(lora["rank"], lora["alpha"], lora["target_modules"])
+        model._load_trained(directory)
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return model.float().eval()
+
+    def load_weights(self, directory: Union[str, Path]) -> None:
+        """Load the trained weights (the connector's, and the LoRA's) of the LGM folder
+        ``directory`` (:meth:`save_pretrained`'s) into this model, as a resume does. The folder
+        must describe this model: its connector config and its LoRA (rank, alpha, targets) equal
+        this model's, and the VAE it records, when both record one, this model's VAE. A
+        ValueError names the difference; nothing is changed before every check has passed.
+        The backbone's own weights are not read."""
+        directory = Path(directory)
+        meta = self.read_config(directory)
+        if LGMConfig.from_dict(meta.get("lgm", {})) != self.config:
+            raise ValueError(f"{directory / _CONFIG_FILE}: its connector config is not this "
+                             f"LGM's")
+        if meta.get("lora") != self.lora_config:
+            raise ValueError(f"its LoRA weights are not this LGM's adapters: "
+                             f"{directory / _CONFIG_FILE} has {short_repr(meta.get('lora'))}, "
+                             f"this LGM {short_repr(self.lora_config)}")
+        if meta.get("vae") is not None and self.vae_signature is not None:
+            from .vae import check_vae_signature, signature_mismatch
+
+            why = signature_mismatch(
+                check_vae_signature(meta["vae"], str(directory / _CONFIG_FILE)),
+                self.vae_signature)
+            if why is not None:
+                raise ValueError(f"vae is not the VAE it was stitched to ({why})")
+        self._load_trained(directory)
+
+    def _load_trained(self, directory: Path) -> None:
+        # Read and check every file first, then load: a bad LoRA file leaves the connector as
+        # it was.
+        connector = _io.load_tensors(directory / _CONNECTOR_FILE, "connector weights")
+        tensors = None
+        if self.lora_config:
             tensors = _io.load_tensors(directory / _LORA_FILE, "LoRA weights")
-            own = model.lora_state_dict()
+            own = self.lora_state_dict()
             if set(own) != set(tensors):
-                raise ValueError(f"LoRA weights {directory / _LORA_FILE} do not match the config's "
-                                 f"adapters")
+                raise ValueError(f"LoRA weights {directory / _LORA_FILE} do not match the "
+                                 f"config's adapters")
             wrong = sorted(k for k in own if own[k].shape != tensors[k].shape)
             if wrong:
                 raise ValueError(f"LoRA weights {directory / _LORA_FILE}: {wrong[0]} is "
@@ -345,10 +381,10 @@ class LatentGeometryModel(nn.Module):
             if bad:
                 raise ValueError(f"LoRA weights {directory / _LORA_FILE}: {bad[0]} holds NaN or "
                                  f"infinite values")
-            model.backbone.blocks.load_state_dict(tensors, strict=False)
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-        return model.float().eval()
+        _io.load_state_dict_strict(self.connector, connector,
+                                   f"connector weights {directory / _CONNECTOR_FILE}")
+        if tensors is not None:
+            self.backbone.blocks.load_state_dict(tensors, strict=False)
 
 
 def _check_entries(meta: Dict[str, Any], path: Path) -> None:

@@ -13,7 +13,6 @@ room sizes, 1-3 static and 0-2 moving boxes, dolly/orbit/pan trajectories with j
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _io
-from ._checks import check_fields, is_int, is_positive_int
+from ._checks import DictConfig, check_fields, is_int, is_positive_int
 from .defaults import LGM_FOLDER, QUALITY_FILE, VAE_FOLDER, load_default_lgm, load_tiny_wan_vae
 
 __all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm"]
@@ -35,7 +34,7 @@ _HELD_OUT = 1_000_000  # seed offset of evaluation scenes: never drawn for train
 
 
 @dataclass
-class DefaultsRecipe:
+class DefaultsRecipe(DictConfig):
     """Everything :func:`build_defaults` depends on (saved in quality.json).
 
     Video ``frames`` of ``height x width`` pixels; ``train_scenes`` / ``eval_scenes`` synthetic
@@ -282,7 +281,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
         _replace_dir(Path(tmp) / VAE_FOLDER, out / VAE_FOLDER)
         _replace_dir(Path(tmp) / LGM_FOLDER, out / LGM_FOLDER)
     report = {
-        "recipe": dataclasses.asdict(recipe),
+        "recipe": recipe.to_dict(),
         "quality": quality,
         "final_backbone_loss": backbone_history[-1],
         "final_stitching_loss": stitch_history[-1]["loss"],

@@ -1,14 +1,13 @@
 """The two VGGRPO rewards and the GRPO group advantage, as drop-in functions.
 
 Both rewards are differentiable (for test-time guidance) and cheap under ``torch.no_grad`` (for
-rollouts); both are higher-is-better. Formulas: docs/ops.md#the-rewards and DESIGN.md.
+rollouts); both are higher-is-better. Formulas: docs/conventions.md and docs/ops.md#the-rewards.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Mapping, NamedTuple, Optional, Union
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -120,38 +119,15 @@ def geometry_reprojection_reward(
     return reward
 
 
-def group_advantages(
-    rewards: Mapping[str, Tensor], group_size: int, *, eps: float = 1e-8,
-    weights: Optional[Mapping[str, float]] = None,
-) -> Tensor:
-    """GRPO advantages from several rewards (paper Sec. 3.5).
-
-    Samples are laid out prompt-major: ``group_size`` consecutive samples share a prompt. Each
-    reward is normalised within its prompt group, ``(r - mean) / (std + eps)`` with the
-    population standard deviation (ddof = 0, as Flow-GRPO), then the normalised rewards are
-    averaged with the ``weights``: ``A = sum_k w_k n_k / sum_k |w_k|`` (equal weights: the plain
-    mean). A group whose samples all score the same gets advantage 0.
-
-    Args:
-        rewards: name -> ``[N]`` tensor (e.g. ``{"motion": r1, "geo": r2}``), all of one length
-            ``N`` divisible by ``group_size``, all finite.
-        group_size: samples per prompt, ``>= 2``.
-        eps: added to the standard deviation, a finite number ``>= 0``.
-        weights: name -> finite weight, for a subset of ``rewards`` (a reward it leaves out, or
-            weights 0, is not used); not all 0. None: weight 1 for every reward.
-    Returns:
-        ``[N]`` advantages, float32 (float64 if any reward is float64), on the rewards' device.
-    """
+def _check_advantage_inputs(rewards, group_size, eps, weights
+                            ) -> Tuple[Dict[str, Tensor], Mapping[str, float], float, int]:
+    """:func:`group_advantages`' arguments checked, each failure one error naming the argument;
+    returns ``(rewards, weights, sum of |weights|, N)``."""
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
         raise ValueError(
             f"group_advantages: expected `group_size` to be an int >= 2, got {group_size!r}"
         )
-    if (
-        isinstance(eps, bool)
-        or not isinstance(eps, numbers.Real)
-        or not math.isfinite(eps)
-        or eps < 0
-    ):
+    if not (is_finite_number(eps) and eps >= 0):
         raise ValueError(
             f"group_advantages: expected `eps` to be a finite number >= 0, got {eps!r}"
         )
@@ -203,6 +179,33 @@ def group_advantages(
             f"group_advantages: the number of samples ({n}) must be a positive multiple of "
             f"group_size ({group_size}), with group_size consecutive samples per prompt"
         )
+    return tensors, weights, norm, n
+
+
+def group_advantages(
+    rewards: Mapping[str, Tensor], group_size: int, *, eps: float = 1e-8,
+    weights: Optional[Mapping[str, float]] = None,
+) -> Tensor:
+    """GRPO advantages from several rewards (paper Sec. 3.5).
+
+    Samples are laid out prompt-major: ``group_size`` consecutive samples share a prompt. Each
+    reward is normalised within its prompt group, ``(r - mean) / (std + eps)`` with the
+    population standard deviation (ddof = 0, as Flow-GRPO), then the normalised rewards are
+    averaged with the ``weights``: ``A = sum_k w_k n_k / sum_k |w_k|`` (equal weights: the plain
+    mean). A group whose samples all score the same gets advantage 0.
+
+    Args:
+        rewards: name -> ``[N]`` tensor (e.g. ``{"motion": r1, "geo": r2}``), all of one length
+            ``N`` divisible by ``group_size``, all finite.
+        group_size: samples per prompt, ``>= 2``.
+        eps: added to the standard deviation, a finite number ``>= 0``.
+        weights: name -> finite weight, for a subset of ``rewards`` (a reward it leaves out, or
+            weights 0, is not used); not all 0. None: weight 1 for every reward.
+    Returns:
+        ``[N]`` advantages, float32 (float64 if any reward is float64), on the rewards' device.
+    """
+    tensors, weights, norm, n = _check_advantage_inputs(rewards, group_size, eps, weights)
+    names = list(tensors)
     dtype = (
         torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
     )

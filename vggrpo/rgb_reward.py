@@ -47,6 +47,13 @@ class RGBGeometryReward(GeometryReward):
         self.vae = vae.requires_grad_(False).eval()
         self.backbone = backbone.requires_grad_(False).eval()
 
+    channels_reader = "VAE decodes"
+    channels_advice = "pass this model's VAE"
+
+    @property
+    def latent_channels(self) -> int:
+        return int(vae_factors(self.vae)["channels"])
+
     def frames(self, latents: Tensor) -> Tensor:
         """Decoded, aligned RGB frames ``[B,T',3,H',W']`` the backbone reads."""
         with nvtx_range("vggrpo.decode"):

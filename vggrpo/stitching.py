@@ -27,7 +27,6 @@ on ``(seed, epoch)``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _io
-from ._checks import check_fields
+from ._checks import DictConfig, check_fields
 from .lgm import LatentGeometryModel
 from .schedules import warmup_cosine
-from .vae import check_vae_signature, check_video_frames, encode_video, signature_mismatch
+from .vae import check_video_frames, encode_video
 
 __all__ = ["StitchingConfig", "train_stitching", "stitching_targets"]
 
@@ -49,7 +48,7 @@ _STATE_FILE = "trainer_state.pt"
 
 
 @dataclass
-class StitchingConfig:
+class StitchingConfig(DictConfig):
     """Hyper-parameters of :func:`train_stitching` (paper defaults where the paper gives them)."""
 
     epochs: int = 20
@@ -196,27 +195,13 @@ def train_stitching(
         _io.remove_leftovers(ckpt.parent, [ckpt.name])
     if resume and ckpt is not None and (ckpt / _STATE_FILE).is_file():
         state = _io.load_state(ckpt / _STATE_FILE)
-        if state.get("config") != dataclasses.asdict(config):
+        if state.get("config") != config.to_dict():
             raise ValueError(f"cannot resume {ckpt}: it was trained with config "
-                             f"{state.get('config')}, not {dataclasses.asdict(config)}")
-        recorded = _io.load_json(ckpt / "config.json", "LGM checkpoint config").get("vae")
-        why = None if recorded is None else signature_mismatch(
-            check_vae_signature(recorded, str(ckpt / "config.json")), lgm.vae_signature)
-        if why is not None:
-            raise ValueError(f"cannot resume {ckpt}: vae is not the VAE it was stitched to "
-                             f"({why})")
-        _io.load_state_dict_strict(
-            lgm.connector, _io.load_tensors(ckpt / "connector.safetensors", "connector weights"),
-            f"connector weights in {ckpt}")
-        if use_lora:
-            lora = _io.load_tensors(ckpt / "lora.safetensors", "LoRA weights")
-            # strict=False below because the file holds only the adapters; so check them here
-            # (names differ with target_modules, shapes with the rank).
-            own = lgm.lora_state_dict()
-            if set(lora) != set(own) or any(lora[k].shape != own[k].shape for k in own):
-                raise ValueError(f"cannot resume {ckpt}: its LoRA weights are not this LGM's "
-                                 f"adapters (another rank or target_modules)")
-            lgm.backbone.blocks.load_state_dict(lora, strict=False)
+                             f"{state.get('config')}, not {config.to_dict()}")
+        try:  # the LGM reads its own folder (and checks it is this LGM's, VAE included)
+            lgm.load_weights(ckpt)
+        except ValueError as err:
+            raise ValueError(f"cannot resume {ckpt}: {err}") from None
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -255,7 +240,7 @@ def train_stitching(
                                  or epoch + 1 == end_epoch):
             state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                      "rng": _rng_state(), "epoch": epoch + 1, "history": history,
-                     "config": dataclasses.asdict(config)}
+                     "config": config.to_dict()}
 
             def write(tmp: Path, state=state) -> None:
                 lgm.save_pretrained(tmp)

@@ -24,7 +24,7 @@ from ._checks import is_finite_number, is_int, is_positive_int, short_repr
 
 __all__ = ["TINY_WAN_VAE_CONFIG", "load_vae_folder", "vae_factors", "encode_video",
            "decode_latents", "aligned_frames", "latent_frame_count", "check_video_frames",
-           "vae_signature", "vae_mismatch", "check_vae_signature"]
+           "vae_signature", "vae_mismatch", "signature_mismatch", "check_vae_signature"]
 
 # diffusers' own test size of AutoencoderKLWan (~14k parameters): runs in well under a second on a
 # CPU, with Wan2.1's layout (16 latent channels, 8x spatial, 4x temporal).
@@ -171,8 +171,9 @@ def vae_mismatch(expected: Dict[str, Any], vae) -> Optional[str]:
 
 
 def signature_mismatch(expected: Dict[str, Any], got: Dict[str, Any]) -> Optional[str]:
-    # vae_mismatch on a signature already computed (stitching's resume has one: the record it
-    # just made), which saves a second pass over the encoder weights.
+    """:func:`vae_mismatch` of two signatures already computed (an LGM's resume compares the
+    record it holds with its folder's), which saves a second pass over the encoder weights:
+    why ``got`` is not ``expected``, or None."""
     for key in ("channels", "spatial", "temporal"):
         if got[key] != expected.get(key):
             return (f"its latents have {key} {got[key]}, the expected VAE's have "

@@ -95,7 +95,7 @@ def run(args) -> int:
     rgb_reward = RGBGeometryReward(vae, lgm.backbone)
     z = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(3))
     summary["latent_vs_rgb"] = time_pair(lambda: latent_reward(z), lambda: rgb_reward(z),
-                                          rounds=args.rounds)
+                                         rounds=args.rounds)
 
     # 5. Files.
     print("[5/5] writing outputs")

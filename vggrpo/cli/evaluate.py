@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
     e.add_argument("folder", help="folder of videos (mp4/webm) or frame folders")
     e.add_argument("--out", required=True, help="folder for metrics.csv and summary.json")
     add_video_size_options(e, frames_type=positive_int,
-                            frames_help="frames read per video, at least 9", what="videos")
+                           frames_help="frames read per video, at least 9", what="videos")
     e.set_defaults(fn=run)
 
 

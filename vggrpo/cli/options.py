@@ -104,7 +104,7 @@ non_negative_float = finite_float_above(0.0, or_equal=True)
 
 
 def add_video_size_options(parser: argparse.ArgumentParser, *, frames_type,
-                            frames_help: str, what: str) -> None:
+                           frames_help: str, what: str) -> None:
     """``--frames`` (default 17), ``--height`` 96 and ``--width`` 160 (pixels): how the videos a
     command reads are cut and resized (``reward``, ``eval``, ``train-lgm``)."""
     parser.add_argument("--frames", type=frames_type, default=17,
@@ -197,13 +197,6 @@ def load_embeds(path: Optional[str], transformer, count: int = 2):
         raise UsageError(f"{path} must hold a 'prompt_embeds' tensor [P,L,D] (and optionally "
                          f"'negative_prompt_embeds'); it has {sorted(tensors)}")
     return tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
-
-
-def check_lgm_fits(lgm, transformer) -> None:
-    if lgm.config.latent_channels != int(transformer.config.in_channels):
-        raise UsageError(f"the LGM reads {lgm.config.latent_channels}-channel latents but the "
-                         f"model makes {transformer.config.in_channels}-channel ones: stitch an "
-                         f"LGM to this model's VAE (vggrpo train-lgm)")
 
 
 def check_lgm_vae(lgm, model: str, vae=None, name: Optional[str] = None) -> None:

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     r.add_argument("--vae", default="tiny", help="VAE folder (or pipeline folder) that encodes "
                    "the videos, or 'tiny' for the embedded one (default: %(default)s)")
     add_video_size_options(r, frames_type=wan_frames,
-                            frames_help="frames read per video, 1 + 4k", what="videos")
+                           frames_help="frames read per video, 1 + 4k", what="videos")
     r.add_argument("--topk", type=positive_int, default=3,
                    help="the geometry reward averages the k worst views (default: %(default)s)")
     r.add_argument("--flow-threshold", type=non_negative_float, default=0.1,

@@ -12,7 +12,6 @@ from .options import (
     UsageError,
     add_backbone_option,
     check_finite_rewards,
-    check_lgm_fits,
     check_lgm_vae,
     finite_float,
     load_embeds,
@@ -129,8 +128,8 @@ def run(args) -> int:
         check_wan_inputs(transformer, latent_shape=latent, min_frames=3)
     except ValueError as err:  # name the options the user gave
         raise UsageError(f"--latent-frames/--latent-height/--latent-width: {err}") from None
-    check_lgm_fits(lgm, transformer)
     reward = LatentGeometryReward(lgm, {"motion": args.w_motion, "geo": args.w_geo})
+    reward.check_latent_channels(int(transformer.config.in_channels))
     noise = torch.randn((embeds.shape[0],) + latent,
                         generator=torch.Generator().manual_seed(args.seed))
     sigmas = scheduler_sigmas(FlowMatchEulerDiscreteScheduler(shift=args.shift), args.steps)

@@ -8,7 +8,6 @@ import torch
 from .options import (
     UsageError,
     add_backbone_option,
-    check_lgm_fits,
     check_lgm_vae,
     load_embeds,
     load_lgm,
@@ -99,7 +98,7 @@ def run(args) -> int:
     check_lgm_vae(lgm, cfg.get("model", "tiny"))
     transformer = load_transformer(cfg.get("model", "tiny"), dtype).to(device)
     embeds, negative = load_embeds(cfg.get("prompt_embeds"), transformer)
-    check_lgm_fits(lgm, transformer)
+    reward.check_latent_channels(int(transformer.config.in_channels))
     trainer = GRPOTrainer(transformer, reward, embeds, config, negative_prompt_embeds=negative)
     if resume_from is not None:
         trainer.load_checkpoint(out)

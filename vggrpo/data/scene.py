@@ -2,7 +2,7 @@
 what rendering one gives (:class:`SceneGeometry`). :mod:`vggrpo.data.trajectories` moves the
 cameras, :mod:`vggrpo.data.synthetic` renders and samples scenes.
 
-Conventions (the package's public contract, see DESIGN.md and docs/ops.md):
+Conventions (the package's public contract, docs/conventions.md and docs/ops.md):
 
 * extrinsics ``[B,T,3,4]`` camera-from-world ``[R | t]``, OpenCV camera axes (x right, y down,
   z forward); intrinsics ``[B,T,3,3]`` pinhole; depths ``[B,T,H,W]`` camera z-depth in metres;

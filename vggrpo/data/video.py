@@ -47,6 +47,7 @@ __all__ = [
     "write_video",
     "resize_video",
     "VideoFolderDataset",
+    "import_av",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -68,6 +69,9 @@ _SWS_ACCURATE_RND = 0x40000
 
 
 def import_av():
+    """The ``av`` module (PyAV), or one ImportError saying how to install a version that can
+    do the accurate YUV <-> RGB conversion (>= 16). Commands that will write videos call it
+    before any work."""
     try:
         import av
     except ImportError as err:

@@ -28,7 +28,7 @@ output dict ``pose_enc [B,S,9]`` (``absT_quaR_FoV``, see :mod:`vggrpo.geometry.c
 ``world_points_conf [B,S,H,W]``, plus ``pose_enc_list`` and ``images``. Cameras are relative to the
 first frame and the scene scale is VGGT's normalised one (not metric).
 
-Stitching a connector into a real VGGT (the LGM, DESIGN.md "Models") needs the aggregator's patch
+Stitching a connector into a real VGGT (the LGM, docs/lgm.md) needs the aggregator's patch
 tokens: ``model.aggregator.patch_embed`` (a DINOv2 ViT-L/14) maps the ImageNet-normalised frames
 ``[B*S,3,H,W]`` to ``x_norm_patchtokens`` ``[B*S,P,1024]``; the aggregator then prepends its camera
 and register tokens (``aggregator.patch_start_idx`` of them) and runs ``frame_blocks`` /

@@ -1,6 +1,6 @@
 """Camera conversions between vggrpo's convention and those of geometry models.
 
-vggrpo's convention (DESIGN.md, the package's public contract):
+vggrpo's convention (docs/conventions.md, the package's public contract):
 
 * extrinsics ``[...,3,4]`` (``[...,4,4]`` accepted as input): camera-from-world ``[R | t]``, OpenCV
   camera axes (x right, y down, z forward), translation in scene units (metres for metric models);

@@ -1,4 +1,4 @@
-"""The :class:`Geometry` record: what a geometry model reads from a video (DESIGN.md, "Models")."""
+"""The :class:`Geometry` record: what a geometry model reads from a video (docs/conventions.md)."""
 
 from __future__ import annotations
 

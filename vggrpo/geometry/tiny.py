@@ -23,7 +23,6 @@ frame step of the frames the model sees (for the LGM, per latent frame = 4 RGB f
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import is_finite_number, is_int, is_positive_int
+from .._checks import DictConfig, check_fields, is_int
 from .cameras import pose_encoding_to_cameras
 from .record import Geometry
 
@@ -40,7 +39,7 @@ __all__ = ["TinyVGGTConfig", "TinyVGGT", "sincos_2d", "sincos_1d"]
 
 
 @dataclass
-class TinyVGGTConfig:
+class TinyVGGTConfig(DictConfig):
     """Sizes of :class:`TinyVGGT` (all explicit; saved as JSON beside the weights)."""
 
     patch_size: int = 16
@@ -56,11 +55,8 @@ class TinyVGGTConfig:
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form provenance (not used)
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "dim", "num_heads", "encoder_depth", "aggregator_depth",
-                     "head_channels"):
-            value = getattr(self, name)
-            if not is_positive_int(value):
-                raise ValueError(f"TinyVGGTConfig.{name} must be a positive int, got {value!r}")
+        check_fields(self, "positive int", ("patch_size", "dim", "num_heads", "encoder_depth",
+                                            "aggregator_depth", "head_channels"))
         if self.patch_size % 4 != 0:
             raise ValueError(f"TinyVGGTConfig.patch_size must be a multiple of 4, "
                              f"got {self.patch_size}")
@@ -71,26 +67,12 @@ class TinyVGGTConfig:
             raise ValueError(f"TinyVGGTConfig.stitch_layer must be -1 or in 0..encoder_depth "
                              f"({self.encoder_depth}), got {self.stitch_layer!r}")
         # Finite: an infinite depth_init or fov_init gives infinite depths or focal lengths.
-        for name in ("depth_init", "fov_init", "mlp_ratio"):
-            value = getattr(self, name)
-            if not (is_finite_number(value) and value > 0):
-                raise ValueError(f"TinyVGGTConfig.{name} must be a finite number > 0, "
-                                 f"got {value!r}")
+        check_fields(self, "finite number > 0", ("depth_init", "fov_init", "mlp_ratio"))
         if self.fov_init >= math.pi:  # focal = (W/2) / tan(fov/2): infinite or negative
             raise ValueError(f"TinyVGGTConfig.fov_init must be < pi radians, got {self.fov_init!r}")
         if int(self.dim * self.mlp_ratio) < 1:
             raise ValueError(f"TinyVGGTConfig.mlp_ratio {self.mlp_ratio} leaves the MLPs no "
                              f"hidden units at dim {self.dim}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "TinyVGGTConfig":
-        """Strict: unknown keys are an error (a config from another model must not half-load)."""
-        from .._io import dataclass_from_dict
-
-        return dataclass_from_dict(cls, data)
 
 
 def sincos_1d(positions: Tensor, dim: int) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from .._checks import check_fields
+from .._checks import DictConfig, check_fields
 from ..schedules import warmup_cosine
 from .cameras import cameras_to_pose_encoding, relative_to_first_camera
 from .record import Geometry
@@ -30,7 +30,7 @@ __all__ = ["BackboneTrainingConfig", "supervised_targets", "supervised_loss",
 
 
 @dataclass
-class BackboneTrainingConfig:
+class BackboneTrainingConfig(DictConfig):
     """Hyper-parameters of :func:`train_tiny_backbone`.
 
     ``steps`` optimiser steps of ``batch_size`` videos each; peak learning rate ``lr`` after
