@@ -440,3 +440,18 @@ def test_pixel_rays_project_back_to_pixel_centres_with_skew(dtype):
     tol = TOL[dtype]
     torch.testing.assert_close(u, centres_u, **tol)
     torch.testing.assert_close(v, centres_v, **tol)
+
+
+def test_pixel_rays_invert_a_projection_that_reads_k10():
+    """docs/ops.md's projection reads K10 too (v = K10 x/z + K11 y/z + K12): the rays of an
+    intrinsics matrix with K10 != 0 still land back on the pixel centres."""
+    K = torch.tensor([[40.0, 2.0, 15.0], [-3.0, 42.0, 9.5], [0.0, 0.0, 1.0]], dtype=F64)
+    H, W = 20, 30
+    p = pixel_rays(K, H, W) * 2.5
+    x, y, z = p.unbind(-1)
+    u = K[0, 0] * x / z + K[0, 1] * y / z + K[0, 2]
+    v = K[1, 0] * x / z + K[1, 1] * y / z + K[1, 2]
+    torch.testing.assert_close(u, (torch.arange(W, dtype=F64) + 0.5).expand(H, W), **TOL[F64])
+    torch.testing.assert_close(v, (torch.arange(H, dtype=F64)[:, None] + 0.5).expand(H, W),
+                               **TOL[F64])
+    assert torch.equal(z, torch.full_like(z, 2.5))

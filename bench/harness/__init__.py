@@ -1,18 +1,19 @@
 """The machinery of the vggrpo benchmarks (pytest-benchmark): fused ops vs ``vggrpo.reference``.
 
-What lives here:
+Its modules (bench/conftest.py holds the pytest side: options, the ``inputs``, ``bench_case``
+and ``target_check`` fixtures, and the session-finish hooks that call into these):
 
-* the benchmark inputs: synthetic box-room videos with moving objects (so the scene-flow mask
-  matters) and noisy predicted depths / point maps (so the per-view errors are realistic), at the
-  sizes in :data:`SIZES`;
-* :func:`peak_extra_memory`: the peak memory a call needs on top of what the process already holds
-  (CPU: peak RSS via ``/proc``; CUDA: the caching allocator's peak);
-* the ``bench_case`` fixture every benchmark goes through: it times the call with pytest-benchmark
-  in a group per op and size, so fused and reference sit side by side in pytest-benchmark's table;
-* the target check of the issue (``target_check`` fixture, used by test_bench_targets.py) and the
-  ``--vggrpo-check-targets`` option that makes a miss fail the run;
-* the session-finish hooks: the memory pass, the results file ``bench/results/cpu-<machine>.json``
-  (written atomically) and a summary table of reference/fused ratios.
+* ``settings``: the results folder, the benchmark sizes (:data:`settings.SIZES`), the targets;
+* ``inputs``: synthetic box-room videos with moving objects (so the scene-flow mask matters)
+  and noisy predicted depths / point maps (so the per-view errors are realistic);
+* ``calls``: a call timed as a rollout-style forward (no_grad) or as forward and backward;
+* ``memory``: :func:`memory.peak_extra_memory`, the peak memory a call needs on top of what the
+  process already holds (CPU: peak RSS via ``/proc``; CUDA: the caching allocator's peak), and
+  the memory pass in a child process;
+* ``machine``: the CPU, the build and the background load a measurement belongs to;
+* ``targets``: the issue's target check, fused geometry reward vs the reference;
+* ``report``: the results file ``bench/results/cpu-<machine>.json`` (written atomically), its
+  chart, and the summary table of reference/fused ratios.
 
 Timing and memory are measured in different processes, on purpose. The CPU memory probe needs
 glibc to hand every big block straight back to the kernel (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``)

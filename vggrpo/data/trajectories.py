@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..geometry.cameras import geometry_dtype
+from ..geometry.cameras import camera_to_world_to_extrinsics, geometry_dtype
 from .scene import CAMERA_CLEARANCE, DEFAULT_ROOM, Box
 
 __all__ = ["TRAJECTORIES", "camera_trajectory"]
@@ -46,12 +46,6 @@ def _world_from_camera(yaw: Tensor, tilt: Tensor) -> Tensor:
     # Yaw about world y (vertical), then tilt the optical axis down by `tilt` radians; the camera
     # looks along (sin(yaw)cos(tilt), sin(tilt), cos(yaw)cos(tilt)) (y-down world: + is down).
     return _rot_y(yaw) @ _rot_x(-tilt)
-
-
-def _extrinsics_from(R_wc: Tensor, centres: Tensor) -> Tensor:
-    R_cw = R_wc.transpose(-1, -2)
-    t = -(R_cw @ centres[..., None])
-    return torch.cat([R_cw, t], dim=-1)
 
 
 def _rotation_angles(R_wc: Tensor) -> Tensor:
@@ -175,6 +169,7 @@ def camera_trajectory(
         hi = torch.tensor(room.hi, dtype=f64) - CAMERA_CLEARANCE
         centres = torch.maximum(torch.minimum(centres, hi), lo)
 
-    return _extrinsics_from(R_wc, centres).to(geometry_dtype(dtype))
+    pose = torch.cat([R_wc, centres[..., None]], dim=-1)  # camera-to-world [R_wc | C]
+    return camera_to_world_to_extrinsics(pose).to(geometry_dtype(dtype))
 
 

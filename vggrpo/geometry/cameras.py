@@ -275,8 +275,8 @@ def pixel_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
     """Camera-frame rays ``[...,H,W,3]`` through pixel centres ``(x+0.5, y+0.5)``, with z = 1.
 
     The exact inverse of the pinhole projection of docs/ops.md, ``u = K00 x/z + K01 y/z + K02``,
-    ``v = K11 y/z + K12``: only those entries of ``intrinsics`` ``[...,3,3]`` (pixels) are read
-    (skew included; ``K10`` is 0 and the last row ``[0, 0, 1]`` for any pinhole), so a point
+    ``v = K10 x/z + K11 y/z + K12``: the first two rows of ``intrinsics`` ``[...,3,3]`` (pixels)
+    are read and the last is taken to be ``[0, 0, 1]``, as the ops do, so a point
     ``z_depth * ray`` has camera z equal to ``z_depth`` and projects back to its pixel centre.
     float32 / float64 in, same dtype out; half precision is computed and returned in float32.
     """
@@ -286,10 +286,13 @@ def pixel_rays(intrinsics: Tensor, height: int, width: int) -> Tensor:
     K = intrinsics.to(dtype)[..., None, None, :, :]  # [...,1,1,3,3]
     u = torch.arange(width, dtype=dtype, device=intrinsics.device)[None, :] + 0.5
     v = torch.arange(height, dtype=dtype, device=intrinsics.device)[:, None] + 0.5
-    # Back-substitution through the triangular K: no general inverse, so no rounding beyond
-    # these two divisions.
-    y = (v - K[..., 1, 2]) / K[..., 1, 1]
-    x = (u - K[..., 0, 2] - K[..., 0, 1] * y) / K[..., 0, 0]
+    # The 2x2 system by substitution rather than a general inverse: for K10 = 0 (every
+    # pinhole) the factor s is exactly 1 and K10 * x exactly 0, so this is back-substitution,
+    # with no rounding beyond its two divisions.
+    y0 = (v - K[..., 1, 2]) / K[..., 1, 1]
+    s = 1.0 - K[..., 0, 1] * K[..., 1, 0] / (K[..., 0, 0] * K[..., 1, 1])
+    x = (u - K[..., 0, 2] - K[..., 0, 1] * y0) / K[..., 0, 0] / s
+    y = (v - K[..., 1, 2] - K[..., 1, 0] * x) / K[..., 1, 1]
     x, y = torch.broadcast_tensors(x, y)
     return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
