@@ -467,6 +467,29 @@ def _worker(n, out, mode, steps, resume=None):
     return [json.loads((out / f"log-rank{r}.json").read_text()) for r in range(n)]
 
 
+def test_a_checkpoint_rank_0_cannot_write_fails_every_rank_and_none_runs_ahead(tmp_path):
+    """Only rank 0 writes a checkpoint; every rank waits for its outcome. When rank 0 refuses
+    (here: the folder holds a later step, another run's), it raises its own error and rank 1
+    one naming rank 0, at once: no rank hangs in the next step's collectives, and none leaves
+    the process group while rank 0 is still writing (CI once saw gloo abort such a process)."""
+    from helpers import free_port
+
+    out = tmp_path / "run"
+    (out / "checkpoint-9").mkdir(parents=True)
+    (out / "checkpoint-9" / "trainer_state.pt").write_bytes(b"another run's")
+    script = Path(__file__).parent / "scripts" / "grpo_worker.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         str(free_port()), str(script), str(out), "plain", "1"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "holds checkpoint-9, a later step than this trainer's 1" in result.stderr
+    assert "RuntimeError: rank 0 could not write the checkpoint" in result.stderr
+    # The step's log line, and no checkpoint, export or leftover.
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-9", "log.jsonl"]
+
+
 def test_fsdp_on_two_processes_trains_the_lora_of_one_and_resumes_sharded(tmp_path):
     """Two gloo processes with the transformer sharded by FSDP2 (each block a unit; micro-batches
     of 1, activation checkpointing, an EMA) train, in 2 steps, the LoRA one plain process trains:

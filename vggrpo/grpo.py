@@ -618,8 +618,14 @@ class GRPOTrainer:
                     self.save_checkpoint(out_dir, keep=keep_checkpoints)
             if out_dir is not None and self._saved_step != self.step_index:
                 self.save_checkpoint(out_dir, keep=keep_checkpoints)
-            elif out_dir is not None and self.rank == 0:  # a kill may have kept an extra one
-                _prune_checkpoints(out_dir, keep_checkpoints)
+            elif out_dir is not None:  # a kill may have kept an extra one
+                failure = None
+                if self.rank == 0:
+                    try:
+                        _prune_checkpoints(out_dir, keep_checkpoints)
+                    except OSError as e:
+                        failure = e
+                self._rank0_outcome(failure, f"the pruning of {out_dir}")
         finally:
             if log is not None:
                 log.close()
@@ -655,7 +661,7 @@ class GRPOTrainer:
         """Commit this step's checkpoint to ``directory/checkpoint-<step>/`` as one unit, and
         export its adapter and the run's history to the top of ``directory``. Returns the
         checkpoint folder. Every rank must call it (under FSDP the shards are gathered); only
-        rank 0 writes.
+        rank 0 writes, and every rank returns once it has written (or raises when it could not).
 
         The folder (``pytorch_lora_weights.safetensors``, ``pytorch_lora_weights_ema.safetensors``
         with an EMA, ``trainer_state.pt``) is written under a hidden name and renamed into place:
@@ -692,9 +698,34 @@ class GRPOTrainer:
                 raise ValueError(f"step {self.step_index}: the {what} holds NaN or infinite "
                                  f"weights ({bad[0]}, {len(bad)} tensors in all); no checkpoint "
                                  f"written, the last one in {directory} is kept")
+        failure = None
+        if self.rank == 0:
+            try:
+                self._commit(directory, folder, keep, lora, ema, optimizer)
+            except (OSError, ValueError) as e:
+                failure = e
+        self._rank0_outcome(failure, f"the checkpoint {folder}")
         self._saved_step = self.step_index
-        if self.rank != 0:
-            return folder
+        return folder
+
+    def _rank0_outcome(self, failure: Optional[BaseException], what: str) -> None:
+        """Every rank returns once rank 0 has written ``what``, or raises: a rank that ran ahead
+        would leave the process group (or the process) while rank 0 is still writing, and gloo
+        aborts a process whose peer leaves under it. Rank 0 re-raises its own error; the others
+        raise one naming rank 0."""
+        if self.world > 1:
+            flag = torch.tensor([0 if failure is None else 1], dtype=torch.int32,
+                                device=self.device if torch.distributed.get_backend() == "nccl"
+                                else "cpu")
+            torch.distributed.broadcast(flag, src=0)
+            if failure is None and flag.item():
+                raise RuntimeError(f"rank 0 could not write {what} (its own error says why); "
+                                   f"nothing was written by rank {self.rank}")
+        if failure is not None:
+            raise failure
+
+    def _commit(self, directory: Path, folder: Path, keep: int, lora, ema, optimizer) -> None:
+        """Rank 0's part of :meth:`save_checkpoint`: the folder, the exports, the pruning."""
         later = [k for k, _ in checkpoint_folders(directory) if k > self.step_index]
         if later:
             raise ValueError(f"{directory} holds {CHECKPOINT_PREFIX}{later[-1]}, a later step "
@@ -716,7 +747,6 @@ class GRPOTrainer:
         _io.commit_folder(folder, write)
         self._export(directory, lora, ema, folder)
         _prune_checkpoints(directory, keep)
-        return folder
 
     def _export(self, directory: Path, lora, ema, folder: Path) -> None:
         """The users' copies at the top of a run folder (see :meth:`save_checkpoint`)."""
@@ -779,9 +809,15 @@ class GRPOTrainer:
         torch.set_rng_state(state["rng"])
         self.step_index = self._saved_step = state["step"]
         self.history = list(state.get("history") or [])
-        if self.rank == 0 and folder != directory:
+        if folder != directory:
             # A kill after the commit may have left the exports a step behind.
-            self._export(directory, lora, state.get("ema"), folder)
+            failure = None
+            if self.rank == 0:
+                try:
+                    self._export(directory, lora, state.get("ema"), folder)
+                except OSError as e:
+                    failure = e
+            self._rank0_outcome(failure, f"the exports of {folder} to {directory}")
         return folder
 
     def _check_state(self, state: Any, folder: Path) -> None:

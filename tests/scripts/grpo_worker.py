@@ -47,6 +47,7 @@ def main() -> None:
     with open(os.path.join(out, f"log-rank{rank}.json"), "w") as f:
         json.dump(log, f)
     if dist.is_initialized():
+        dist.barrier()  # leave together: gloo aborts a process whose peer leaves under it
         dist.destroy_process_group()
 
 

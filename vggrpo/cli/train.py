@@ -106,4 +106,15 @@ def run(args) -> int:
                             keep_checkpoints=int(cfg.get("keep_checkpoints", 2)))
     if trainer.rank == 0:
         print(f"trained {len(history)} steps (the run has {len(trainer.history)}); LoRA in {out}")
+    _leave_distributed()
     return 0
+
+
+def _leave_distributed() -> None:
+    """After a run that ended well on every rank: leave the process group together, so no rank
+    exits while a peer still talks to it (gloo aborts such a process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
