@@ -74,6 +74,18 @@ def test_reward_on_latents_and_videos(tmp_path, capsys):
     assert [(r["input"], r["index"]) for r in rows] == [("z.safetensors", 0),
                                                         ("z.safetensors", 1), ("clip", 0)]
     assert all(0 < r["motion"] <= 1 and r["geo"] <= 0 for r in rows)
+    assert all("coverage" not in r for r in rows)
+
+
+def test_reward_coverage_prints_and_saves_the_share_of_pixels_scored(tmp_path, capsys):
+    save_file({"latents": torch.randn(2, 16, 5, 12, 20)}, str(tmp_path / "z.safetensors"))
+    assert main(["reward", str(tmp_path / "z.safetensors"), "--coverage", "--out",
+                 str(tmp_path / "scores.json")]) == 0
+    rows = json.loads((tmp_path / "scores.json").read_text())["rows"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 2 and all(0 <= r["coverage"] <= 1 for r in rows)
+    assert [line.split("coverage ")[1] for line in printed] == [f"{r['coverage']:.4f}"
+                                                                 for r in rows]
 
 
 @pytest.mark.parametrize("latents, expected", [
@@ -278,6 +290,24 @@ def test_train_from_yaml(tmp_path):
                       "  lora_rank: 2\n  lora_alpha: 2.0\nreward:\n  weights: {geo: 1.0}\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())["history"]) == 1
+    # [reward] weights are the GRPO weights when [grpo] reward_weights is not given (they were
+    # checked, then ignored).
+    state = torch.load(tmp_path / "run" / "checkpoint-1" / "trainer_state.pt",
+                       weights_only=True)
+    assert state["config"]["reward_weights"] == {"geo": 1.0}
+
+
+def test_train_with_the_coverage_guard(tmp_path):
+    """[reward] coverage = min_coverage adds the guard (docs/conventions.md), which
+    [grpo] reward_weights weighs; its value is logged with the others."""
+    config = tmp_path / "grpo.toml"
+    config.write_text('model = "tiny"\n[reward]\ncoverage = 0.5\n[grpo]\ngroup_size = 2\n'
+                      'prompts_per_step = 1\nnum_inference_steps = 3\nsde_window = [0, 1]\n'
+                      'steps = 1\nlora_rank = 2\nlora_alpha = 2.0\n'
+                      'reward_weights = { motion = 1.0, geo = 1.0, coverage = 2.0 }\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    step = json.loads((tmp_path / "run" / "history.json").read_text())["history"][0]
+    assert 0 <= step["reward_coverage"] <= 1, step
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -452,6 +482,12 @@ def test_eval_refuses_too_few_frames_and_train_lgm_an_infinite_lr(tmp_path, caps
     ('[reward]\nflow_treshold = 0.2\n', "unknown keys ['flow_treshold'] in [reward]"),
     ('[reward]\nweights = 5\n', "weights must map reward names to numbers, got 5"),
     ('[reward]\nweights = { geo = nan }\n', "weights must be finite numbers"),
+    ('[reward]\ncoverage = 2.0\n', "coverage must be None (off) or a min_coverage in (0, 1], "
+                                    "got 2.0"),
+    ('[reward]\nweights = { coverage = 2.0 }\n', "unknown reward names ['coverage']"),
+    ('[reward]\nweights = { geo = 1.0 }\n[grpo]\nreward_weights = { geo = 2.0 }\n',
+     "[reward] weights {'geo': 1.0} and [grpo] reward_weights {'geo': 2.0} differ; GRPO uses "
+     "one: give reward_weights only"),
     ('[grpo]\nlatent_shape = [16, 2, 12, 20]\n', "T = 2 latent frames; at least 3"),
 ])
 def test_config_values_of_the_wrong_kind_are_one_line_errors(body, expected, tmp_path, capsys):

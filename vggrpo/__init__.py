@@ -29,6 +29,7 @@ from .rewards import (
     camera_motion_reward,
     geometry_reprojection_reward,
     group_advantages,
+    reprojection_coverage,
 )
 from .rgb_reward import RGBGeometryReward
 
@@ -38,6 +39,7 @@ __all__ = [
     "camera_motion_reward",
     "geometry_reprojection_reward",
     "group_advantages",
+    "reprojection_coverage",
     "MotionTerms",
     "Geometry",
     "LatentGeometryModel",

@@ -13,32 +13,49 @@ from torch import Tensor, nn
 
 from ._checks import is_finite_number, is_positive_int, short_repr
 
-__all__ = ["GeometryReward", "LatentGeometryReward", "REWARD_NAMES"]
+__all__ = ["GeometryReward", "LatentGeometryReward", "REWARD_NAMES", "COVERAGE"]
 
 REWARD_NAMES = ("motion", "geo")
+#: The guard beyond the paper, returned when ``coverage`` is set
+#: (:func:`vggrpo.reprojection_coverage`).
+COVERAGE = "coverage"
 
 
 class GeometryReward(nn.Module):
     """Latents ``[B,C,T',h,w]`` (``T' >= 3``) -> ``{"motion": [B], "geo": [B]}`` (float32, higher
-    is better).
+    is better; with ``coverage`` also ``"coverage": [B]``).
 
     Subclasses implement :meth:`geometry` (latents -> :class:`~vggrpo.geometry.Geometry`).
     ``"motion"`` is :func:`vggrpo.camera_motion_reward` of its cameras, ``"geo"`` is
     :func:`vggrpo.geometry_reprojection_reward` (``topk`` worst views; pixels whose scene-flow
     norm exceeds ``flow_threshold`` are dynamic). :meth:`weighted` sums them with ``weights``
     (default 1 and 1); weights must be finite numbers.
+
+    ``coverage`` (a ``min_coverage`` in ``(0, 1]``; None: off, the paper's two rewards) adds
+    ``"coverage": [B]`` in ``[0, 1]`` (:func:`vggrpo.reprojection_coverage`), a guard beyond the
+    paper: the geometry reward scores its best, 0, when the static geometry projects into no
+    view, and the coverage of such a video is 0. Weight it in GRPO
+    (``GRPOConfig.reward_weights``) above ``"geo"`` (docs/conventions.md says why); it has no
+    gradient, so reward guidance ignores it. ``coverage=1.0`` gives the plain share of pixels
+    scored (an instrument).
     """
 
     def __init__(self, weights: Optional[Mapping[str, float]] = None, *, topk: int = 3,
-                 flow_threshold: float = 0.1) -> None:
+                 flow_threshold: float = 0.1, coverage: Optional[float] = None) -> None:
         super().__init__()
+        if coverage is not None and not (is_finite_number(coverage) and 0 < coverage <= 1):
+            raise ValueError(f"coverage must be None (off) or a min_coverage in (0, 1], got "
+                             f"{short_repr(coverage)}")
         if weights is not None and not isinstance(weights, Mapping):
             raise ValueError(f"weights must map reward names to numbers, got {weights!r}")
         weights = dict(weights) if weights is not None else {"motion": 1.0, "geo": 1.0}
-        unknown = sorted(set(weights) - set(REWARD_NAMES))
+        names = REWARD_NAMES + ((COVERAGE,) if coverage is not None else ())
+        unknown = sorted(set(weights) - set(names))
         if unknown:
+            hint = (" (pass coverage=<min_coverage> to compute it)" if unknown == [COVERAGE]
+                    else "")
             raise ValueError(f"weights: unknown reward names {unknown}; expected a subset of "
-                             f"{list(REWARD_NAMES)}")
+                             f"{list(names)}{hint}")
         bad = {k: w for k, w in weights.items() if not is_finite_number(w)}
         if bad:
             raise ValueError(f"weights must be finite numbers, got {bad}")
@@ -51,6 +68,7 @@ class GeometryReward(nn.Module):
         self.weights = weights
         self.topk = topk
         self.flow_threshold = float(flow_threshold)
+        self.coverage = None if coverage is None else float(coverage)
 
     #: What reads the latents, for messages ("its <reader> 16-channel latents"), and what to do
     #: when they do not fit.
@@ -83,7 +101,7 @@ class GeometryReward(nn.Module):
                              f"motion reward needs 3 cameras; a Wan video of 9 or more frames), "
                              f"got {list(latents.shape)}")
         rewards = self.geometry(latents).rewards(flow_threshold=self.flow_threshold,
-                                                 topk=self.topk)
+                                                 topk=self.topk, coverage=self.coverage)
         return {k: v.float() for k, v in rewards.items()}
 
     def weighted(self, rewards: Mapping[str, Tensor]) -> Tensor:
@@ -99,7 +117,7 @@ class LatentGeometryReward(GeometryReward):
 
     Args:
         lgm: a :class:`~vggrpo.lgm.LatentGeometryModel` (or any module latents -> Geometry).
-        weights, topk, flow_threshold: see :class:`GeometryReward`.
+        weights, topk, flow_threshold, coverage: see :class:`GeometryReward`.
         vae: the diffusers VAE whose latents this reward will read, or None. When given, it is
             checked against the VAE the LGM was stitched to
             (:meth:`~vggrpo.lgm.LatentGeometryModel.check_vae`; ValueError when it is another):
@@ -109,8 +127,8 @@ class LatentGeometryReward(GeometryReward):
 
     def __init__(self, lgm: nn.Module, weights: Optional[Mapping[str, float]] = None, *,
                  vae: Optional[nn.Module] = None, topk: int = 3,
-                 flow_threshold: float = 0.1) -> None:
-        super().__init__(weights, topk=topk, flow_threshold=flow_threshold)
+                 flow_threshold: float = 0.1, coverage: Optional[float] = None) -> None:
+        super().__init__(weights, topk=topk, flow_threshold=flow_threshold, coverage=coverage)
         if vae is not None:
             check_vae = getattr(lgm, "check_vae", None)
             if not callable(check_vae):

@@ -119,6 +119,54 @@ def geometry_reprojection_reward(
     return reward
 
 
+def reprojection_coverage(view_counts: Tensor, pixels_per_view: int, *,
+                          min_coverage: float = 1.0) -> Tensor:
+    """The share ``c`` of the views' pixels that the geometry reprojection reward scored, per
+    video, ``c = sum_t view_counts[:, t] / (T * pixels_per_view)``, returned as
+    ``min(c / min_coverage, 1)`` in ``[0, 1]`` (higher is better; the default ``min_coverage``
+    1 returns ``c`` itself).
+
+    A guard beyond the paper. :func:`geometry_reprojection_reward` leaves out a view with no
+    pixel that has both a rendered and a valid predicted depth, and scores 0 (its best) when no
+    view is left: a video whose static geometry projects nowhere (behind every camera, outside
+    every image) or whose depths are all invalid reads as perfectly consistent. Its coverage is
+    0. With ``min_coverage`` below the coverage of sound geometry (0.82-0.97 on the synthetic
+    rooms), sound videos all score 1, so in a GRPO group without such a video the guard is
+    constant and adds nothing to the advantages; see docs/conventions.md for its weight. Counts
+    are integers, so it has no gradient: it guards GRPO, not reward guidance.
+
+    Args:
+        view_counts: ``[B, T]`` integer pixel counts (:class:`GeometryTerms.view_counts`), each
+            in ``[0, pixels_per_view]``.
+        pixels_per_view: ``H * W`` of the depth maps, a positive int.
+        min_coverage: the coverage at and above which a video scores 1, in ``(0, 1]``.
+    Returns:
+        ``[B]`` float32.
+    """
+    if isinstance(pixels_per_view, bool) or not isinstance(pixels_per_view, int) \
+            or pixels_per_view < 1:
+        raise ValueError(f"reprojection_coverage: expected `pixels_per_view` to be a positive "
+                         f"int (H * W), got {pixels_per_view!r}")
+    if not (is_finite_number(min_coverage) and 0 < min_coverage <= 1):
+        raise ValueError(f"reprojection_coverage: expected `min_coverage` to be a number in "
+                         f"(0, 1], got {min_coverage!r}")
+    if not isinstance(view_counts, Tensor) or view_counts.dim() != 2 \
+            or view_counts.dtype.is_floating_point or view_counts.dtype.is_complex \
+            or view_counts.dtype == torch.bool:
+        got = (f"{view_counts.dtype} {list(view_counts.shape)}" if isinstance(view_counts, Tensor)
+               else type(view_counts).__name__)
+        raise ValueError(f"reprojection_coverage: expected `view_counts` to be an integer "
+                         f"tensor [B, T], got {got}")
+    if view_counts.numel() and (view_counts.min() < 0 or view_counts.max() > pixels_per_view):
+        raise ValueError(f"reprojection_coverage: expected `view_counts` in [0, "
+                         f"pixels_per_view = {pixels_per_view}], got "
+                         f"[{int(view_counts.min())}, {int(view_counts.max())}]")
+    T = max(view_counts.shape[1], 1)
+    # float64: counts of 2M-pixel views summed over frames exceed float32's exact integers.
+    share = view_counts.double().sum(-1) / (T * pixels_per_view)
+    return (share / float(min_coverage)).clamp(max=1.0).float()
+
+
 def _check_advantage_inputs(rewards, group_size, eps, weights
                             ) -> Tuple[Dict[str, Tensor], Mapping[str, float], float, int]:
     """:func:`group_advantages`' arguments checked, each failure one error naming the argument;

@@ -37,13 +37,13 @@ class RGBGeometryReward(GeometryReward):
         vae: a diffusers Wan VAE (frozen here).
         backbone: a :class:`~vggrpo.geometry.GeometryBackbone` reading RGB (frozen here), e.g.
             :func:`vggrpo.defaults.load_tiny_backbone` or a VGGT adapter.
-        weights, topk, flow_threshold: as :class:`~vggrpo.LatentGeometryReward`.
+        weights, topk, flow_threshold, coverage: as :class:`~vggrpo.LatentGeometryReward`.
     """
 
     def __init__(self, vae: nn.Module, backbone: nn.Module,
                  weights: Optional[Mapping[str, float]] = None, *, topk: int = 3,
-                 flow_threshold: float = 0.1) -> None:
-        super().__init__(weights, topk=topk, flow_threshold=flow_threshold)
+                 flow_threshold: float = 0.1, coverage: Optional[float] = None) -> None:
+        super().__init__(weights, topk=topk, flow_threshold=flow_threshold, coverage=coverage)
         self.vae = vae.requires_grad_(False).eval()
         self.backbone = backbone.requires_grad_(False).eval()
 

@@ -40,6 +40,10 @@ def add_parser(sub) -> None:
     r.add_argument("--flow-threshold", type=non_negative_float, default=0.1,
                    help="a point whose scene-flow norm exceeds this (world units) is dynamic "
                         "and left out of the geometry reward (default: %(default)s)")
+    r.add_argument("--coverage", action="store_true",
+                   help="also print the share of pixels the geometry reward scored (0 for "
+                        "geometry that projects nowhere, which the geometry reward scores 0, "
+                        "its best; docs/conventions.md)")
     r.add_argument("--out", help="also write the scores to this JSON file")
     r.set_defaults(fn=run)
 
@@ -51,7 +55,8 @@ def run(args) -> int:
 
     out = output_file(args.out) if args.out else None
     lgm = load_lgm(args.lgm, args.backbone)
-    reward = LatentGeometryReward(lgm, topk=args.topk, flow_threshold=args.flow_threshold)
+    reward = LatentGeometryReward(lgm, topk=args.topk, flow_threshold=args.flow_threshold,
+                                  coverage=1.0 if args.coverage else None)
     vae = None
     rows: List[Dict[str, Any]] = []
     for item in args.inputs:
@@ -88,10 +93,11 @@ def run(args) -> int:
             r = reward(latents)
         check_finite_rewards(r, f"{path}")
         for b in range(latents.shape[0]):
-            rows.append({"input": path.name, "index": b, "motion": float(r["motion"][b]),
-                         "geo": float(r["geo"][b])})
+            rows.append({"input": path.name, "index": b,
+                         **{k: float(v[b]) for k, v in r.items()}})
     for row in rows:
-        print(f"{row['input']}[{row['index']}]  motion {row['motion']:.4f}  geo {row['geo']:.4f}")
+        print(f"{row['input']}[{row['index']}]  motion {row['motion']:.4f}  geo {row['geo']:.4f}"
+              + (f"  coverage {row['coverage']:.4f}" if "coverage" in row else ""))
     if out is not None:
         _io.save_json(out, {"rows": rows})
     return 0

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .options import (
@@ -68,7 +70,7 @@ def run(args) -> int:
                                   or (kind is int and value < lowest[key])):
             raise UsageError(f"config {args.config}: {key} must be {what}, got {value!r}")
     # A misspelt reward setting would otherwise be ignored and the default used.
-    reward_known = {"weights", "topk", "flow_threshold"}
+    reward_known = {"weights", "topk", "flow_threshold", "coverage"}
     unknown = sorted(set(cfg.get("reward", {})) - reward_known)
     if unknown:
         raise UsageError(f"config {args.config}: unknown keys {unknown} in [reward]; expected "
@@ -87,6 +89,13 @@ def run(args) -> int:
     # The settings, then the small LGM, then the video model, which may take minutes to load:
     # a bad [grpo] or [reward] value must not wait for it.
     grpo = dict(cfg.get("grpo", {}))
+    # The trainer weighs the rewards with GRPOConfig.reward_weights; [reward] weights used to be
+    # checked and then ignored here. They now stand for reward_weights when that is not given.
+    weights = cfg.get("reward", {}).get("weights")
+    if weights is not None and grpo.get("reward_weights") not in (None, weights):
+        raise UsageError(f"config {args.config}: [reward] weights {weights} and [grpo] "
+                         f"reward_weights {grpo['reward_weights']} differ; GRPO uses one: give "
+                         f"reward_weights only")
     try:
         config = GRPOConfig(**grpo)
     except TypeError as err:
@@ -95,6 +104,8 @@ def run(args) -> int:
     lgm = load_lgm(cfg.get("lgm", "default"), args.backbone or cfg.get("backbone"))
     # [reward]'s keys were checked above; the reward's own defaults fill what is not given.
     reward = LatentGeometryReward(lgm.to(device), **cfg.get("reward", {}))
+    if weights is not None and config.reward_weights is None:
+        config = dataclasses.replace(config, reward_weights=dict(reward.weights))
     check_lgm_vae(lgm, cfg.get("model", "tiny"))
     transformer = load_transformer(cfg.get("model", "tiny"), dtype).to(device)
     embeds, negative = load_embeds(cfg.get("prompt_embeds"), transformer)

@@ -129,19 +129,29 @@ class Geometry:
             scene_flow=scene.scene_flow,
         )
 
-    def rewards(self, *, flow_threshold: float = 0.1, topk: int = 3) -> Dict[str, Tensor]:
+    def rewards(self, *, flow_threshold: float = 0.1, topk: int = 3,
+                coverage: Optional[float] = None) -> Dict[str, Tensor]:
         """``{"motion": [B], "geo": [B]}``: the two paper rewards of this geometry (higher is
-        better).
+        better); with ``coverage`` (a ``min_coverage`` in ``(0, 1]``) also ``"coverage": [B]``,
+        :func:`vggrpo.reprojection_coverage` of the geometry reward's view counts (a guard beyond
+        the paper against geometry that projects nowhere, which ``"geo"`` scores 0, its best).
 
         ``camera_motion_reward(extrinsics)`` and ``geometry_reprojection_reward(pointmaps, depths,
-        extrinsics, intrinsics, scene_flow, flow_threshold, topk)``; differentiable.
+        extrinsics, intrinsics, scene_flow, flow_threshold, topk)``; differentiable (the
+        coverage, a ratio of counts, has no gradient).
         """
-        from vggrpo.rewards import camera_motion_reward, geometry_reprojection_reward
+        from vggrpo.rewards import (
+            camera_motion_reward,
+            geometry_reprojection_reward,
+            reprojection_coverage,
+        )
 
-        return {
-            "motion": camera_motion_reward(self.extrinsics),
-            "geo": geometry_reprojection_reward(
-                self.pointmaps, self.depths, self.extrinsics, self.intrinsics, self.scene_flow,
-                flow_threshold=flow_threshold, topk=topk,
-            ),
-        }
+        geo, terms = geometry_reprojection_reward(
+            self.pointmaps, self.depths, self.extrinsics, self.intrinsics, self.scene_flow,
+            flow_threshold=flow_threshold, topk=topk, return_terms=True)
+        out = {"motion": camera_motion_reward(self.extrinsics), "geo": geo}
+        if coverage is not None:
+            H, W = self.depths.shape[-2:]
+            out["coverage"] = reprojection_coverage(terms.view_counts, int(H) * int(W),
+                                                    min_coverage=coverage)
+        return out
