@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -463,8 +464,19 @@ def _worker(n, out, mode, steps, resume=None):
          "--master_port", str(free_port()), str(script), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if n > 1 and result.returncode != 0 and _GLOO_ABORT in result.stderr:
+        # A C++ abort inside torch's gloo/FSDP machinery (not a Python error of ours), seen
+        # twice on CI's CUDA build of torch without a GPU; never on the CPU build. One fresh
+        # launch on a fresh folder: the run is deterministic, so its results are the same.
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+        cmd[cmd.index("--master_port") + 1] = str(free_port())
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads((out / f"log-rank{r}.json").read_text()) for r in range(n)]
+
+
+_GLOO_ABORT = "terminate called without an active exception"
 
 
 def test_a_checkpoint_rank_0_cannot_write_fails_every_rank_and_none_runs_ahead(tmp_path):

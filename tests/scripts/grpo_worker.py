@@ -54,3 +54,10 @@ def main() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main()
+    # Everything is written and closed, and the process group left. CI's CUDA build of torch
+    # (run on a machine without a GPU) twice aborted a gloo rank with "terminate called without
+    # an active exception" in an FSDP run, the barrier before leaving notwithstanding; skip the
+    # interpreter's teardown, where a C++ thread can still be joinable.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
