@@ -103,15 +103,32 @@ def free_port() -> int:
 
 
 def tiny_vae(seed: int, **overrides):
-    """diffusers' ``AutoencoderKLWan`` at the embedded tiny VAE's config (``overrides`` changed),
-    freshly initialised from ``seed``: seed 0 is the embedded one, any other seed a VAE of the
-    same latent shape and other latents. Eval mode."""
+    """diffusers' ``AutoencoderKLWan`` at its own test size (``TINY_WAN_VAE_CONFIG``,
+    ``overrides`` changed), freshly initialised from ``seed``: fast, random, and not the embedded
+    trained VAE (which the default LGM reads); two seeds give VAEs of the same latent shape and
+    other latents. Eval mode."""
     from diffusers import AutoencoderKLWan
 
     from vggrpo.vae import TINY_WAN_VAE_CONFIG
 
     torch.manual_seed(seed)
     return AutoencoderKLWan(**{**TINY_WAN_VAE_CONFIG, **overrides}).eval()
+
+
+def untrained_embedded_vae(seed: int = 0):
+    """A VAE that differs from the embedded one in its weights only: its config
+    (``TRAINED_WAN_VAE_CONFIG``) and latent normalisation, freshly initialised from ``seed``.
+    Eval mode."""
+    from diffusers import AutoencoderKLWan
+
+    from vggrpo.defaults import load_tiny_wan_vae
+    from vggrpo.vae import TRAINED_WAN_VAE_CONFIG
+
+    config = load_tiny_wan_vae().config
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**{**TRAINED_WAN_VAE_CONFIG,
+                               "latents_mean": list(config.latents_mean),
+                               "latents_std": list(config.latents_std)}).eval()
 
 
 def assert_same_vae_signature(a: dict, b: dict) -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from vggrpo.cli import main
 from vggrpo.data import make_scene, write_video
 
-from helpers import free_port, tiny_vae
+from helpers import free_port, tiny_vae, untrained_embedded_vae
 
 SUBCOMMANDS = ["demo", "reward", "train", "sample", "eval", "bench"]
 
@@ -202,7 +202,7 @@ def test_an_lgm_is_never_paired_with_a_vae_it_was_not_stitched_to(tmp_path, caps
     VAE) on a model whose VAE differs would give rewards that mean nothing. Every command that
     pairs them refuses, before the video model loads or anything is written."""
     pipe = tmp_path / "pipe"
-    tiny_vae(5).save_pretrained(pipe / "vae")
+    untrained_embedded_vae(5).save_pretrained(pipe / "vae")
     (pipe / "model_index.json").write_text("{}")
     (pipe / "transformer").mkdir()
     (pipe / "transformer" / "config.json").write_text("not read: the check comes first")

@@ -164,12 +164,12 @@ def test_latent_reward_checks_the_vae_it_is_told_of(latent_reward):
 
     from vggrpo.defaults import load_tiny_wan_vae
 
-    from helpers import tiny_vae
+    from helpers import untrained_embedded_vae
 
     reward = LatentGeometryReward(latent_reward.lgm, {"geo": 1.0}, vae=load_tiny_wan_vae())
     assert reward.lgm is latent_reward.lgm
     assert not any(isinstance(m, AutoencoderKLWan) for m in reward.modules())  # not kept
-    other = tiny_vae(1)
+    other = untrained_embedded_vae()
     with pytest.raises(ValueError, match=r"^vae is not the VAE this LGM was stitched to: its "
                                          r"encoder weights differ"):
         LatentGeometryReward(latent_reward.lgm, vae=other)

@@ -1,10 +1,11 @@
 """The recipe that reproduces the embedded default models (:mod:`vggrpo.defaults`): synthetic
-scenes, the tiny backbone trained with ground truth, the tiny VAE from a seed, the connector
-stitched to it, and the held-out evaluation. ``vggrpo build-defaults`` runs it.
-
-Reproduce (measured: 11.6 minutes on the 2-core dev VM, which other jobs shared)::
+scenes, the small Wan VAE trained on them (:mod:`vggrpo.vae_training`), the tiny backbone
+trained with ground truth, the connector stitched to the VAE, the held-out evaluation, and the
+demo's base generator (:mod:`vggrpo.generator_training`). ``vggrpo build-defaults`` runs it::
 
     vggrpo build-defaults --out vggrpo/weights
+
+Time on the 2-core dev VM: docs/lgm.md "The embedded default" gives each stage's.
 
 Scenes: ``1 + 4*4 = 17`` frames at 96x160 (5 latent frames of 12x20, token grid 6x10), random
 room sizes, 1-3 static and 0-2 moving boxes, dolly/orbit/pan trajectories with jitter drawn from
@@ -26,9 +27,17 @@ from torch import Tensor
 
 from . import _io
 from ._checks import DictConfig, check_fields, is_int, is_positive_int
-from .defaults import LGM_FOLDER, QUALITY_FILE, VAE_FOLDER, load_default_lgm, load_tiny_wan_vae
+from .defaults import (
+    GENERATOR_FOLDER,
+    LGM_FOLDER,
+    QUALITY_FILE,
+    VAE_FOLDER,
+    load_default_lgm,
+    load_tiny_wan_vae,
+)
 
-__all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm"]
+__all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm",
+           "train_generator_stage", "build_generator"]
 
 _HELD_OUT = 1_000_000  # seed offset of evaluation scenes: never drawn for training
 
@@ -39,12 +48,15 @@ class DefaultsRecipe(DictConfig):
 
     Video ``frames`` of ``height x width`` pixels; ``train_scenes`` / ``eval_scenes`` synthetic
     scenes; camera jitter drawn from ``[0, max_jitter]``; the backbone's and the connector's
-    optimiser settings; ``seed`` for scenes and training, ``vae_seed`` for the tiny VAE's
-    initialisation. Checked on construction, so a recipe that cannot finish fails before
-    minutes of training rather than after them:
+    optimiser settings; the VAE's training steps (single frames, then whole clips) and learning
+    rate (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for scenes and training,
+    ``vae_seed`` for the VAE's initialisation and the frames and crops it trains on. Checked
+    on construction, so a recipe that cannot finish fails before minutes of training rather
+    than after them:
 
     * ``frames = 1 + 4k`` (the Wan VAE's 4x temporal factor), ``height``, ``width``, counts,
-      steps, epochs and batches positive ints, ``seed`` and ``vae_seed`` ints;
+      steps, epochs and batches positive ints, ``seed`` and ``vae_seed`` ints, the VAE's steps
+      ints >= 0 and not both 0;
     * learning rates finite and > 0 (an infinite one trains to NaN and ships it), ``max_jitter``
       finite and >= 0.
 
@@ -63,19 +75,33 @@ class DefaultsRecipe(DictConfig):
     backbone_steps: int = 1500
     backbone_batch: int = 4
     backbone_lr: float = 1e-3
-    stitch_epochs: int = 20
+    stitch_epochs: int = 200
     stitch_batch: int = 4
     stitch_lr: float = 5e-4
+    vae_image_steps: int = 2500
+    vae_video_steps: int = 400
+    vae_lr: float = 3e-4
+    generator_videos: int = 480
+    generator_steps: int = 3000
+    generator_batch: int = 16
+    generator_lr: float = 5e-4
     seed: int = 0
     vae_seed: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "positive int", ("height", "width", "frames", "train_scenes",
                                             "eval_scenes", "backbone_steps", "backbone_batch",
-                                            "stitch_epochs", "stitch_batch"))
+                                            "stitch_epochs", "stitch_batch",
+                                            "generator_videos", "generator_steps",
+                                            "generator_batch"))
+        check_fields(self, "int >= 0", ("vae_image_steps", "vae_video_steps"))
         check_fields(self, "int", ("seed", "vae_seed"))
-        check_fields(self, "finite number > 0", ("backbone_lr", "stitch_lr"))
+        check_fields(self, "finite number > 0", ("backbone_lr", "stitch_lr", "vae_lr",
+                                                 "generator_lr"))
         check_fields(self, "finite number >= 0", ("max_jitter",))
+        if self.vae_image_steps + self.vae_video_steps == 0:
+            raise ValueError("DefaultsRecipe.vae_image_steps must be > 0 when vae_video_steps is "
+                             "0 (the VAE must train), got 0")
         if (self.frames - 1) % 4:
             raise ValueError(f"DefaultsRecipe.frames must be 1 + 4k (5, 9, 13, 17, ...: the Wan "
                              f"VAE's 4x temporal factor), got {self.frames}")
@@ -139,11 +165,12 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
                  scenes: Optional[int] = None, ranking_scenes: int = 4,
                  progress: bool = False) -> Dict[str, object]:
     """Held-out quality of the tiny backbone (RGB) and the LGM (latents) against ground truth,
-    and whether LGM rewards rank smooth over jittered and clean over noisy (Spearman).
+    the VAE's reconstruction PSNR (``vae.psnr_db``, dB over every pixel of every frame), and
+    whether LGM rewards rank smooth over jittered and clean over noisy (Spearman).
     ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`)."""
     from .evaluation import camera_errors, depth_abs_rel, spearman
     from .geometry.training import supervised_targets
-    from .vae import encode_video
+    from .vae import encode_video, reconstruction_psnr
 
     if scenes is not None and not is_positive_int(scenes):
         raise ValueError(f"evaluate_lgm: scenes must be a positive int (or None for the "
@@ -176,6 +203,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
         add("static_camera_baseline.rotation_deg", cams["rotation_deg"])
         add("static_camera_baseline.centre_m", cams["centre"])
     quality: Dict[str, object] = {k: v / n for k, v in sorted(sums.items())}
+    quality["vae.psnr_db"] = reconstruction_psnr(vae, data.items["video"])
 
     # Rankings: the same scenes at increasing camera jitter, and at increasing latent noise.
     jitters = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
@@ -227,7 +255,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecipe(), *,
                    progress: bool = True) -> Dict[str, object]:
-    """Train the tiny backbone, make the tiny VAE, stitch the connector, evaluate; write
+    """Train the tiny backbone and the small Wan VAE, stitch the connector, evaluate; write
     ``out/{tiny_wan_vae, default_lgm, quality.json}`` (each folder complete before it appears)."""
     from diffusers import AutoencoderKLWan
 
@@ -235,7 +263,8 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     from .geometry.training import BackboneTrainingConfig, train_tiny_backbone
     from .lgm import LatentGeometryModel, LGMConfig
     from .stitching import StitchingConfig, train_stitching
-    from .vae import TINY_WAN_VAE_CONFIG
+    from .vae import TRAINED_WAN_VAE_CONFIG
+    from .vae_training import VAETrainingConfig, train_wan_vae
 
     check_build_size(recipe, TinyVGGTConfig.patch_size)
     out = Path(out)
@@ -246,6 +275,14 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     timings["scenes_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    torch.manual_seed(recipe.vae_seed)
+    vae = AutoencoderKLWan(**TRAINED_WAN_VAE_CONFIG)
+    vae_history = train_wan_vae(vae, train.items["video"], VAETrainingConfig(
+        image_steps=recipe.vae_image_steps, video_steps=recipe.vae_video_steps, lr=recipe.vae_lr,
+        crop=min(48, recipe.height, recipe.width), seed=recipe.vae_seed), progress=progress)
+    timings["vae_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     backbone = TinyVGGT(TinyVGGTConfig())
     backbone_history = train_tiny_backbone(
@@ -254,10 +291,12 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
                                                 lr=recipe.backbone_lr, seed=recipe.seed),
         progress=progress)
     backbone.requires_grad_(False).eval()
+    # The backbone ships in float16: stitch the connector to those rounded weights, not to
+    # ones no user gets (a connector re-stitched from the saved files then matches too).
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.copy_(p.half().float())
     timings["backbone_s"] = time.perf_counter() - t0
-
-    torch.manual_seed(recipe.vae_seed)
-    vae = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG).eval()
 
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed + 1)
@@ -268,7 +307,12 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
                                          seed=recipe.seed), progress=progress)
     timings["stitching_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    generator, generator_history = train_generator_stage(vae, recipe, progress=progress)
+    timings["generator_s"] = time.perf_counter() - t0
+
     with tempfile.TemporaryDirectory(dir=out) as tmp:
+        _save_float16(generator, Path(tmp) / GENERATOR_FOLDER)
         vae.save_pretrained(Path(tmp) / VAE_FOLDER, safe_serialization=True)
         # float16 halves the shipped size; quality is measured on these rounded weights.
         lgm.save_pretrained(Path(tmp) / LGM_FOLDER, dtype=torch.float16)
@@ -280,15 +324,92 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
         timings["evaluation_s"] = time.perf_counter() - t0
         _replace_dir(Path(tmp) / VAE_FOLDER, out / VAE_FOLDER)
         _replace_dir(Path(tmp) / LGM_FOLDER, out / LGM_FOLDER)
+        _replace_dir(Path(tmp) / GENERATOR_FOLDER, out / GENERATOR_FOLDER)
     report = {
         "recipe": recipe.to_dict(),
         "quality": quality,
         "final_backbone_loss": backbone_history[-1],
+        "final_vae_loss": vae_history[-1]["loss"] if vae_history else None,
         "final_stitching_loss": stitch_history[-1]["loss"],
         "first_stitching_loss": stitch_history[0]["loss"],
+        "final_generator_loss": _late_loss(generator_history),
         "timings": timings,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
     _io.save_json(out / QUALITY_FILE, report)
     return report
+
+
+def train_generator_stage(vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
+                          progress: bool = False):
+    """The base generator of the demo: a ``WanTransformer3DModel`` of
+    :data:`~vggrpo.generator_training.BASE_GENERATOR_CONFIG` (seeded with ``recipe.seed + 2``)
+    trained by flow matching on ``vae``'s latents of ``recipe.generator_videos`` prompted world
+    videos (:func:`vggrpo.data.worlds.world_videos`, seed ``recipe.seed + 2``, flaws included)
+    with the prompt embeddings :func:`~vggrpo.data.worlds.world_prompt_embeddings` ``(8, 16)``.
+    Depends on nothing else of the build, so it can be rerun alone on a saved VAE. Returns
+    ``(model in eval mode, float32; loss history)``."""
+    from diffusers import WanTransformer3DModel
+
+    from .data.worlds import world_prompt_embeddings, world_videos
+    from .generator_training import (
+        BASE_GENERATOR_CONFIG,
+        GeneratorTrainingConfig,
+        train_base_generator,
+    )
+    from .vae import encode_video
+
+    seed = recipe.seed + 2
+    worlds = world_videos(recipe.generator_videos, frames=recipe.frames, height=recipe.height,
+                          width=recipe.width, seed=seed, progress=progress)
+    with torch.no_grad():
+        latents = torch.cat([encode_video(vae, worlds["video"][i:i + 8])
+                             for i in range(0, recipe.generator_videos, 8)])
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(**BASE_GENERATOR_CONFIG)
+    history = train_base_generator(
+        model, latents, worlds["prompt"], world_prompt_embeddings(8, 16),
+        GeneratorTrainingConfig(steps=recipe.generator_steps, batch=recipe.generator_batch,
+                                lr=recipe.generator_lr, seed=seed), progress=progress)
+    return model, history
+
+
+def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecipe(), *,
+                    progress: bool = True) -> Dict[str, object]:
+    """Only the last stage of :func:`build_defaults`, on the VAE already in ``out``: rewrite
+    ``out/base_generator`` (complete before it appears) and its entries of ``out/quality.json``
+    (``final_generator_loss``, ``timings.generator_s``). The same code as in the full build,
+    which seeds the stage on its own, so the result is the full build's."""
+    out = Path(out)
+    vae = load_tiny_wan_vae(out / VAE_FOLDER)
+    t0 = time.perf_counter()
+    generator, history = train_generator_stage(vae, recipe, progress=progress)
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        _save_float16(generator, Path(tmp) / GENERATOR_FOLDER)
+        _replace_dir(Path(tmp) / GENERATOR_FOLDER, out / GENERATOR_FOLDER)
+    report = _io.load_json(out / QUALITY_FILE) if (out / QUALITY_FILE).is_file() else {}
+    report["final_generator_loss"] = _late_loss(history)
+    report.setdefault("timings", {})["generator_s"] = seconds
+    _io.save_json(out / QUALITY_FILE, report)
+    return report
+
+
+def _save_float16(model, folder: Path) -> None:
+    """``model.save_pretrained`` with float16 weights, the model itself left as it is. (Not
+    ``model.to(float16)``: diffusers warns that some Wan modules should stay float32 to run;
+    these files are loaded back in float32.)"""
+    import copy
+
+    half = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in half.parameters():
+            p.data = p.data.half()
+    half.save_pretrained(folder, safe_serialization=True)
+
+
+def _late_loss(history: List[Dict[str, float]]) -> float:
+    """The mean loss of the last 100 steps (one step's loss is one batch's noise)."""
+    late = history[-100:]
+    return sum(h["loss"] for h in late) / len(late)

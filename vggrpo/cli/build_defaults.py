@@ -1,5 +1,6 @@
-"""``vggrpo build-defaults``: rebuild the embedded tiny models (backbone, tiny Wan VAE, LGM
-connector) on synthetic scenes and evaluate them (:func:`vggrpo.recipe.build_defaults`)."""
+"""``vggrpo build-defaults``: rebuild the embedded models (backbone, Wan VAE, LGM connector, base
+generator) on synthetic scenes and evaluate them (:func:`vggrpo.recipe.build_defaults`;
+``--stage generator``: :func:`vggrpo.recipe.build_generator`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 from ..defaults import WEIGHTS_DIR
 from ..geometry.tiny import TinyVGGTConfig
-from ..recipe import DefaultsRecipe, build_defaults, check_build_size
+from ..recipe import DefaultsRecipe, build_defaults, build_generator, check_build_size
 from .options import UsageError
 
 
@@ -16,16 +17,20 @@ def add_parser(sub) -> None:
     """Add this command to the ``vggrpo`` subparsers ``sub``: one option per
     :class:`~vggrpo.recipe.DefaultsRecipe` field, checked by the recipe before any work."""
     parser = sub.add_parser(
-        "build-defaults", help="rebuild the embedded tiny models, offline",
-        description="Rebuild the embedded tiny models (backbone, tiny Wan VAE, LGM connector) "
-                    "on synthetic scenes and evaluate them; writes --out/{tiny_wan_vae, "
-                    "default_lgm, quality.json}, each folder complete before it appears.")
+        "build-defaults", help="rebuild the embedded models, offline",
+        description="Rebuild the embedded models (backbone, Wan VAE, LGM connector, base "
+                    "generator) on synthetic scenes and evaluate them; writes --out/"
+                    "{tiny_wan_vae, default_lgm, base_generator, quality.json}, each folder "
+                    "complete before it appears.")
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="output folder (default: the "
                         "package's weights folder, %(default)s)")
     for field in dataclasses.fields(DefaultsRecipe):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
                             default=field.default,
                             help=f"DefaultsRecipe.{field.name} (default: %(default)s)")
+    parser.add_argument("--stage", choices=("all", "generator"), default="all",
+                        help="'generator': only retrain the base generator, on the VAE already "
+                             "in --out (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(fn=run)
 
@@ -39,6 +44,10 @@ def run(args) -> int:
         field = re.match(r"DefaultsRecipe\.(\w+) (.*)", str(err), re.S)
         raise UsageError(f"--{field[1].replace('_', '-')} {field[2]}" if field else str(err)) \
             from None
+    if args.stage == "generator":
+        report = build_generator(args.out, recipe, progress=not args.no_progress)
+        print({"final_generator_loss": report["final_generator_loss"]})
+        return 0
     report = build_defaults(args.out, recipe, progress=not args.no_progress)
     print(report["quality"])
     return 0
