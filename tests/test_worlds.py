@@ -72,6 +72,16 @@ def test_a_jump_moves_one_static_box_from_frame_k_on(seed):
     assert (first[k:] - second[k:]).abs().amax() > 0.05  # the box's move is visible
 
 
+def test_a_prompt_fixes_the_look_and_a_seed_the_geometry():
+    from vggrpo.data.worlds import WORLD_TEXTURE_SEEDS
+
+    a, b = world_spec(1, "none", 3)[0], world_spec(1, "none", 4)[0]
+    assert a.texture_seed == b.texture_seed == WORLD_TEXTURE_SEEDS[1]
+    assert a.room != b.room or a.static_boxes != b.static_boxes
+    assert len(set(WORLD_TEXTURE_SEEDS)) == 6
+    assert world_spec(2, "none", 3)[0].texture_seed != a.texture_seed
+
+
 def test_worlds_are_reproducible_and_seeds_differ():
     a = render_world(3, "jump", 11, **SIZE)
     torch.testing.assert_close(a, render_world(3, "jump", 11, **SIZE), rtol=0, atol=0)

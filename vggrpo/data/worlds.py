@@ -3,8 +3,10 @@ included on purpose.
 
 A *prompt* is a trajectory kind times a room style (:data:`WORLD_PROMPTS`, 6 of them): the
 camera path (``dolly``, ``orbit``, ``pan``; :func:`~vggrpo.data.trajectories.camera_trajectory`)
-and how full the room is (``sparse``: one static box, ``cluttered``: three). Every video of a
-prompt has its own room size, path phase, box layout and textures.
+and how full the room is (``sparse``: one static box, ``cluttered``: three). A prompt also fixes
+the look: every video of it has the same surface colours and textures (texture seed
+:data:`WORLD_TEXTURE_SEEDS` ``[prompt]``), as a text prompt would name them, while its room size,
+path phase and box layout are its own.
 
 A *flaw* is what makes a video world-inconsistent, as real generators' videos sometimes are
 (:data:`WORLD_FLAWS`):
@@ -36,7 +38,8 @@ from .scene import CAMERA_CLEARANCE, Box
 from .synthetic import BoxRoomSpec, sample_scene_specs
 from .trajectories import TRAJECTORIES
 
-__all__ = ["WORLD_STYLES", "WORLD_FLAWS", "WORLD_PROMPTS", "prompt_name", "world_spec",
+__all__ = ["WORLD_STYLES", "WORLD_FLAWS", "WORLD_PROMPTS", "WORLD_TEXTURE_SEEDS", "prompt_name",
+           "world_spec",
            "render_world", "world_videos", "world_prompt_embeddings"]
 
 WORLD_STYLES = ("sparse", "cluttered")
@@ -44,6 +47,9 @@ WORLD_FLAWS = ("none", "shaky", "jump")
 #: (trajectory, style) of prompt ``i``: the trajectory varies slowest.
 WORLD_PROMPTS: Tuple[Tuple[str, str], ...] = tuple(
     (t, s) for t in TRAJECTORIES for s in WORLD_STYLES)
+#: The texture seed (vggrpo.data.synthetic's surface colours and patterns) of each prompt's
+#: videos; chosen once, so that the six looks are distinct.
+WORLD_TEXTURE_SEEDS = (11, 22, 33, 44, 55, 66)
 
 _STATIC_BOXES = {"sparse": 1, "cluttered": 3}
 _SMOOTH_JITTER = (0.0, 0.3)
@@ -122,6 +128,7 @@ def world_spec(prompt: int, flaw: str, seed: int, *, frames: int = 17, height: i
     spec = sample_scene_specs(1, frames, height, width, trajectory=trajectory, jitter=jitter,
                               static_objects=_STATIC_BOXES[style], moving_objects=0,
                               seed=int(torch.randint(0, 2**62, (), generator=gen)))[0]
+    spec = dataclasses.replace(spec, texture_seed=WORLD_TEXTURE_SEEDS[prompt])
     if flaw != "jump":
         return spec, None, frames
     k = int(torch.randint(max(frames // 4, 1), max(3 * frames // 4, 1) + 1, (), generator=gen))
