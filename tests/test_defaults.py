@@ -247,6 +247,6 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     assert again["final_generator_loss"] > 0 and again["timings"]["generator_s"] > 0
 
 
-def test_generator_stage_needs_a_vae(tmp_path, capsys):
+def test_generator_stage_needs_a_vae(tmp_path):
     with pytest.raises(FileNotFoundError, match="vggrpo build-defaults"):
         build_generator(tmp_path / "nothing")

@@ -255,8 +255,9 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecipe(), *,
                    progress: bool = True) -> Dict[str, object]:
-    """Train the tiny backbone and the small Wan VAE, stitch the connector, evaluate; write
-    ``out/{tiny_wan_vae, default_lgm, quality.json}`` (each folder complete before it appears)."""
+    """Train the small Wan VAE and the tiny backbone, stitch the connector, evaluate, train the
+    base generator; write ``out/{tiny_wan_vae, default_lgm, base_generator, quality.json}``
+    (each folder complete before it appears)."""
     from diffusers import AutoencoderKLWan
 
     from .geometry.tiny import TinyVGGT, TinyVGGTConfig
@@ -329,7 +330,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
         "recipe": recipe.to_dict(),
         "quality": quality,
         "final_backbone_loss": backbone_history[-1],
-        "final_vae_loss": vae_history[-1]["loss"] if vae_history else None,
+        "final_vae_loss": vae_history[-1]["loss"],
         "final_stitching_loss": stitch_history[-1]["loss"],
         "first_stitching_loss": stitch_history[0]["loss"],
         "final_generator_loss": _late_loss(generator_history),
@@ -379,7 +380,8 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
                     progress: bool = True) -> Dict[str, object]:
     """Only the last stage of :func:`build_defaults`, on the VAE already in ``out``: rewrite
     ``out/base_generator`` (complete before it appears) and its entries of ``out/quality.json``
-    (``final_generator_loss``, ``timings.generator_s``). The same code as in the full build,
+    (``final_generator_loss``, ``timings.generator_s``, the recipe's ``generator_*`` fields).
+    The same code as in the full build,
     which seeds the stage on its own, so the result is the full build's."""
     out = Path(out)
     vae = load_tiny_wan_vae(out / VAE_FOLDER)
@@ -390,6 +392,9 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
         _save_float16(generator, Path(tmp) / GENERATOR_FOLDER)
         _replace_dir(Path(tmp) / GENERATOR_FOLDER, out / GENERATOR_FOLDER)
     report = _io.load_json(out / QUALITY_FILE) if (out / QUALITY_FILE).is_file() else {}
+    # The recorded recipe must name the generator settings these weights came from.
+    report.setdefault("recipe", {}).update(
+        {k: v for k, v in recipe.to_dict().items() if k.startswith("generator_")})
     report["final_generator_loss"] = _late_loss(history)
     report.setdefault("timings", {})["generator_s"] = seconds
     _io.save_json(out / QUALITY_FILE, report)
