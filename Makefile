@@ -5,8 +5,9 @@
 #               present), the real CUDA build of the extension against the GPU machine's torch
 #               and pytest tests/ on it, then pytest tests/, the op tests again through the
 #               glue's CUDA branch on the emulated kernels, and a one-round pytest bench/
-#   make demo   the main job (`vggrpo demo`): LGM rewards on synthetic scenes, a short GRPO run
-#               with LoRA on the tiny Wan model, guided sampling, latent-vs-RGB timing
+#   make demo   the main job (`vggrpo demo`, docs/demo.md): GRPO with LoRA on the embedded
+#               base generator, judged before/after by referees on decoded RGB; reward
+#               guidance; latent-vs-RGB timing
 #
 # Works on a fresh machine with Python 3.10+, a C++17 compiler, cmake and the package registry.
 
@@ -148,10 +149,10 @@ fault-injection: build
 	VGGRPO_FAULT_KILLS=$(FAULT_KILLS) VGGRPO_FAULT_REPORT=out/fault-injection.json \
 	  $(PY) -m pytest tests/test_fault_injection.py -q -s -p no:xdist -k random_kills
 
-# The main job on the embedded tiny models (measured: 39-43 s on 2 cores, once built):
-# synthetic scenes, the embedded LGM, a short GRPO run on the tiny Wan model with LoRA, guided
-# vs unguided samples, the latent-vs-RGB reward timing; writes out/demo/{summary.json,
-# reward_curve.png, lora/}.
+# The world in miniature on the embedded models (measured: ~140 s on 2 cores, once built;
+# budget 3 min): GRPO with LoRA on the base generator, referees on decoded RGB before/after,
+# guided vs unguided samples, the latent-vs-RGB reward timing; writes out/demo/{summary.json,
+# reward_curve.png, strip.png, samples/, lora/}.
 demo: build
 	$(VENV)/bin/vggrpo demo --out out/demo
 

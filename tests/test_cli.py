@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vggrpo.cli import main
-from vggrpo.data import make_scene, write_video
+from vggrpo.data import make_scene, read_video, write_video
 
 from helpers import free_port, tiny_vae, untrained_embedded_vae
 
@@ -56,12 +57,30 @@ def test_console_script_and_train_lgm_help():
 
 
 def test_demo(tmp_path):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--rounds", "1"]) == 0
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert len(summary["grpo"]["history"]) == 2
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2", "--rounds", "1",
+                 "--samples-per-prompt", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [h["step"] for h in summary["runs"][0]["history"]] == [0, 1]
     assert set(summary["latent_vs_rgb"]) >= {"a_median_s", "b_median_s", "ratio"}
-    assert (tmp_path / "demo" / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "demo" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    names = {"rgb_motion", "sampson_px", "fidelity_l1", "lgm_motion", "lgm_geo", "lgm_coverage"}
+    for when in ("before", "after", "guided"):
+        assert set(summary["referees"][when]) == names
+        assert all(math.isfinite(v) for v in summary["referees"][when].values()), when
+    grpo = summary["effects"]["grpo"]
+    for name in names:  # one run: the across-runs means are that run's
+        assert grpo[name]["before"] == pytest.approx(summary["referees"]["before"][name])
+        assert grpo[name]["after"] == pytest.approx(summary["referees"]["after"][name])
+        assert grpo[name]["runs"] == 1 and grpo[name]["effect_size_sd"] == 0.0
+    assert 0.0 < summary["hacking"]["before"]["coverage_mean"] <= 1.0
+    for folder in ("before", "after", "guided"):
+        files = sorted(p.name for p in (out / "samples" / folder).iterdir())
+        assert files == ["00_dolly_sparse.mp4", "01_dolly_cluttered.mp4", "02_orbit_sparse.mp4",
+                         "03_orbit_cluttered.mp4", "04_pan_sparse.mp4", "05_pan_cluttered.mp4"]
+        assert read_video(out / "samples" / folder / files[0]).shape == (17, 3, 96, 160)
+    for png in ("reward_curve.png", "strip.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_reward_on_latents_and_videos(tmp_path, capsys):

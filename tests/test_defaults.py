@@ -246,6 +246,18 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     assert again["quality"] == report["quality"]
     assert again["final_generator_loss"] > 0 and again["timings"]["generator_s"] > 0
 
+    # A generator stage of another world size or draw than the build in --out is refused
+    # before any training, naming the option; nothing there changes.
+    for option in ("--height", "--seed"):
+        wrong = list(argv)
+        wrong[wrong.index(option) + 1] = str(int(wrong[wrong.index(option) + 1]) + 16)
+        with pytest.raises(ValueError, match=f"DefaultsRecipe.{option[2:]} must match the build"):
+            build_generator(out, DefaultsRecipe(**{**recipe.to_dict(), "generator_steps": 3,
+                                                   option[2:]: int(wrong[wrong.index(option)
+                                                                         + 1])}))
+        assert main(wrong) == 2
+    assert (out / "base_generator" / "diffusion_pytorch_model.safetensors").read_bytes() == after
+
 
 def test_generator_stage_needs_a_vae(tmp_path):
     with pytest.raises(FileNotFoundError, match="vggrpo build-defaults"):

@@ -13,7 +13,11 @@ rewards. :func:`sampson_error` follows the protocol of the paper's "Epi." column
 Epipolar-DPO and VideoGPA measure it), with OpenCV doing the feature work:
 
 1. for each frame pair ``(t, t + gap)``: SIFT keypoints and descriptors on the grey frames
-   (``cv2.SIFT_create``), brute-force L2 matching with Lowe's ratio test;
+   (``cv2.SIFT_create``), brute-force L2 matching with Lowe's ratio test (``matcher="sift"``,
+   the default); or, for small or soft frames where SIFT finds too few keypoints
+   (``matcher="klt"``), Shi-Tomasi corners (``cv2.goodFeaturesToTrack``, up to
+   ``max_features``, quality 0.01, 3 px apart) tracked by pyramidal Lucas-Kanade
+   (``cv2.calcOpticalFlowPyrLK``) and kept when tracking back lands within 0.5 px of the corner;
 2. the fundamental matrix ``F`` from the matches by RANSAC (``cv2.findFundamentalMat``,
    ``FM_RANSAC``, threshold ``ransac_threshold`` pixels, confidence 0.999);
 3. for **every** ratio-test match, the Sampson distance to ``F``
@@ -139,7 +143,7 @@ def _grey(frame: Tensor) -> np.ndarray:
 
 def sampson_error(frames: Tensor, *, gap: int = 1, ratio: float = 0.75,
                   ransac_threshold: float = 1.0, min_matches: int = 8,
-                  max_features: int = 2000) -> Dict[str, float]:
+                  max_features: int = 2000, matcher: str = "sift") -> Dict[str, float]:
     """Mean sqrt Sampson error of a video (module docstring).
 
     Args:
@@ -148,7 +152,10 @@ def sampson_error(frames: Tensor, *, gap: int = 1, ratio: float = 0.75,
         ratio: Lowe's ratio-test threshold.
         ransac_threshold: RANSAC inlier threshold in pixels.
         min_matches: pairs with fewer matches are skipped (F needs 8).
-        max_features: SIFT keypoints per frame at most.
+        max_features: keypoints (SIFT) or corners (KLT) per frame at most.
+        matcher: ``"sift"`` (descriptor matching) or ``"klt"`` (corner tracking; ``ratio`` is
+            not used). The 96x160 frames of the demo's worlds: SIFT scored about half of them,
+            KLT all (docs/demo.md).
     Returns:
         ``{"sampson": pixels (nan when no pair qualified), "inlier_rate": [0,1] (nan likewise),
         "pairs": pairs used, "matches": mean matches per used pair}``.
@@ -159,30 +166,65 @@ def sampson_error(frames: Tensor, *, gap: int = 1, ratio: float = 0.75,
         raise ValueError(f"frames must be [T,3,H,W] RGB in [0,1], got {shape}")
     if not isinstance(gap, int) or gap < 1 or gap >= frames.shape[0]:
         raise ValueError(f"gap must be an int in 1..T-1 = 1..{frames.shape[0] - 1}, got {gap!r}")
-    sift = cv2.SIFT_create(nfeatures=max_features)
-    feats = [sift.detectAndCompute(_grey(f), None) for f in frames]
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    if matcher not in ("sift", "klt"):
+        raise ValueError(f"matcher must be 'sift' or 'klt', got {matcher!r}")
+    match = _sift_matches(cv2, frames, max_features, ratio) if matcher == "sift" \
+        else _klt_matches(cv2, frames, max_features)
     errors, inliers, counts = [], [], []
     for t in range(frames.shape[0] - gap):
-        (k1, d1), (k2, d2) = feats[t], feats[t + gap]
-        if d1 is None or d2 is None or len(k1) < 2 or len(k2) < 2:
+        x1, x2 = match(t, t + gap)
+        if len(x1) < min_matches:
             continue
-        good = [m for m, n in (p for p in matcher.knnMatch(d1, d2, k=2) if len(p) == 2)
-                if m.distance < ratio * n.distance]
-        if len(good) < min_matches:
-            continue
-        x1 = np.float64([k1[m.queryIdx].pt for m in good])
-        x2 = np.float64([k2[m.trainIdx].pt for m in good])
         F, mask = cv2.findFundamentalMat(x1, x2, cv2.FM_RANSAC, ransac_threshold, 0.999)
         if F is None or F.shape != (3, 3):
             continue
         errors.append(float(np.mean(np.sqrt(sampson_distance(F, x1, x2)))))
         inliers.append(float(mask.mean()) if mask is not None else float("nan"))
-        counts.append(len(good))
+        counts.append(len(x1))
     if not errors:
         return {"sampson": float("nan"), "inlier_rate": float("nan"), "pairs": 0, "matches": 0.0}
     return {"sampson": float(np.mean(errors)), "inlier_rate": float(np.mean(inliers)),
             "pairs": len(errors), "matches": float(np.mean(counts))}
+
+
+def _sift_matches(cv2, frames: Tensor, max_features: int, ratio: float):
+    """``match(t, u) -> (x1, x2)`` ``[N,2]`` float64 pixels: ratio-tested SIFT matches."""
+    sift = cv2.SIFT_create(nfeatures=max_features)
+    feats = [sift.detectAndCompute(_grey(f), None) for f in frames]
+    bf = cv2.BFMatcher(cv2.NORM_L2)
+    none = (np.zeros((0, 2)), np.zeros((0, 2)))
+
+    def match(t: int, u: int):
+        (k1, d1), (k2, d2) = feats[t], feats[u]
+        if d1 is None or d2 is None or len(k1) < 2 or len(k2) < 2:
+            return none
+        good = [m for m, n in (p for p in bf.knnMatch(d1, d2, k=2) if len(p) == 2)
+                if m.distance < ratio * n.distance]
+        if not good:
+            return none
+        return (np.float64([k1[m.queryIdx].pt for m in good]),
+                np.float64([k2[m.trainIdx].pt for m in good]))
+    return match
+
+
+def _klt_matches(cv2, frames: Tensor, max_features: int):
+    """``match(t, u) -> (x1, x2)`` ``[N,2]`` float64 pixels: corners of frame ``t`` tracked to
+    ``u`` by pyramidal Lucas-Kanade, kept when the track back lands within 0.5 px."""
+    grey = [_grey(f) for f in frames]
+    none = (np.zeros((0, 2)), np.zeros((0, 2)))
+
+    def match(t: int, u: int):
+        p0 = cv2.goodFeaturesToTrack(grey[t], maxCorners=max_features, qualityLevel=0.01,
+                                     minDistance=3)
+        if p0 is None or len(p0) < 2:
+            return none
+        p1, ok1, _ = cv2.calcOpticalFlowPyrLK(grey[t], grey[u], p0, None)
+        back, ok2, _ = cv2.calcOpticalFlowPyrLK(grey[u], grey[t], p1, None)
+        # Forward-backward check: a track that does not come back to its corner is a mismatch.
+        ok = (ok1[:, 0] == 1) & (ok2[:, 0] == 1) & (np.linalg.norm((back - p0)[:, 0], axis=1)
+                                                    < 0.5)
+        return p0[ok, 0].astype(np.float64), p1[ok, 0].astype(np.float64)
+    return match
 
 
 def evaluate_folder(folder: Union[str, Path], out_dir: Union[str, Path], *, frames: int = 17,

@@ -382,8 +382,21 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
     ``out/base_generator`` (complete before it appears) and its entries of ``out/quality.json``
     (``final_generator_loss``, ``timings.generator_s``, the recipe's ``generator_*`` fields).
     The same code as in the full build,
-    which seeds the stage on its own, so the result is the full build's."""
+    which seeds the stage on its own, so the result is the full build's.
+
+    Refused (ValueError naming the field, before any training) when ``out/quality.json``
+    records a build whose ``frames``, ``height``, ``width`` or ``seed`` differ from ``recipe``'s:
+    the generator would learn worlds of another size or draw, beside weights that say
+    otherwise."""
     out = Path(out)
+    recorded = (_io.load_json(out / QUALITY_FILE).get("recipe", {})
+                if (out / QUALITY_FILE).is_file() else {})
+    for name in ("frames", "height", "width", "seed"):
+        if name in recorded and recorded[name] != getattr(recipe, name):
+            raise ValueError(f"DefaultsRecipe.{name} must match the build in {out} "
+                             f"({recorded[name]}, its quality.json), got "
+                             f"{getattr(recipe, name)}; rebuild everything, or pass "
+                             f"--{name} {recorded[name]}")
     vae = load_tiny_wan_vae(out / VAE_FOLDER)
     t0 = time.perf_counter()
     generator, history = train_generator_stage(vae, recipe, progress=progress)

@@ -3,10 +3,12 @@ edge of the package: the library never imports this package.
 
 Commands:
 
-* ``demo``: the main job on the embedded tiny models. It renders synthetic scenes and reads their
-  latents with the embedded LGM, runs a short GRPO run on the tiny Wan model with LoRA, compares
-  guided and unguided samples, and times the latent reward against the RGB reward. It writes
-  ``reward_curve.png``, ``summary.json`` and the LoRA to ``--out``.
+* ``demo``: the world in miniature (docs/demo.md). GRPO with LoRA on the embedded base
+  generator of box-room worlds with the embedded LGM's rewards; the same held-out noise sampled
+  before and after, and with reward guidance, judged by referees on the decoded RGB frames that
+  training never sees; the latent reward timed against the RGB reward. It writes
+  ``summary.json``, ``reward_curve.png``, ``strip.png``, ``samples/{before,after,guided}/*.mp4``
+  and the LoRA to ``--out``.
 * ``reward``: score videos (files or frame folders) or saved latents (``.safetensors`` with a
   ``latents`` tensor ``[B,C,T,h,w]``).
 * ``train-lgm``: stitch an LGM connector to a VAE.
