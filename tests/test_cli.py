@@ -58,6 +58,9 @@ def test_console_script_and_train_lgm_help():
 
 def test_demo(tmp_path):
     out = tmp_path / "demo"
+    stale = out / "samples" / "before" / "11_pan_cluttered.mp4"  # an earlier, larger run's
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     assert main(["demo", "--out", str(out), "--steps", "2", "--rounds", "1",
                  "--samples-per-prompt", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())

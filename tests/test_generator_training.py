@@ -83,6 +83,8 @@ def test_bad_configs_are_named(kwargs, match):
     (lambda d: {**d, "prompts": d["prompts"].float()}, "prompts must be"),
     (lambda d: {**d, "prompt_embeds": d["prompt_embeds"][..., :8]},
      r"prompt_embeds must be \[P,L,16\]"),
+    (lambda d: {**d, "prompt_embeds": d["prompt_embeds"] * float("inf")},
+     "prompt_embeds must be finite"),
 ])
 def test_bad_data_is_named(change, match):
     _, latents, prompts, embeds = _data()

@@ -81,6 +81,8 @@ def _check_data(latents: Tensor, prompts: Tensor, prompt_embeds: Tensor, transfo
             type(prompt_embeds).__name__
         raise ValueError(f"prompt_embeds must be [P,L,{transformer.config.text_dim}] (the "
                          f"model's text_dim), got {got}")
+    if not prompt_embeds.is_floating_point() or not bool(torch.isfinite(prompt_embeds).all()):
+        raise ValueError("prompt_embeds must be finite floating-point values")
     P = prompt_embeds.shape[0]
     if (not isinstance(prompts, Tensor) or prompts.shape != (latents.shape[0],)
             or prompts.is_floating_point() or bool((prompts < 0).any())

@@ -134,11 +134,15 @@ def run(args) -> int:
     from ..data.video import write_video
     from ..data.worlds import prompt_name
 
-    for folder, videos in (("before", before_video), ("after", after_video),
-                           ("guided", guided_video)):
-        for i, v in enumerate(videos):
-            name = prompt_name(int(prompts[i])).replace("/", "_")
-            write_video(out / "samples" / folder / f"{i:02d}_{name}.mp4", v)
+    def write_samples(folder: Path) -> None:
+        for kind, videos in (("before", before_video), ("after", after_video),
+                             ("guided", guided_video)):
+            for i, v in enumerate(videos):
+                name = prompt_name(int(prompts[i])).replace("/", "_")
+                write_video(folder / kind / f"{i:02d}_{name}.mp4", v)
+
+    # One unit: an earlier run's extra samples (a larger --samples-per-prompt) do not linger.
+    _io.commit_folder(out / "samples", write_samples)
     names = list(REFEREE_NAMES) + [k for k in before if k.startswith("lgm_")]
     mean = {k: _mean(before[k]) for k in names}
     after_means = {k: statistics.fmean(_mean(r["after"][k]) for r in runs) for k in names}
