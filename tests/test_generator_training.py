@@ -91,3 +91,13 @@ def test_bad_data_is_named(change, match):
     data = change({"latents": latents, "prompts": prompts, "prompt_embeds": embeds})
     with pytest.raises(ValueError, match=match):
         train_base_generator(_tiny(), config=GeneratorTrainingConfig(steps=1), **data)
+
+
+def test_a_non_finite_loss_stops_training_by_name():
+    _, latents, prompts, embeds = _data()
+    model = _tiny()
+    with torch.no_grad():
+        model.proj_out.bias.fill_(float("nan"))  # as a corrupt checkpoint would
+    with pytest.raises(FloatingPointError, match=r"train_base_generator: the loss became nan at "
+                                                 r"step 0; lower GeneratorTrainingConfig.lr"):
+        train_base_generator(model, latents, prompts, embeds, GeneratorTrainingConfig(steps=2))

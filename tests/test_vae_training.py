@@ -142,3 +142,13 @@ def test_bad_videos_and_crops_are_refused_before_training(videos):
         train_wan_vae(vae, videos[:, :8], config)
     # Single frames only: any frame count will do.
     train_wan_vae(vae, videos[:, :8], VAETrainingConfig(image_steps=1, video_steps=0, crop=32))
+
+
+def test_a_non_finite_loss_stops_training_by_name(videos):
+    vae = tiny_vae(8)
+    with torch.no_grad():
+        vae.encoder.conv_in.bias.fill_(float("nan"))  # as a corrupt checkpoint would
+    with pytest.raises(FloatingPointError, match=r"train_wan_vae: the loss became nan at step 0; "
+                                                 r"lower VAETrainingConfig.lr \(0.001\)"):
+        train_wan_vae(vae, videos, VAETrainingConfig(image_steps=2, video_steps=0, crop=32,
+                                                     lr=1e-3))

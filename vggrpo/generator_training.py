@@ -13,7 +13,6 @@ where sampling does.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import DictConfig, check_fields
-from .schedules import warmup_cosine
+from .schedules import finite_loss, warmup_cosine
 
 __all__ = ["BASE_GENERATOR_CONFIG", "GeneratorTrainingConfig", "flow_matching_levels",
            "train_base_generator"]
@@ -129,10 +128,8 @@ def train_base_generator(transformer, latents: Tensor, prompts: Tensor, prompt_e
                         encoder_hidden_states=prompt_embeds[prompts[idx]].to(dtype),
                         return_dict=False)[0]
         loss = F.mse_loss(v.float(), eps - x0)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"train_base_generator: the loss became {value} at step "
-                                     f"{step}; lower GeneratorTrainingConfig.lr ({config.lr})")
+        value = finite_loss(loss, "train_base_generator", step, "GeneratorTrainingConfig.lr",
+                            config.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)

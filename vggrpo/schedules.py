@@ -1,6 +1,7 @@
-"""Schedules shared by the trainers and the sampler: the learning-rate factor of the LGM and
-backbone trainers (:func:`warmup_cosine`) and the windows of denoising steps that the sampler
-and the GRPO trainer take as ``(start, end)`` (:func:`check_step_window`)."""
+"""Schedules shared by the trainers and the sampler: the learning-rate factor of the trainers
+(:func:`warmup_cosine`), the step loss they refuse to go on from (:func:`finite_loss`) and the
+windows of denoising steps that the sampler and the GRPO trainer take as ``(start, end)``
+(:func:`check_step_window`)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from typing import Optional, Tuple
 
 from ._checks import is_int
 
-__all__ = ["warmup_cosine", "check_step_window"]
+__all__ = ["warmup_cosine", "finite_loss", "check_step_window"]
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -19,6 +20,17 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     span = max(total - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def finite_loss(loss, trainer: str, step: int, lr_setting: str, lr: float) -> float:
+    """``loss`` (a scalar tensor) as a Python float; a FloatingPointError naming ``trainer``,
+    ``step`` and the learning-rate setting to lower when it is NaN or infinite (an optimiser
+    step on it would make every weight NaN)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{trainer}: the loss became {value} at step {step}; lower "
+                                 f"{lr_setting} ({lr})")
+    return value
 
 
 def check_step_window(window: Optional[Tuple[int, int]], steps: int, name: str) -> range:

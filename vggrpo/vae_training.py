@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import DictConfig, check_fields
-from .schedules import warmup_cosine
+from .schedules import finite_loss, warmup_cosine
 from .vae import check_video_frames, vae_factors
 
 __all__ = ["VAETrainingConfig", "init_frame_by_frame", "train_wan_vae", "set_latent_statistics"]
@@ -168,10 +168,7 @@ def train_wan_vae(vae, videos: Tensor, config: VAETrainingConfig = VAETrainingCo
         mu = vae.encode(x).latent_dist.mean
         mu = mu - mu.mean(dim=(0, 2, 3, 4), keepdim=True)
         loss = F.mse_loss(vae.decode(mu).sample, x)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"train_wan_vae: the loss became {value} at step "
-                                     f"{step}; lower VAETrainingConfig.lr ({config.lr})")
+        value = finite_loss(loss, "train_wan_vae", step, "VAETrainingConfig.lr", config.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
