@@ -262,3 +262,24 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
 def test_generator_stage_needs_a_vae(tmp_path):
     with pytest.raises(FileNotFoundError, match="vggrpo build-defaults"):
         build_generator(tmp_path / "nothing")
+
+
+def test_a_build_is_reproducible(tmp_path):
+    """Two builds of one recipe write the same bytes: every weight file, and the report but
+    for its timings (the 90-minute rebuild's promise, at a toy size)."""
+    recipe = DefaultsRecipe(height=32, width=48, frames=9, train_scenes=2, eval_scenes=1,
+                            backbone_steps=2, backbone_batch=2, stitch_epochs=1, stitch_batch=2,
+                            vae_image_steps=2, vae_video_steps=1, generator_videos=3,
+                            generator_steps=2, generator_batch=2)
+    reports = [build_defaults(tmp_path / name, recipe, progress=False) for name in "ab"]
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
+                   if p.is_file() and p.name != "quality.json")
+    assert len(files) == 7  # three configs, four weight files
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")
+                           if p.is_file() and p.name != "quality.json")
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    for report in reports:
+        report.pop("timings")
+        report.get("provenance", {}).clear()
+    assert reports[0] == reports[1]
