@@ -392,6 +392,18 @@ def test_stitching_lowers_the_feature_loss(vae):
     assert not any(p.requires_grad for p in lgm.backbone.parameters())
 
 
+def test_a_non_finite_loss_stops_stitching_before_any_checkpoint(vae, tmp_path):
+    lgm = make_lgm(vae)
+    with torch.no_grad():
+        next(lgm.connector.parameters()).fill_(float("nan"))  # as a corrupt checkpoint would
+    with pytest.raises(FloatingPointError, match=r"train_stitching: the loss became nan at step "
+                                                 r"0; lower StitchingConfig.lr \(0.001\)"):
+        train_stitching(lgm, vae, Videos(videos(2, 9, seed=4)),
+                        StitchingConfig(epochs=2, batch_size=2, lr=1e-3, warmup_steps=1),
+                        out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint").exists()  # nothing NaN was written
+
+
 def test_resume_reproduces_the_uninterrupted_run(vae, tmp_path):
     data = Videos(videos(3, 9, seed=4))
     cfg = StitchingConfig(epochs=4, batch_size=2, lr=1e-3, warmup_steps=2)

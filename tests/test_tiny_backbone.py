@@ -226,6 +226,25 @@ def test_training_reduces_the_loss():
     assert last < 0.8 * first, (first, last)
 
 
+def test_a_non_finite_loss_stops_training_by_name():
+    items = _scene_items(2)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {k: v[i] for k, v in items.items()}
+
+    model = small_model(1).train()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # as a corrupt checkpoint would
+    with pytest.raises(FloatingPointError, match=r"train_tiny_backbone: the loss became nan at "
+                                                 r"step 0; lower BackboneTrainingConfig.lr"):
+        train_tiny_backbone(model, Data(), BackboneTrainingConfig(steps=2, batch_size=1),
+                            progress=False)
+
+
 @pytest.mark.parametrize("field,value,expected", [
     ("steps", 0, "steps must be a positive int, got 0"),
     ("batch_size", True, "batch_size must be a positive int, got True"),

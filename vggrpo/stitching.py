@@ -39,7 +39,7 @@ from torch import Tensor
 from . import _io
 from ._checks import DictConfig, check_fields
 from .lgm import LatentGeometryModel
-from .schedules import warmup_cosine
+from .schedules import finite_loss, warmup_cosine
 from .vae import check_video_frames, encode_video
 
 __all__ = ["StitchingConfig", "train_stitching", "stitching_targets"]
@@ -226,6 +226,8 @@ def train_stitching(
                 loss = loss + config.output_weight * (
                     (g.depths.log() - D_rgb[idx]).abs().mean()
                     + (_pose_encoding(g) - P_rgb[idx]).abs().mean())
+            # Before the step, so a NaN never reaches the weights or the next checkpoint.
+            finite_loss(loss, "train_stitching", len(history), "StitchingConfig.lr", config.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._checks import DictConfig, check_fields
-from ..schedules import warmup_cosine
+from ..schedules import finite_loss, warmup_cosine
 from .cameras import cameras_to_pose_encoding, relative_to_first_camera
 from .record import Geometry
 
@@ -117,6 +117,8 @@ def train_tiny_backbone(model, dataset, config: BackboneTrainingConfig = Backbon
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         tgt = supervised_targets(batch, temporal)
         terms = supervised_loss(model(tgt["video"]), tgt["geometry"])
+        finite_loss(terms["loss"], "train_tiny_backbone", step, "BackboneTrainingConfig.lr",
+                    config.lr)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
