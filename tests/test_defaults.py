@@ -121,6 +121,8 @@ def test_stitching_command(tmp_path, capsys):
     ("backbone_lr", float("inf"), "backbone_lr must be a finite number > 0, got inf"),
     ("stitch_lr", 0.0, "stitch_lr must be a finite number > 0, got 0.0"),
     ("max_jitter", -1.0, "max_jitter must be a finite number >= 0, got -1.0"),
+    ("backbone_motion_weight", float("nan"),
+     "backbone_motion_weight must be a finite number >= 0, got nan"),
     ("vae_seed", 0.5, "vae_seed must be an int, got 0.5"),
     ("vae_image_steps", -1, "vae_image_steps must be an int >= 0, got -1"),
     ("vae_lr", float("nan"), "vae_lr must be a finite number > 0, got nan"),
@@ -213,7 +215,8 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     assert_same_vae_signature(lgm.vae_signature, vae_signature(vae))
 
     ranking = report["quality"]["ranking"]
-    for key in ("spearman_jitter_vs_lgm_motion_reward", "spearman_jitter_vs_true_motion_reward",
+    for key in ("spearman_jitter_vs_lgm_motion_reward", "spearman_jitter_vs_rgb_motion_reward",
+                "spearman_jitter_vs_true_motion_reward",
                 "spearman_latent_noise_vs_lgm_geo_reward"):
         assert len(ranking[key]) == 4 and all(-1.0 <= r <= 1.0 for r in ranking[key]), key
     # The true geometry's motion reward falls as the camera shakes more, in every scene: the

@@ -18,6 +18,7 @@ from vggrpo.geometry.cameras import cameras_to_pose_encoding, unproject_depth
 from vggrpo.geometry.tiny import sincos_2d
 from vggrpo.geometry.training import (
     BackboneTrainingConfig,
+    motion_loss,
     supervised_loss,
     supervised_targets,
     train_tiny_backbone,
@@ -208,18 +209,55 @@ def test_supervised_loss_is_zero_on_the_truth_and_positive_otherwise():
     assert enc.shape == (1, 3, 9)
 
 
+def _cameras(centres, yaw_deg):
+    """World-to-camera ``[1,T,3,4]`` of cameras at ``centres [T,3]`` turned by ``yaw_deg [T]``
+    about y, written out by hand (independent of the camera helpers)."""
+    a = torch.deg2rad(torch.as_tensor(yaw_deg, dtype=torch.float64))
+    c, s, z, o = a.cos(), a.sin(), torch.zeros_like(a), torch.ones_like(a)
+    R_wc = torch.stack([torch.stack([c, z, s], -1), torch.stack([z, o, z], -1),
+                        torch.stack([-s, z, c], -1)], -2)
+    R = R_wc.transpose(-1, -2)
+    t = -(R @ centres[..., None])[..., 0]
+    return torch.cat([R, t[..., None]], -1)[None]
+
+
+def test_motion_loss_reads_the_camera_steps_not_the_poses():
+    C = torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [1.0, 0, 0], [1.5, 0, 0]], dtype=torch.float64)
+    yaw = [0.0, 0.0, 0.0, 0.0]
+    truth = _cameras(C, yaw)
+    assert float(motion_loss(truth, truth)) == 0.0
+    # Every camera moved by one offset: each pose is off, every step is exact.
+    shifted = _cameras(C + torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64), yaw)
+    assert float(motion_loss(shifted, truth)) < 1e-12
+    # One centre off by 0.4 m in x: steps off by (0.4, -0.4, 0) -> mean |.| over 3 steps x 3
+    # axes = 0.8/9; accelerations (-0.8, 0.4) in x -> 1.2/6.
+    shaky = C.clone()
+    shaky[1, 0] += 0.4
+    expected = 0.8 / 9 + 1.2 / 6
+    assert abs(float(motion_loss(_cameras(shaky, yaw), truth)) - expected) < 1e-9
+    # A turn: the relative rotations and their changes are what differs.
+    turned = _cameras(C, [0.0, 10.0, 10.0, 10.0])
+    assert float(motion_loss(turned, truth)) > 0.01
+    two = truth[:, :2]
+    assert float(motion_loss(two, two)) == 0.0 and motion_loss(truth[:, :1], truth[:, :1]) == 0
+
+
+class _Scenes(torch.utils.data.Dataset):
+    """``n`` synthetic scenes as the dict items :func:`train_tiny_backbone` reads."""
+
+    def __init__(self, n):
+        self.items, self.n = _scene_items(n), n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.items.items()}
+
+
 def test_training_reduces_the_loss():
-    items = _scene_items(4)
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return 4
-
-        def __getitem__(self, i):
-            return {k: v[i] for k, v in items.items()}
-
     model = small_model(1).train()
-    history = train_tiny_backbone(model, Data(), BackboneTrainingConfig(
+    history = train_tiny_backbone(model, _Scenes(4), BackboneTrainingConfig(
         steps=40, batch_size=2, lr=2e-3, warmup_steps=5), progress=False)
     first = sum(h["loss"] for h in history[:5]) / 5
     last = sum(h["loss"] for h in history[-5:]) / 5
@@ -227,21 +265,12 @@ def test_training_reduces_the_loss():
 
 
 def test_a_non_finite_loss_stops_training_by_name():
-    items = _scene_items(2)
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return {k: v[i] for k, v in items.items()}
-
     model = small_model(1).train()
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))  # as a corrupt checkpoint would
     with pytest.raises(FloatingPointError, match=r"train_tiny_backbone: the loss became nan at "
                                                  r"step 0; lower BackboneTrainingConfig.lr"):
-        train_tiny_backbone(model, Data(), BackboneTrainingConfig(steps=2, batch_size=1),
+        train_tiny_backbone(model, _Scenes(2), BackboneTrainingConfig(steps=2, batch_size=1),
                             progress=False)
 
 
@@ -252,6 +281,7 @@ def test_a_non_finite_loss_stops_training_by_name():
     ("lr", -1e-3, "lr must be a finite number > 0, got -0.001"),
     ("grad_clip", float("nan"), "grad_clip must be a finite number > 0, got nan"),
     ("weight_decay", -0.1, "weight_decay must be a finite number >= 0, got -0.1"),
+    ("motion_weight", -1.0, "motion_weight must be a finite number >= 0, got -1.0"),
     ("warmup_steps", -1, "warmup_steps must be an int >= 0, got -1"),
     ("seed", 0.5, "seed must be an int, got 0.5"),
 ])

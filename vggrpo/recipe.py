@@ -48,17 +48,18 @@ class DefaultsRecipe(DictConfig):
 
     Video ``frames`` of ``height x width`` pixels; ``train_scenes`` / ``eval_scenes`` synthetic
     scenes; camera jitter drawn from ``[0, max_jitter]``; the backbone's and the connector's
-    optimiser settings; the VAE's training steps (single frames, then whole clips) and learning
-    rate (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for scenes and training,
-    ``vae_seed`` for the VAE's initialisation and the frames and crops it trains on. Checked
-    on construction, so a recipe that cannot finish fails before minutes of training rather
-    than after them:
+    optimiser settings (``backbone_motion_weight``: the backbone's camera-step loss term,
+    :mod:`vggrpo.geometry.training`); the VAE's training steps (single frames, then whole
+    clips) and learning rate (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for
+    scenes and training, ``vae_seed`` for the VAE's initialisation and the frames and crops it
+    trains on. Checked on construction, so a recipe that cannot finish fails before minutes of
+    training rather than after them:
 
     * ``frames = 1 + 4k`` (the Wan VAE's 4x temporal factor), ``height``, ``width``, counts,
       steps, epochs and batches positive ints, ``seed`` and ``vae_seed`` ints, the VAE's steps
       ints >= 0 and not both 0;
     * learning rates finite and > 0 (an infinite one trains to NaN and ships it), ``max_jitter``
-      finite and >= 0.
+      and ``backbone_motion_weight`` finite and >= 0.
 
     :func:`build_defaults` and :func:`evaluate_lgm` need more, and check it first:
     ``frames >= 9`` (3 latent frames for the camera motion reward) and ``height`` and ``width``
@@ -75,6 +76,7 @@ class DefaultsRecipe(DictConfig):
     backbone_steps: int = 1500
     backbone_batch: int = 4
     backbone_lr: float = 1e-3
+    backbone_motion_weight: float = 0.0
     stitch_epochs: int = 200
     stitch_batch: int = 4
     stitch_lr: float = 5e-4
@@ -98,7 +100,7 @@ class DefaultsRecipe(DictConfig):
         check_fields(self, "int", ("seed", "vae_seed"))
         check_fields(self, "finite number > 0", ("backbone_lr", "stitch_lr", "vae_lr",
                                                  "generator_lr"))
-        check_fields(self, "finite number >= 0", ("max_jitter",))
+        check_fields(self, "finite number >= 0", ("max_jitter", "backbone_motion_weight"))
         if self.vae_image_steps + self.vae_video_steps == 0:
             raise ValueError("DefaultsRecipe.vae_image_steps must be > 0 when vae_video_steps is "
                              "0 (the VAE must train), got 0")
@@ -166,7 +168,8 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
                  progress: bool = False) -> Dict[str, object]:
     """Held-out quality of the tiny backbone (RGB) and the LGM (latents) against ground truth,
     the VAE's reconstruction PSNR (``vae.psnr_db``, dB over every pixel of every frame), and
-    whether LGM rewards rank smooth over jittered and clean over noisy (Spearman).
+    whether LGM rewards rank smooth over jittered and clean over noisy (Spearman; the motion
+    sweep also for the backbone on the RGB frames and for the ground truth).
     ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`)."""
     from .evaluation import camera_errors, depth_abs_rel, spearman
     from .geometry.training import supervised_targets
@@ -208,17 +211,19 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
     # Rankings: the same scenes at increasing camera jitter, and at increasing latent noise.
     jitters = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
     noises = [0.0, 0.25, 0.5, 1.0, 2.0]
-    rho_motion, rho_motion_gt, rho_geo = [], [], []
+    rho_motion, rho_motion_rgb, rho_motion_gt, rho_geo = [], [], [], []
     for s in range(ranking_scenes):
         seed = recipe.seed + 2 * _HELD_OUT + s
-        motion, motion_gt = [], []
+        motion, motion_rgb, motion_gt = [], [], []
         for j in jitters:
             item = scene_pool(1, recipe, seed=seed, jitter=j).items
             r = lgm(encode_video(vae, item["video"])).rewards()
             motion.append(float(r["motion"][0]))
-            gt = supervised_targets(item, lgm.temporal_factor)["geometry"]
-            motion_gt.append(float(gt.rewards()["motion"][0]))
+            tgt = supervised_targets(item, lgm.temporal_factor)
+            motion_rgb.append(float(lgm.backbone(tgt["video"]).rewards()["motion"][0]))
+            motion_gt.append(float(tgt["geometry"].rewards()["motion"][0]))
         rho_motion.append(spearman(torch.tensor(jitters), torch.tensor(motion)))
+        rho_motion_rgb.append(spearman(torch.tensor(jitters), torch.tensor(motion_rgb)))
         rho_motion_gt.append(spearman(torch.tensor(jitters), torch.tensor(motion_gt)))
         item = scene_pool(1, recipe, seed=seed, jitter=0.0).items
         z = encode_video(vae, item["video"])
@@ -233,6 +238,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
         "jitter_levels": jitters,
         "latent_noise_levels": noises,
         "spearman_jitter_vs_lgm_motion_reward": rho_motion,
+        "spearman_jitter_vs_rgb_motion_reward": rho_motion_rgb,
         "spearman_jitter_vs_true_motion_reward": rho_motion_gt,
         "spearman_latent_noise_vs_lgm_geo_reward": rho_geo,
     }
@@ -289,7 +295,9 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     backbone_history = train_tiny_backbone(
         backbone, train, BackboneTrainingConfig(steps=recipe.backbone_steps,
                                                 batch_size=recipe.backbone_batch,
-                                                lr=recipe.backbone_lr, seed=recipe.seed),
+                                                lr=recipe.backbone_lr,
+                                                motion_weight=recipe.backbone_motion_weight,
+                                                seed=recipe.seed),
         progress=progress)
     backbone.requires_grad_(False).eval()
     # The backbone ships in float16: stitch the connector to those rounded weights, not to
