@@ -15,10 +15,13 @@ import time
 
 import torch
 
+from vggrpo.recipe import DefaultsRecipe
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--motion-weight", type=float, default=3.0)
+    parser.add_argument("--motion-weight", type=float,
+                        default=DefaultsRecipe.backbone_motion_weight)
     parser.add_argument("--max-jitter", type=float, default=2.0)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-scenes", type=int, default=32)
@@ -29,7 +32,7 @@ def main() -> None:
     from vggrpo.geometry.tiny import TinyVGGT, TinyVGGTConfig
     from vggrpo.geometry.training import BackboneTrainingConfig, train_tiny_backbone
     from vggrpo.lgm import LatentGeometryModel, LGMConfig
-    from vggrpo.recipe import DefaultsRecipe, evaluate_lgm, scene_pool
+    from vggrpo.recipe import evaluate_lgm, scene_pool
 
     held_out = DefaultsRecipe(eval_scenes=args.eval_scenes)
     recipe = DefaultsRecipe(backbone_steps=args.steps, max_jitter=args.max_jitter,
