@@ -192,16 +192,28 @@ def test_defaults_command_names_the_bad_option_and_writes_nothing(argv, expected
     assert not out.exists()
 
 
-def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old_build(tmp_path):
+def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old_build(
+        tmp_path, monkeypatch):
     """build_defaults end to end at a toy size (seconds): the path that made vggrpo/weights."""
+    import vggrpo.vae_training as vae_training
+
     recipe = DefaultsRecipe(height=32, width=48, frames=9, train_scenes=2, eval_scenes=1,
                             backbone_steps=2, backbone_batch=2, stitch_epochs=1, stitch_batch=2,
-                            vae_image_steps=2, vae_video_steps=1, generator_videos=3,
-                            generator_steps=2, generator_batch=2)
+                            vae_image_steps=2, vae_video_steps=1, vae_teacher_weight=0.5,
+                            generator_videos=3, generator_steps=2, generator_batch=2)
     out = tmp_path / "weights"
     (out / "default_lgm").mkdir(parents=True)
     (out / "default_lgm" / "stale.txt").write_text("from an older build")
+    seen, real = [], vae_training.train_wan_vae
+
+    def spy(vae, videos, config, **kwargs):
+        seen.append(config)
+        return real(vae, videos, config, **kwargs)
+
+    monkeypatch.setattr(vae_training, "train_wan_vae", spy)
     report = build_defaults(out, recipe, progress=False)
+    assert [(c.image_steps, c.video_steps, c.lr, c.teacher_weight) for c in seen] == [
+        (2, 1, recipe.vae_lr, 0.5)]
 
     assert sorted(p.name for p in out.iterdir()) == ["base_generator", "default_lgm",
                                                      "quality.json", "tiny_wan_vae"]

@@ -10,6 +10,7 @@ import torch
 from vggrpo.data.synthetic import make_scene
 from vggrpo.vae import decode_latents, encode_video, reconstruction_psnr
 from vggrpo.vae_training import (
+    LinearVideoCode,
     VAETrainingConfig,
     init_frame_by_frame,
     set_latent_statistics,
@@ -118,6 +119,8 @@ def test_training_is_reproducible(videos):
     ({"lr": float("inf")}, r"VAETrainingConfig.lr must be a finite number > 0, got inf"),
     ({"image_steps": -1}, r"VAETrainingConfig.image_steps must be an int >= 0, got -1"),
     ({"crop": 0}, r"VAETrainingConfig.crop must be a positive int, got 0"),
+    ({"teacher_weight": -1.0}, r"VAETrainingConfig.teacher_weight must be a finite number >= 0, "
+                               r"got -1.0"),
     ({"image_steps": 0, "video_steps": 0}, r"image_steps \+ video_steps must be > 0"),
 ])
 def test_bad_configs_are_refused_in_one_line(fields, match):
@@ -152,3 +155,77 @@ def test_a_non_finite_loss_stops_training_by_name(videos):
                                                  r"lower VAETrainingConfig.lr \(0.001\)"):
         train_wan_vae(vae, videos, VAETrainingConfig(image_steps=2, video_steps=0, crop=32,
                                                      lr=1e-3))
+
+
+def _block_rows(clips, start, end, t, s):
+    # Independent of LinearVideoCode's reshapes: every block's pixels gathered by explicit loops,
+    # in the order (block time, row, column); each row frame-major, then colour, row, column.
+    rows = []
+    for b in range(clips.shape[0]):
+        for k in range((end - start) // t):
+            for i in range(clips.shape[3] // s):
+                for j in range(clips.shape[4] // s):
+                    block = clips[b, :, start + k * t:start + (k + 1) * t,
+                                  i * s:(i + 1) * s, j * s:(j + 1) * s]  # [3,t,s,s]
+                    rows.append(block.permute(1, 0, 2, 3).reshape(-1))
+    return torch.stack(rows).double()
+
+
+def test_the_linear_code_is_the_principal_components_at_the_latent_layout(videos):
+    clips = videos.permute(0, 2, 1, 3, 4) * 2 - 1  # [4,3,9,32,48]
+    code = LinearVideoCode.fit(clips, channels=16, spatial=8, temporal=4)
+    z = code.encode(clips)
+    assert z.shape == (4, 16, 3, 4, 6)
+    back = code.decode(z)
+    assert back.shape == clips.shape
+    for (start, end, t), frames in (((0, 1, 1), slice(0, 1)), ((1, 9, 4), slice(1, 3))):
+        rows = _block_rows(clips, start, end, t, 8)
+        centred = rows - rows.mean(0)
+        singular = torch.linalg.svdvals(centred)
+        # PCA: the squared error left is the energy of the components not kept.
+        left = float((singular[16:] ** 2).sum())
+        got = float(((back[:, :, start:end] - clips[:, :, start:end]).double() ** 2).sum())
+        assert got == pytest.approx(left, rel=1e-3)
+        # ...and each kept component has unit variance on the data it was fitted on.
+        part = z[:, :, frames].double()
+        torch.testing.assert_close(part.mean(dim=(0, 2, 3, 4)),
+                                   torch.zeros(16, dtype=torch.float64), rtol=0, atol=1e-4)
+        torch.testing.assert_close(part.var(dim=(0, 2, 3, 4), unbiased=False),
+                                   torch.ones(16, dtype=torch.float64), rtol=1e-3, atol=1e-3)
+
+
+def test_the_linear_code_puts_each_block_at_its_latent_position(videos):
+    clips = videos.permute(0, 2, 1, 3, 4) * 2 - 1
+    code = LinearVideoCode.fit(clips, channels=16, spatial=8, temporal=4)
+    changed = clips.clone()
+    changed[1, :, 5:9, 16:24, 8:16] += 0.3  # latent frame 2, row 2, column 1 of video 1
+    diff = (code.encode(changed) - code.encode(clips)).abs().amax(dim=1)  # [4,3,4,6]
+    assert diff[1, 2, 2, 1] > 1e-3
+    diff[1, 2, 2, 1] = 0
+    assert diff.max() < 1e-5
+
+
+def test_a_full_rank_linear_code_round_trips_exactly(videos):
+    # 2x2 patches of 3 colours: 12 pixels per block of frame 0, fewer than 16 channels; the
+    # missing components code to 0 and the round trip is exact.
+    clips = videos[:, :1].permute(0, 2, 1, 3, 4) * 2 - 1
+    code = LinearVideoCode.fit(clips, channels=16, spatial=2, temporal=4)
+    z = code.encode(clips)
+    assert z.shape == (4, 16, 1, 16, 24)
+    assert torch.isfinite(z).all() and z[:, 12:].abs().max() == 0
+    torch.testing.assert_close(code.decode(z), clips, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="clips has 9 frames, but this LinearVideoCode was "
+                                         "fitted on single frames only"):
+        code.encode(videos.permute(0, 2, 1, 3, 4))
+
+
+def test_the_teacher_weight_falls_linearly_and_zero_turns_it_off(videos):
+    config = dict(image_steps=3, video_steps=1, image_batch=2, video_batch=1, crop=32)
+    history = train_wan_vae(tiny_vae(9), videos, VAETrainingConfig(teacher_weight=2.0, **config))
+    assert [h["teacher_weight"] for h in history] == pytest.approx([2.0, 1.5, 1.0, 0.5])
+    off = train_wan_vae(tiny_vae(9), videos, VAETrainingConfig(teacher_weight=0.0, **config))
+    assert [h["teacher_weight"] for h in off] == [0.0] * 4
+    # The reconstruction term is logged alone, so the teacher does not change what step 0 logs
+    # (same VAE, same batch, before any update).
+    assert history[0]["loss"] == pytest.approx(off[0]["loss"], rel=1e-6)
+    assert history[1]["loss"] != pytest.approx(off[1]["loss"], rel=1e-6)

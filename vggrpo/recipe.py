@@ -50,7 +50,8 @@ class DefaultsRecipe(DictConfig):
     scenes; camera jitter drawn from ``[0, max_jitter]``; the backbone's and the connector's
     optimiser settings (``backbone_motion_weight``: the backbone's camera-step loss term,
     :mod:`vggrpo.geometry.training`); the VAE's training steps (single frames, then whole
-    clips) and learning rate (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for
+    clips), learning rate and linear teacher's starting weight
+    (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for
     scenes and training, ``vae_seed`` for the VAE's initialisation and the frames and crops it
     trains on. Checked on construction, so a recipe that cannot finish fails before minutes of
     training rather than after them:
@@ -58,8 +59,8 @@ class DefaultsRecipe(DictConfig):
     * ``frames = 1 + 4k`` (the Wan VAE's 4x temporal factor), ``height``, ``width``, counts,
       steps, epochs and batches positive ints, ``seed`` and ``vae_seed`` ints, the VAE's steps
       ints >= 0 and not both 0;
-    * learning rates finite and > 0 (an infinite one trains to NaN and ships it), ``max_jitter``
-      and ``backbone_motion_weight`` finite and >= 0.
+    * learning rates finite and > 0 (an infinite one trains to NaN and ships it), ``max_jitter``,
+      ``backbone_motion_weight`` and ``vae_teacher_weight`` finite and >= 0.
 
     :func:`build_defaults` and :func:`evaluate_lgm` need more, and check it first:
     ``frames >= 9`` (3 latent frames for the camera motion reward) and ``height`` and ``width``
@@ -83,6 +84,7 @@ class DefaultsRecipe(DictConfig):
     vae_image_steps: int = 2500
     vae_video_steps: int = 400
     vae_lr: float = 3e-4
+    vae_teacher_weight: float = 0.0
     generator_videos: int = 480
     generator_steps: int = 3000
     generator_batch: int = 16
@@ -100,7 +102,8 @@ class DefaultsRecipe(DictConfig):
         check_fields(self, "int", ("seed", "vae_seed"))
         check_fields(self, "finite number > 0", ("backbone_lr", "stitch_lr", "vae_lr",
                                                  "generator_lr"))
-        check_fields(self, "finite number >= 0", ("max_jitter", "backbone_motion_weight"))
+        check_fields(self, "finite number >= 0", ("max_jitter", "backbone_motion_weight",
+                                                  "vae_teacher_weight"))
         if self.vae_image_steps + self.vae_video_steps == 0:
             raise ValueError("DefaultsRecipe.vae_image_steps must be > 0 when vae_video_steps is "
                              "0 (the VAE must train), got 0")
@@ -286,7 +289,8 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     vae = AutoencoderKLWan(**TRAINED_WAN_VAE_CONFIG)
     vae_history = train_wan_vae(vae, train.items["video"], VAETrainingConfig(
         image_steps=recipe.vae_image_steps, video_steps=recipe.vae_video_steps, lr=recipe.vae_lr,
-        crop=min(48, recipe.height, recipe.width), seed=recipe.vae_seed), progress=progress)
+        crop=min(48, recipe.height, recipe.width), seed=recipe.vae_seed,
+        teacher_weight=recipe.vae_teacher_weight), progress=progress)
     timings["vae_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
