@@ -229,3 +229,23 @@ def test_the_teacher_weight_falls_linearly_and_zero_turns_it_off(videos):
     # (same VAE, same batch, before any update).
     assert history[0]["loss"] == pytest.approx(off[0]["loss"], rel=1e-6)
     assert history[1]["loss"] != pytest.approx(off[1]["loss"], rel=1e-6)
+
+
+def test_bad_inputs_to_the_linear_code_are_refused_in_one_line(videos):
+    clips = videos.permute(0, 2, 1, 3, 4) * 2 - 1  # [4,3,9,32,48]
+    with pytest.raises(ValueError, match=r"LinearVideoCode.fit: channels must be a positive "
+                                         r"int, got 0"):
+        LinearVideoCode.fit(clips, channels=0, spatial=8, temporal=4)
+    with pytest.raises(ValueError, match=r"LinearVideoCode.fit: clips must be a float "
+                                         r"\[N,3,T,H,W\] tensor in \[-1, 1\], "
+                                         r"got \[4, 9, 32, 48\]"):
+        LinearVideoCode.fit(clips[:, 0], channels=16, spatial=8, temporal=4)
+    with pytest.raises(ValueError, match=r"height and width multiples of 8, got 30x48"):
+        LinearVideoCode.fit(clips[..., :30, :], channels=16, spatial=8, temporal=4)
+    code = LinearVideoCode.fit(clips, channels=16, spatial=8, temporal=4)
+    with pytest.raises(ValueError, match=r"LinearVideoCode.encode: clips must have 1 \+ 4k "
+                                         r"frames, got 8"):
+        code.encode(clips[:, :, :8])
+    with pytest.raises(ValueError, match=r"LinearVideoCode.encode: clips must be a float "
+                                         r".*torch.int64"):
+        code.encode(clips.long())

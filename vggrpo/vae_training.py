@@ -23,12 +23,12 @@ The recipe, in three parts, each there because the plain one failed here (docs/v
 An option, off in the recipe (``teacher_weight``, docs/vae.md): a **linear teacher**
 (:class:`LinearVideoCode`). The principal components of the training videos' pixels, 16 per 8x8
 patch of frame 0 and per 8x8x4 block after it (the VAE's own latent layout), reconstruct
-held-out videos at 26 dB where the trained VAE reaches 21 dB: the optimisation, not the VAE's
+held-out videos at 26 dB where the trained VAE reaches 21 dB: its training, not its latent
 size, holds it back. With the teacher, the encoder is also pulled towards those components and
 the decoder also learns to decode them, with a weight falling linearly to 0 over training, so
 both get an input-dependent target from the first step. It lifts the single-frame stage (25.5 dB
-on held-out key frames after 1000 steps, where the plain recipe's VAE ends at 23 dB), but the
-whole-clip stage then loses that again, so it is not yet a better recipe.
+on held-out key frames after 1000 steps, against 19.1 dB without it), but the whole-clip stage
+then loses that again, so it is not yet a better recipe.
 
 The loss is the mean squared error of the decoded video in [-1, 1] through the public
 ``vae.encode`` / ``vae.decode`` (posterior mean, no sampling, no KL term: the latents are
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import DictConfig, check_fields
+from ._checks import DictConfig, check_fields, is_int
 from .schedules import finite_loss, warmup_cosine
 from .vae import check_video_frames, vae_factors
 
@@ -138,6 +138,12 @@ class LinearVideoCode:
         """Fit on ``clips`` ``[N,3,T,H,W]`` in [-1, 1] (float; ``H``, ``W`` multiples of
         ``spatial``): the first frame's patches, and when ``T = 1 + temporal*k`` with ``k >= 1``
         the later blocks too. Components beyond the rank of the data code to 0."""
+        for name, value in (("channels", channels), ("spatial", spatial),
+                            ("temporal", temporal)):
+            if not is_int(value) or value < 1:
+                raise ValueError(f"LinearVideoCode.fit: {name} must be a positive int, got "
+                                 f"{value!r}")
+        _check_clips(clips, spatial, None, "LinearVideoCode.fit: clips")
         parts = []
         spans = [(0, 1, 1)]
         if clips.shape[2] > 1 and (clips.shape[2] - 1) % temporal == 0:
@@ -162,9 +168,11 @@ class LinearVideoCode:
 
     def encode(self, clips: Tensor) -> Tensor:
         """``[B,3,1+t*k,H,W]`` in [-1, 1] -> codes ``[B,channels,1+k,H/s,W/s]`` (float32)."""
-        if len(self.parts) == 1 and clips.shape[2] > 1:
+        if len(self.parts) == 1 and isinstance(clips, Tensor) and clips.dim() == 5 \
+                and clips.shape[2] > 1:
             raise ValueError(f"clips has {clips.shape[2]} frames, but this LinearVideoCode was "
                              f"fitted on single frames only")
+        _check_clips(clips, self.spatial, self.parts[-1][0], "LinearVideoCode.encode: clips")
         out = []
         for (t, mean, basis, scale), (start, end) in zip(self.parts,
                                                          ((0, 1), (1, clips.shape[2]))):
@@ -187,6 +195,21 @@ class LinearVideoCode:
             x = rows.reshape(B, z.shape[1], h, w, t, 3, s, s).permute(0, 5, 1, 4, 2, 6, 3, 7)
             out.append(x.reshape(B, 3, z.shape[1] * t, h * s, w * s))
         return torch.cat(out, dim=2)
+
+
+def _check_clips(clips, spatial: int, temporal, what: str) -> None:
+    """One ValueError naming ``what`` unless ``clips`` is a float ``[N,3,T,H,W]`` tensor with
+    ``H``, ``W`` multiples of ``spatial`` and, for a ``temporal`` factor, ``T = 1 + temporal*k``."""
+    if not isinstance(clips, Tensor) or clips.dim() != 5 or clips.shape[1] != 3 \
+            or not clips.is_floating_point():
+        got = (f"{list(clips.shape)} {clips.dtype}" if isinstance(clips, Tensor)
+               else type(clips).__name__)
+        raise ValueError(f"{what} must be a float [N,3,T,H,W] tensor in [-1, 1], got {got}")
+    H, W = clips.shape[-2:]
+    if H % spatial or W % spatial:
+        raise ValueError(f"{what} must have height and width multiples of {spatial}, got {H}x{W}")
+    if temporal is not None and (clips.shape[2] - 1) % temporal:
+        raise ValueError(f"{what} must have 1 + {temporal}k frames, got {clips.shape[2]}")
 
 
 def _blocks(clips: Tensor, frames: int, spatial: int) -> Tensor:
