@@ -22,30 +22,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--motion-weight", type=float,
                         default=DefaultsRecipe.backbone_motion_weight)
-    parser.add_argument("--max-jitter", type=float, default=2.0)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--max-jitter", type=float, default=DefaultsRecipe.max_jitter)
+    parser.add_argument("--steps", type=int, default=DefaultsRecipe.backbone_steps)
     parser.add_argument("--eval-scenes", type=int, default=32)
     parser.add_argument("--ranking-scenes", type=int, default=8)
     args = parser.parse_args()
 
     from vggrpo.defaults import load_tiny_wan_vae
-    from vggrpo.geometry.tiny import TinyVGGT, TinyVGGTConfig
-    from vggrpo.geometry.training import BackboneTrainingConfig, train_tiny_backbone
     from vggrpo.lgm import LatentGeometryModel, LGMConfig
-    from vggrpo.recipe import evaluate_lgm, scene_pool
+    from vggrpo.recipe import evaluate_lgm, scene_pool, train_backbone_stage
 
     held_out = DefaultsRecipe(eval_scenes=args.eval_scenes)
     recipe = DefaultsRecipe(backbone_steps=args.steps, max_jitter=args.max_jitter,
                             backbone_motion_weight=args.motion_weight)
     t0 = time.perf_counter()
     train = scene_pool(recipe.train_scenes, recipe, seed=recipe.seed)
-    torch.manual_seed(recipe.seed)  # the build's initialisation
-    backbone = TinyVGGT(TinyVGGTConfig())
-    history = train_tiny_backbone(backbone, train, BackboneTrainingConfig(
-        steps=recipe.backbone_steps, batch_size=recipe.backbone_batch, lr=recipe.backbone_lr,
-        motion_weight=recipe.backbone_motion_weight, seed=recipe.seed), progress=False)
+    backbone, history = train_backbone_stage(train, recipe)  # the build's own stage
     seconds = time.perf_counter() - t0
-    backbone.requires_grad_(False).eval()
     vae = load_tiny_wan_vae()
     lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim)).eval()
     quality = evaluate_lgm(lgm, vae, held_out, ranking_scenes=args.ranking_scenes)

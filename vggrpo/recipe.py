@@ -37,7 +37,7 @@ from .defaults import (
 )
 
 __all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm",
-           "train_generator_stage", "build_generator"]
+           "train_backbone_stage", "train_generator_stage", "build_generator"]
 
 _HELD_OUT = 1_000_000  # seed offset of evaluation scenes: never drawn for training
 
@@ -51,10 +51,10 @@ class DefaultsRecipe(DictConfig):
     optimiser settings (``backbone_motion_weight``: the backbone's camera-step loss term,
     :mod:`vggrpo.geometry.training`); the VAE's training steps (single frames, then whole
     clips), learning rate and linear teacher's starting weight
-    (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for
-    scenes and training, ``vae_seed`` for the VAE's initialisation and the frames and crops it
-    trains on. Checked on construction, so a recipe that cannot finish fails before minutes of
-    training rather than after them:
+    (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for scenes and training,
+    ``vae_seed`` for the VAE's initialisation and the frames and crops it trains on. Checked
+    on construction, so a recipe that cannot finish fails before minutes of training rather
+    than after them:
 
     * ``frames = 1 + 4k`` (the Wan VAE's 4x temporal factor), ``height``, ``width``, counts,
       steps, epochs and batches positive ints, ``seed`` and ``vae_seed`` ints, the VAE's steps
@@ -269,8 +269,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     (each folder complete before it appears)."""
     from diffusers import AutoencoderKLWan
 
-    from .geometry.tiny import TinyVGGT, TinyVGGTConfig
-    from .geometry.training import BackboneTrainingConfig, train_tiny_backbone
+    from .geometry.tiny import TinyVGGTConfig
     from .lgm import LatentGeometryModel, LGMConfig
     from .stitching import StitchingConfig, train_stitching
     from .vae import TRAINED_WAN_VAE_CONFIG
@@ -294,16 +293,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     timings["vae_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    torch.manual_seed(recipe.seed)
-    backbone = TinyVGGT(TinyVGGTConfig())
-    backbone_history = train_tiny_backbone(
-        backbone, train, BackboneTrainingConfig(steps=recipe.backbone_steps,
-                                                batch_size=recipe.backbone_batch,
-                                                lr=recipe.backbone_lr,
-                                                motion_weight=recipe.backbone_motion_weight,
-                                                seed=recipe.seed),
-        progress=progress)
-    backbone.requires_grad_(False).eval()
+    backbone, backbone_history = train_backbone_stage(train, recipe, progress=progress)
     # The backbone ships in float16: stitch the connector to those rounded weights, not to
     # ones no user gets (a connector re-stitched from the saved files then matches too).
     with torch.no_grad():
@@ -352,6 +342,27 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     }
     _io.save_json(out / QUALITY_FILE, report)
     return report
+
+
+def train_backbone_stage(train: _Items, recipe: DefaultsRecipe = DefaultsRecipe(), *,
+                         progress: bool = False):
+    """The backbone stage of :func:`build_defaults`: a :class:`~vggrpo.geometry.TinyVGGT`
+    (seeded with ``recipe.seed``) trained with ground truth on ``train`` (:func:`scene_pool`'s
+    scenes) by :func:`~vggrpo.geometry.training.train_tiny_backbone` at the recipe's
+    ``backbone_*`` settings. Returns ``(model frozen in eval mode, float32; loss history)``."""
+    from .geometry.tiny import TinyVGGT, TinyVGGTConfig
+    from .geometry.training import BackboneTrainingConfig, train_tiny_backbone
+
+    torch.manual_seed(recipe.seed)
+    backbone = TinyVGGT(TinyVGGTConfig())
+    history = train_tiny_backbone(
+        backbone, train, BackboneTrainingConfig(steps=recipe.backbone_steps,
+                                                batch_size=recipe.backbone_batch,
+                                                lr=recipe.backbone_lr,
+                                                motion_weight=recipe.backbone_motion_weight,
+                                                seed=recipe.seed),
+        progress=progress)
+    return backbone.requires_grad_(False).eval(), history
 
 
 def train_generator_stage(vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,

@@ -168,11 +168,10 @@ class LinearVideoCode:
 
     def encode(self, clips: Tensor) -> Tensor:
         """``[B,3,1+t*k,H,W]`` in [-1, 1] -> codes ``[B,channels,1+k,H/s,W/s]`` (float32)."""
-        if len(self.parts) == 1 and isinstance(clips, Tensor) and clips.dim() == 5 \
-                and clips.shape[2] > 1:
+        _check_clips(clips, self.spatial, self.parts[-1][0], "LinearVideoCode.encode: clips")
+        if len(self.parts) == 1 and clips.shape[2] > 1:
             raise ValueError(f"clips has {clips.shape[2]} frames, but this LinearVideoCode was "
                              f"fitted on single frames only")
-        _check_clips(clips, self.spatial, self.parts[-1][0], "LinearVideoCode.encode: clips")
         out = []
         for (t, mean, basis, scale), (start, end) in zip(self.parts,
                                                          ((0, 1), (1, clips.shape[2]))):
@@ -273,7 +272,8 @@ def train_wan_vae(vae, videos: Tensor, config: VAETrainingConfig = VAETrainingCo
     from tqdm.auto import tqdm
 
     _check_videos(videos, vae, config.crop, config.video_steps > 0)
-    spatial = vae_factors(vae)["spatial"]
+    factors = vae_factors(vae)
+    spatial = factors["spatial"]
     init_frame_by_frame(vae)
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
@@ -286,8 +286,7 @@ def train_wan_vae(vae, videos: Tensor, config: VAETrainingConfig = VAETrainingCo
         # Fitted on at most 64 evenly spaced videos: enough rows for 768-pixel blocks, seconds.
         some = videos[::max(1, videos.shape[0] // 64)][:64]
         teacher = LinearVideoCode.fit(some.permute(0, 2, 1, 3, 4) * 2.0 - 1.0,
-                                      int(vae.config.z_dim), spatial,
-                                      vae_factors(vae)["temporal"])
+                                      factors["channels"], spatial, factors["temporal"])
     history: List[Dict[str, float]] = []
     bar = tqdm(range(total), desc="vae", disable=not progress, leave=False)
     for step in bar:
