@@ -15,7 +15,14 @@ from vggrpo.defaults import (
     load_tiny_wan_vae,
 )
 from vggrpo.geometry import TinyVGGT
-from vggrpo.recipe import DefaultsRecipe, build_defaults, build_generator, evaluate_lgm
+from vggrpo.lgm import LatentGeometryModel
+from vggrpo.recipe import (
+    DefaultsRecipe,
+    build_defaults,
+    build_generator,
+    build_lgm,
+    evaluate_lgm,
+)
 from vggrpo.vae import TRAINED_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature
 
 from helpers import assert_same_vae_signature, tiny_vae, untrained_embedded_vae
@@ -34,7 +41,7 @@ def test_files_ship_in_the_package_and_are_small():
     assert files == [
         "base_generator/config.json", "base_generator/diffusion_pytorch_model.safetensors",
         "default_lgm/backbone.safetensors", "default_lgm/config.json",
-        "default_lgm/connector.safetensors", "quality.json",
+        "default_lgm/connector.safetensors", "default_lgm/lora.safetensors", "quality.json",
         "tiny_wan_vae/config.json", "tiny_wan_vae/diffusion_pytorch_model.safetensors"]
     total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert total < 12e6, total  # the budget README states: they travel to every GPU machine
@@ -56,6 +63,9 @@ def test_default_lgm_reads_tiny_vae_latents():
         g = lgm(encode_video(vae, video))
     assert g.depths.shape == (1, 3, 48, 80)
     assert load_tiny_backbone().patch_size == 16
+    # The LGM carries LoRA adapters; the backbone alone (the RGB path) does not.
+    assert lgm.lora_config == {"rank": 16, "alpha": 16.0, "target_modules": ["qkv", "proj"]}
+    assert not any("lora_" in k for k in load_tiny_backbone().state_dict())
     # The shipped LGM names the shipped VAE as the one it reads, and refuses another one: of
     # another size, or of the same config (normalisation included) with untrained weights.
     assert_same_vae_signature(lgm.vae_signature, vae_signature(vae))
@@ -86,6 +96,19 @@ def test_default_quality_on_held_out_scenes():
     assert q["latent.depth_abs_rel"] < 0.25, q
     assert q["latent.rotation_deg"] < 0.5 * base, q
     assert q["vae.psnr_db"] > 20.0, q
+
+
+def test_evaluation_reads_rgb_with_the_plain_backbone():
+    """The ``rgb.*`` numbers are the backbone's without the LGM's adapters: the same as those
+    of an LGM built on the plain backbone, while the LGM's own numbers differ."""
+    shipped, vae = load_default_lgm(), load_tiny_wan_vae()
+    plain = LatentGeometryModel(load_tiny_backbone(), shipped.config).eval()
+    plain.connector.load_state_dict(shipped.connector.state_dict())
+    q = [evaluate_lgm(m, vae, DefaultsRecipe(), scenes=1, ranking_scenes=0)
+         for m in (shipped, plain)]
+    for key in ("rgb.rotation_deg", "rgb.centre_m", "rgb.depth_abs_rel"):
+        assert q[0][key] == q[1][key], key
+    assert q[0]["latent.rotation_deg"] != q[1]["latent.rotation_deg"]
 
 
 def test_quality_report_matches_the_recipe():
@@ -199,6 +222,7 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
 
     recipe = DefaultsRecipe(height=32, width=48, frames=9, train_scenes=2, eval_scenes=1,
                             backbone_steps=2, backbone_batch=2, stitch_epochs=1, stitch_batch=2,
+                            lgm_lora_rank=2, lgm_lora_epochs=1,
                             vae_image_steps=2, vae_video_steps=1, vae_teacher_weight=0.5,
                             generator_videos=3, generator_steps=2, generator_batch=2)
     out = tmp_path / "weights"
@@ -225,6 +249,7 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
         g = lgm(encode_video(vae, torch.rand(1, 9, 3, 32, 48)))
     assert g.depths.shape == (1, 3, 32, 48) and bool(torch.isfinite(g.depths).all())
     assert_same_vae_signature(lgm.vae_signature, vae_signature(vae))
+    assert lgm.lora_config["rank"] == 2 and report["final_lgm_lora_loss"] > 0
 
     ranking = report["quality"]["ranking"]
     for key in ("spearman_jitter_vs_lgm_motion_reward", "spearman_jitter_vs_rgb_motion_reward",
@@ -274,6 +299,47 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     assert (out / "base_generator" / "diffusion_pytorch_model.safetensors").read_bytes() == after
 
 
+def test_lgm_stage_rewrites_only_the_lgm_as_the_full_build_made_it(tmp_path):
+    """--stage lgm re-stitches the LGM to the VAE and backbone in --out: the same code and
+    seeds as the full build, so with the build's recipe it writes the build's bytes; with
+    another LoRA setting it rewrites only default_lgm and its quality.json entries."""
+    recipe = DefaultsRecipe(height=32, width=48, frames=9, train_scenes=2, eval_scenes=1,
+                            backbone_steps=2, backbone_batch=2, stitch_epochs=1, stitch_batch=2,
+                            lgm_lora_rank=2, lgm_lora_epochs=1,
+                            vae_image_steps=2, vae_video_steps=1, generator_videos=3,
+                            generator_steps=2, generator_batch=2)
+    out = tmp_path / "weights"
+    built = build_defaults(out, recipe, progress=False)
+
+    def files(folder):
+        return {p.name: p.read_bytes() for p in (out / folder).iterdir()}
+
+    lgm_files, others = files("default_lgm"), {f: files(f) for f in ("tiny_wan_vae",
+                                                                       "base_generator")}
+    again = build_lgm(out, recipe, progress=False)
+    assert files("default_lgm") == lgm_files
+    for key in ("quality", "final_stitching_loss", "first_stitching_loss",
+                "final_lgm_lora_loss", "recipe"):
+        assert again[key] == built[key], key
+
+    argv = ["build-defaults", "--stage", "lgm", "--out", str(out), "--no-progress"]
+    for field, value in {**recipe.to_dict(), "lgm_lora_epochs": 0}.items():
+        argv += [f"--{field.replace('_', '-')}", str(value)]
+    assert main(argv) == 0
+    report = json.loads((out / "quality.json").read_text())
+    assert LatentGeometryModel.from_pretrained(out / "default_lgm").lora_config is None
+    assert sorted(files("default_lgm")) == ["backbone.safetensors", "config.json",
+                                            "connector.safetensors"]
+    assert files("default_lgm")["backbone.safetensors"] == lgm_files["backbone.safetensors"]
+    assert "final_lgm_lora_loss" not in report and report["recipe"]["lgm_lora_epochs"] == 0
+    assert report["final_generator_loss"] == built["final_generator_loss"]
+    assert {f: files(f) for f in others} == others
+    wrong = list(argv)
+    wrong[wrong.index("--width") + 1] = "64"
+    assert main(wrong) == 2
+    assert json.loads((out / "quality.json").read_text()) == report
+
+
 def test_generator_stage_needs_a_vae(tmp_path):
     with pytest.raises(FileNotFoundError, match="vggrpo build-defaults"):
         build_generator(tmp_path / "nothing")
@@ -284,12 +350,13 @@ def test_a_build_is_reproducible(tmp_path):
     for its timings (the 90-minute rebuild's promise, at a toy size)."""
     recipe = DefaultsRecipe(height=32, width=48, frames=9, train_scenes=2, eval_scenes=1,
                             backbone_steps=2, backbone_batch=2, stitch_epochs=1, stitch_batch=2,
+                            lgm_lora_rank=2, lgm_lora_epochs=1,
                             vae_image_steps=2, vae_video_steps=1, generator_videos=3,
                             generator_steps=2, generator_batch=2)
     reports = [build_defaults(tmp_path / name, recipe, progress=False) for name in "ab"]
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
                    if p.is_file() and p.name != "quality.json")
-    assert len(files) == 7  # three configs, four weight files
+    assert len(files) == 8  # three configs, five weight files (the LGM's LoRA among them)
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")
                            if p.is_file() and p.name != "quality.json")
     for f in files:

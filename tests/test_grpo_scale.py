@@ -520,8 +520,12 @@ def test_fsdp_on_two_processes_trains_the_lora_of_one_and_resumes_sharded(tmp_pa
         a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
         c = load_file(tmp_path / "resumed" / name)
         assert set(a) == set(b) == set(c) and len(a) > 0
-        for k in a:  # measured: 1.6e-4 of the largest entry after 2 AdamW steps
-            assert (a[k] - b[k]).abs().max() <= 1e-3 * a[k].abs().max(), (name, k)
+        # Measured, the largest gap over the largest entry after 2 AdamW steps: 1.6e-4 with the
+        # connector-only default LGM, 1.0e-3 with its LoRA (2026-12-07). Adam's first steps
+        # divide each gradient by its own size, so the sharded sums' float order shows at that
+        # scale in entries whose gradients are small; the reward decides how many there are.
+        for k in a:
+            assert (a[k] - b[k]).abs().max() <= 5e-3 * a[k].abs().max(), (name, k)
             assert torch.equal(b[k], c[k]), (name, k)
         assert any((a[k] - load_file(tmp_path / "half" / name)[k]).abs().max() > 0 for k in a)
     # Every rank logs the same (all-gathered) rewards; the first update is on-policy, sharded too.

@@ -322,6 +322,57 @@ def test_lora_on_remaining_blocks(vae, tmp_path):
         make_lgm(vae).add_lora(target_modules=("to_q",))
 
 
+def test_adapters_disabled_gives_the_plain_backbone_and_restores_every_flag(vae):
+    plain = make_lgm(vae)
+    lgm = make_lgm(vae)
+    lgm.add_lora(rank=4, alpha=4.0)
+    with torch.no_grad():
+        for p in lgm.lora_state_dict().values():
+            p.add_(0.05 * torch.randn_like(p))
+    video = torch.rand(1, 3, 3, 32, 48)
+    flags = {n: p.requires_grad for n, p in lgm.backbone.named_parameters()}
+    with torch.no_grad():
+        with lgm.adapters_disabled() as teacher:
+            assert teacher is lgm.backbone
+            inside = teacher(video).extrinsics
+        adapted = lgm.backbone(video).extrinsics
+        reference = plain.backbone(video).extrinsics
+    assert torch.equal(inside, reference)  # bitwise the backbone without adapters
+    assert not torch.equal(adapted, reference)  # and the adapters are back on after
+    assert {n: p.requires_grad for n, p in lgm.backbone.named_parameters()} == flags
+    for p in lgm.backbone.parameters():  # a frozen (loaded) LGM stays frozen
+        p.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with lgm.adapters_disabled():
+            raise RuntimeError("inside")
+    assert not any(p.requires_grad for p in lgm.backbone.parameters())
+    with torch.no_grad():
+        assert torch.equal(lgm.backbone(video).extrinsics, adapted)
+        with plain.adapters_disabled() as teacher:  # no adapters: nothing changes
+            assert torch.equal(teacher(video).extrinsics, reference)
+
+
+def test_read_backbone_gives_the_folders_backbone_without_adapters(vae, tmp_path):
+    lgm = make_lgm(vae)
+    lgm.add_lora(rank=2, alpha=2.0)
+    with torch.no_grad():
+        for p in lgm.lora_state_dict().values():
+            p.add_(0.05 * torch.randn_like(p))
+    lgm.save_pretrained(tmp_path / "m")
+    backbone = LatentGeometryModel.read_backbone(tmp_path / "m")
+    assert isinstance(backbone, TinyVGGT) and not backbone.training
+    assert not any("lora_" in k for k in backbone.state_dict())
+    assert not any(p.requires_grad for p in backbone.parameters())
+    video = torch.rand(1, 3, 3, 32, 48)
+    with torch.no_grad(), lgm.adapters_disabled() as teacher:
+        assert torch.equal(backbone(video).depths, teacher(video).depths)
+    torch.manual_seed(1)
+    LatentGeometryModel(_own_backbone(seed=0), LGMConfig.from_vae(vae, SMALL.dim)).save_pretrained(
+        tmp_path / "own")
+    with pytest.raises(ValueError, match="whose weights it does not hold: pass that backbone"):
+        LatentGeometryModel.read_backbone(tmp_path / "own")
+
+
 def _own_backbone(seed):
     torch.manual_seed(seed)
     return OwnBackbone(TinyVGGT(SMALL).eval().requires_grad_(False))

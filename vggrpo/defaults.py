@@ -82,8 +82,13 @@ def load_default_lgm(path: Union[str, Path, None] = None):
 
 
 def load_tiny_backbone(path: Union[str, Path, None] = None):
-    """The embedded :class:`~vggrpo.geometry.TinyVGGT` (RGB in), eval mode, frozen."""
-    return load_default_lgm(path).backbone
+    """The embedded :class:`~vggrpo.geometry.TinyVGGT` (RGB ``[B,T,3,H,W]`` in [0, 1] in), eval
+    mode, float32, frozen: the plain backbone the default LGM was stitched to, without the
+    LGM's LoRA adapters (:meth:`~vggrpo.lgm.LatentGeometryModel.read_backbone`)."""
+    from .lgm import LatentGeometryModel
+
+    return LatentGeometryModel.read_backbone(_folder(path or WEIGHTS_DIR / LGM_FOLDER,
+                                                     "default LGM"))
 
 
 def load_base_generator(path: Union[str, Path, None] = None):

@@ -18,9 +18,10 @@ replaced by a connector reading the video VAE's latent::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -231,6 +232,26 @@ class LatentGeometryModel(nn.Module):
         self.lora_config = {"rank": rank, "alpha": float(alpha),
                             "target_modules": list(target_modules)}
 
+    @contextmanager
+    def adapters_disabled(self) -> Iterator[nn.Module]:
+        """Within ``with lgm.adapters_disabled() as backbone:`` the backbone computes without
+        its LoRA adapters: the plain backbone, the RGB teacher the LGM was stitched to (an LGM
+        without adapters is unchanged). Every parameter's ``requires_grad`` is restored on
+        leaving (peft's switch changes them)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.backbone.modules() if isinstance(m, BaseTunerLayer)]
+        trainable = [(p, p.requires_grad) for p in self.backbone.parameters()]
+        try:
+            for layer in layers:
+                layer.enable_adapters(False)
+            yield self.backbone
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+            for p, flag in trainable:
+                p.requires_grad_(flag)
+
     def lora_state_dict(self) -> Dict[str, Tensor]:
         return {k: v for k, v in self.backbone.blocks.state_dict().items() if "lora_" in k}
 
@@ -304,18 +325,7 @@ class LatentGeometryModel(nn.Module):
                 raise ValueError(f"the LGM in {directory} was stitched to a {stitched} backbone, "
                                  f"not to the {given} given")
         if backbone is None:
-            if stitched != "tiny_vggt":
-                raise ValueError(f"the LGM in {directory} was stitched to a {stitched} backbone, "
-                                 f"whose weights it does not hold: pass that backbone "
-                                 f"(backbone= in Python; on the command line --backbone SPEC, "
-                                 f"e.g. vggt:DIR)")
-            tiny_config = TinyVGGTConfig.from_dict(spec.get("config", {}))
-            check_buildable(lambda: TinyVGGT(tiny_config),
-                            f"the tiny backbone of {directory / _CONFIG_FILE}")
-            backbone = TinyVGGT(tiny_config)
-            _io.load_state_dict_strict(
-                backbone, _io.load_tensors(directory / _BACKBONE_FILE, "backbone weights"),
-                f"backbone weights {directory / _BACKBONE_FILE}")
+            backbone = cls._tiny_backbone(directory, meta)
         check_buildable(lambda: LatentConnector(config),
                         f"the connector of {directory / _CONFIG_FILE}")
         model = cls(backbone, config)
@@ -334,6 +344,34 @@ class LatentGeometryModel(nn.Module):
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         return model.float().eval()
+
+    @classmethod
+    def read_backbone(cls, directory: Union[str, Path]) -> TinyVGGT:
+        """The tiny backbone an LGM folder holds, without the LGM's connector or LoRA adapters:
+        the plain RGB backbone ``[B,T,3,H,W]`` in [0, 1] -> Geometry that the connector was
+        stitched to. Eval mode, float32, frozen. A folder of a real backbone (which holds no
+        backbone weights) is refused in one line."""
+        directory = Path(directory)
+        backbone = cls._tiny_backbone(directory, cls.read_config(directory))
+        return backbone.float().eval().requires_grad_(False)
+
+    @staticmethod
+    def _tiny_backbone(directory: Path, meta: Dict[str, Any]) -> TinyVGGT:
+        spec = meta.get("backbone") or {}
+        stitched = spec.get("type", "unknown")
+        if stitched != "tiny_vggt":
+            raise ValueError(f"the LGM in {directory} was stitched to a {stitched} backbone, "
+                             f"whose weights it does not hold: pass that backbone "
+                             f"(backbone= in Python; on the command line --backbone SPEC, "
+                             f"e.g. vggt:DIR)")
+        tiny_config = TinyVGGTConfig.from_dict(spec.get("config", {}))
+        check_buildable(lambda: TinyVGGT(tiny_config),
+                        f"the tiny backbone of {directory / _CONFIG_FILE}")
+        backbone = TinyVGGT(tiny_config)
+        _io.load_state_dict_strict(
+            backbone, _io.load_tensors(directory / _BACKBONE_FILE, "backbone weights"),
+            f"backbone weights {directory / _BACKBONE_FILE}")
+        return backbone
 
     def load_weights(self, directory: Union[str, Path]) -> None:
         """Load the trained weights (the connector's, and the LoRA's) of the LGM folder

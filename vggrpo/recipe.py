@@ -33,11 +33,13 @@ from .defaults import (
     QUALITY_FILE,
     VAE_FOLDER,
     load_default_lgm,
+    load_tiny_backbone,
     load_tiny_wan_vae,
 )
 
 __all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm",
-           "train_backbone_stage", "train_generator_stage", "build_generator"]
+           "train_backbone_stage", "train_lgm_stage", "train_generator_stage", "build_lgm",
+           "build_generator"]
 
 _HELD_OUT = 1_000_000  # seed offset of evaluation scenes: never drawn for training
 
@@ -49,8 +51,11 @@ class DefaultsRecipe(DictConfig):
     Video ``frames`` of ``height x width`` pixels; ``train_scenes`` / ``eval_scenes`` synthetic
     scenes; camera jitter drawn from ``[0, max_jitter]``; the backbone's and the connector's
     optimiser settings (``backbone_motion_weight``: the backbone's camera-step loss term,
-    :mod:`vggrpo.geometry.training`); the VAE's training steps (single frames, then whole
-    clips), learning rate and linear teacher's starting weight
+    :mod:`vggrpo.geometry.training`); the LGM's LoRA stage after the connector's
+    (``lgm_lora_rank`` adapters of alpha = rank on the backbone's remaining blocks, trained with
+    the connector for ``lgm_lora_epochs`` more epochs at ``stitch_lr``, the RGB backbone's
+    outputs distilled into the LGM's; epochs 0: no adapters); the VAE's training steps (single
+    frames, then whole clips), learning rate and linear teacher's starting weight
     (:class:`~vggrpo.vae_training.VAETrainingConfig`); ``seed`` for scenes and training,
     ``vae_seed`` for the VAE's initialisation and the frames and crops it trains on. Checked
     on construction, so a recipe that cannot finish fails before minutes of training rather
@@ -81,6 +86,8 @@ class DefaultsRecipe(DictConfig):
     stitch_epochs: int = 200
     stitch_batch: int = 4
     stitch_lr: float = 5e-4
+    lgm_lora_rank: int = 16
+    lgm_lora_epochs: int = 20
     vae_image_steps: int = 2500
     vae_video_steps: int = 400
     vae_lr: float = 3e-4
@@ -95,10 +102,10 @@ class DefaultsRecipe(DictConfig):
     def __post_init__(self) -> None:
         check_fields(self, "positive int", ("height", "width", "frames", "train_scenes",
                                             "eval_scenes", "backbone_steps", "backbone_batch",
-                                            "stitch_epochs", "stitch_batch",
+                                            "stitch_epochs", "stitch_batch", "lgm_lora_rank",
                                             "generator_videos", "generator_steps",
                                             "generator_batch"))
-        check_fields(self, "int >= 0", ("vae_image_steps", "vae_video_steps"))
+        check_fields(self, "int >= 0", ("vae_image_steps", "vae_video_steps", "lgm_lora_epochs"))
         check_fields(self, "int", ("seed", "vae_seed"))
         check_fields(self, "finite number > 0", ("backbone_lr", "stitch_lr", "vae_lr",
                                                  "generator_lr"))
@@ -197,7 +204,9 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
         batch = {k: v[start:start + 4] for k, v in data.items.items()}
         tgt = supervised_targets(batch, lgm.temporal_factor)
         gt = tgt["geometry"]
-        for name, geo in (("rgb", lgm.backbone(tgt["video"])),
+        with lgm.adapters_disabled() as teacher:  # the RGB path is the plain backbone
+            rgb = teacher(tgt["video"])
+        for name, geo in (("rgb", rgb),
                           ("latent", lgm(encode_video(vae, batch["video"])))):
             add(f"{name}.depth_abs_rel", depth_abs_rel(geo.depths, gt.depths))
             cams = camera_errors(geo.extrinsics, gt.extrinsics)
@@ -223,7 +232,8 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
             r = lgm(encode_video(vae, item["video"])).rewards()
             motion.append(float(r["motion"][0]))
             tgt = supervised_targets(item, lgm.temporal_factor)
-            motion_rgb.append(float(lgm.backbone(tgt["video"]).rewards()["motion"][0]))
+            with lgm.adapters_disabled() as teacher:
+                motion_rgb.append(float(teacher(tgt["video"]).rewards()["motion"][0]))
             motion_gt.append(float(tgt["geometry"].rewards()["motion"][0]))
         rho_motion.append(spearman(torch.tensor(jitters), torch.tensor(motion)))
         rho_motion_rgb.append(spearman(torch.tensor(jitters), torch.tensor(motion_rgb)))
@@ -270,8 +280,6 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     from diffusers import AutoencoderKLWan
 
     from .geometry.tiny import TinyVGGTConfig
-    from .lgm import LatentGeometryModel, LGMConfig
-    from .stitching import StitchingConfig, train_stitching
     from .vae import TRAINED_WAN_VAE_CONFIG
     from .vae_training import VAETrainingConfig, train_wan_vae
 
@@ -302,12 +310,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
     timings["backbone_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    torch.manual_seed(recipe.seed + 1)
-    lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim))
-    stitch_history = train_stitching(
-        lgm, vae, train, StitchingConfig(epochs=recipe.stitch_epochs,
-                                         batch_size=recipe.stitch_batch, lr=recipe.stitch_lr,
-                                         seed=recipe.seed), progress=progress)
+    lgm, stitch_history = train_lgm_stage(backbone, vae, train, recipe, progress=progress)
     timings["stitching_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -333,8 +336,7 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
         "quality": quality,
         "final_backbone_loss": backbone_history[-1],
         "final_vae_loss": vae_history[-1]["loss"],
-        "final_stitching_loss": stitch_history[-1]["loss"],
-        "first_stitching_loss": stitch_history[0]["loss"],
+        **_stitching_losses(stitch_history),
         "final_generator_loss": _late_loss(generator_history),
         "timings": timings,
         "torch": torch.__version__,
@@ -363,6 +365,80 @@ def train_backbone_stage(train: _Items, recipe: DefaultsRecipe = DefaultsRecipe(
                                                 seed=recipe.seed),
         progress=progress)
     return backbone.requires_grad_(False).eval(), history
+
+
+def train_lgm_stage(backbone, vae, train: _Items, recipe: DefaultsRecipe = DefaultsRecipe(), *,
+                    progress: bool = False):
+    """The LGM stage of :func:`build_defaults` on a frozen ``backbone`` (the float16-rounded one
+    that ships) and ``vae``: the connector (seeded with ``recipe.seed + 1``) stitched for
+    ``recipe.stitch_epochs``, then, when ``recipe.lgm_lora_epochs > 0``, LoRA adapters of rank
+    ``recipe.lgm_lora_rank`` (alpha = rank, on the blocks after the stitch point; seeded with
+    ``recipe.seed + 3``) trained with the connector for ``lgm_lora_epochs`` more, with the
+    backbone's RGB outputs distilled into the LGM's (:func:`vggrpo.stitching.train_stitching`).
+    Returns ``(LGM in eval mode, {"connector": history, "lora": history or []})``."""
+    from .lgm import LatentGeometryModel, LGMConfig
+    from .stitching import StitchingConfig, train_stitching
+
+    def stitch(epochs: int):
+        return train_stitching(lgm, vae, train, StitchingConfig(
+            epochs=epochs, batch_size=recipe.stitch_batch, lr=recipe.stitch_lr,
+            seed=recipe.seed), progress=progress)
+
+    torch.manual_seed(recipe.seed + 1)
+    lgm = LatentGeometryModel(backbone, LGMConfig.from_vae(vae, backbone.dim))
+    histories = {"connector": stitch(recipe.stitch_epochs), "lora": []}
+    if recipe.lgm_lora_epochs > 0:
+        torch.manual_seed(recipe.seed + 3)
+        lgm.add_lora(recipe.lgm_lora_rank, float(recipe.lgm_lora_rank))
+        histories["lora"] = stitch(recipe.lgm_lora_epochs)
+    return lgm.requires_grad_(False).eval(), histories
+
+
+def _stitching_losses(histories: Dict[str, List[Dict[str, float]]]) -> Dict[str, float]:
+    """quality.json's record of :func:`train_lgm_stage`'s losses (last batch of each part)."""
+    losses = {"final_stitching_loss": histories["connector"][-1]["loss"],
+              "first_stitching_loss": histories["connector"][0]["loss"]}
+    if histories["lora"]:
+        losses["final_lgm_lora_loss"] = histories["lora"][-1]["loss"]
+    return losses
+
+
+def build_lgm(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecipe(), *,
+              progress: bool = True) -> Dict[str, object]:
+    """Only the LGM stage of :func:`build_defaults` (:func:`train_lgm_stage`), on the VAE and
+    the plain backbone already in ``out``, on the recipe's training scenes: rewrite
+    ``out/default_lgm`` (complete before it appears), evaluate it as the full build does
+    (:func:`evaluate_lgm` on the files as saved), and update ``out/quality.json``: ``quality``,
+    the stitching losses, ``timings.stitching_s`` and ``evaluation_s``, and the recipe's
+    ``stitch_*`` and ``lgm_lora_*`` fields. Refused like :func:`build_generator` when
+    ``out/quality.json`` records another ``frames``, ``height``, ``width`` or ``seed``."""
+    from .geometry.tiny import TinyVGGTConfig
+
+    out = Path(out)
+    _check_recorded_build(out, recipe)
+    check_build_size(recipe, TinyVGGTConfig.patch_size)
+    vae = load_tiny_wan_vae(out / VAE_FOLDER)
+    backbone = load_tiny_backbone(out / LGM_FOLDER)
+    train = scene_pool(recipe.train_scenes, recipe, seed=recipe.seed, progress=progress)
+    t0 = time.perf_counter()
+    lgm, histories = train_lgm_stage(backbone, vae, train, recipe, progress=progress)
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        lgm.save_pretrained(Path(tmp) / LGM_FOLDER, dtype=torch.float16)
+        t0 = time.perf_counter()
+        quality = evaluate_lgm(load_default_lgm(Path(tmp) / LGM_FOLDER), vae, recipe,
+                               progress=progress)
+        evaluation = time.perf_counter() - t0
+        _replace_dir(Path(tmp) / LGM_FOLDER, out / LGM_FOLDER)
+    report = _io.load_json(out / QUALITY_FILE) if (out / QUALITY_FILE).is_file() else {}
+    report.setdefault("recipe", {}).update(
+        {k: v for k, v in recipe.to_dict().items() if k.startswith(("stitch_", "lgm_lora_"))})
+    report["quality"] = quality
+    report.pop("final_lgm_lora_loss", None)
+    report.update(_stitching_losses(histories))
+    report.setdefault("timings", {}).update({"stitching_s": seconds, "evaluation_s": evaluation})
+    _io.save_json(out / QUALITY_FILE, report)
+    return report
 
 
 def train_generator_stage(vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
@@ -412,14 +488,7 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
     the generator would learn worlds of another size or draw, beside weights that say
     otherwise."""
     out = Path(out)
-    recorded = (_io.load_json(out / QUALITY_FILE).get("recipe", {})
-                if (out / QUALITY_FILE).is_file() else {})
-    for name in ("frames", "height", "width", "seed"):
-        if name in recorded and recorded[name] != getattr(recipe, name):
-            raise ValueError(f"DefaultsRecipe.{name} must match the build in {out} "
-                             f"({recorded[name]}, its quality.json), got "
-                             f"{getattr(recipe, name)}; rebuild everything, or pass "
-                             f"--{name} {recorded[name]}")
+    _check_recorded_build(out, recipe)
     vae = load_tiny_wan_vae(out / VAE_FOLDER)
     t0 = time.perf_counter()
     generator, history = train_generator_stage(vae, recipe, progress=progress)
@@ -435,6 +504,19 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
     report.setdefault("timings", {})["generator_s"] = seconds
     _io.save_json(out / QUALITY_FILE, report)
     return report
+
+
+def _check_recorded_build(out: Path, recipe: DefaultsRecipe) -> None:
+    """A stage rebuilt alone must see the scenes of the build in ``out``: its ``frames``,
+    ``height``, ``width`` and ``seed`` (quality.json's recipe) must be ``recipe``'s."""
+    recorded = (_io.load_json(out / QUALITY_FILE).get("recipe", {})
+                if (out / QUALITY_FILE).is_file() else {})
+    for name in ("frames", "height", "width", "seed"):
+        if name in recorded and recorded[name] != getattr(recipe, name):
+            raise ValueError(f"DefaultsRecipe.{name} must match the build in {out} "
+                             f"({recorded[name]}, its quality.json), got "
+                             f"{getattr(recipe, name)}; rebuild everything, or pass "
+                             f"--{name} {recorded[name]}")
 
 
 def _save_float16(model, folder: Path) -> None:

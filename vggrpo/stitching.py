@@ -171,7 +171,10 @@ def train_stitching(
             latents.append(z)
             targets.append(stitching_targets(lgm.backbone, videos, grid, temporal))
             if use_lora:
-                g = lgm.backbone.forward_tokens(targets[-1])
+                # The teacher is the plain backbone: adapters trained before (a resume, or a
+                # re-stitch) must not shape their own targets.
+                with lgm.adapters_disabled() as teacher:
+                    g = teacher.forward_tokens(targets[-1])
                 rgb_geometry.append((g.depths.log(), _pose_encoding(g)))
     Z = torch.cat(latents)
     Y = torch.cat(targets)

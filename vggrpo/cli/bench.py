@@ -109,7 +109,7 @@ def run(args) -> int:
         return _run_grpo(args)
     from .. import reference
     from ..data.synthetic import make_scene
-    from ..defaults import load_default_lgm, load_tiny_wan_vae
+    from ..defaults import load_default_lgm, load_tiny_backbone, load_tiny_wan_vae
     from ..latent_reward import LatentGeometryReward
     from ..rewards import geometry_reprojection_reward
     from ..rgb_reward import RGBGeometryReward
@@ -117,7 +117,7 @@ def run(args) -> int:
     out = output_file(args.out or "out/bench.json")
     lgm, vae = load_default_lgm(), load_tiny_wan_vae()
     z = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(0))
-    lat, rgb = LatentGeometryReward(lgm), RGBGeometryReward(vae, lgm.backbone)
+    lat, rgb = LatentGeometryReward(lgm), RGBGeometryReward(vae, load_tiny_backbone())
     s = make_scene(2, 8, 60, 104, moving_objects=2, seed=0)
     geo_args = (s.pointmaps, s.depths * 1.02, s.extrinsics, s.intrinsics, s.scene_flow)
     result = {

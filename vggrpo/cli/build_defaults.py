@@ -1,6 +1,7 @@
 """``vggrpo build-defaults``: rebuild the embedded models (backbone, Wan VAE, LGM connector, base
 generator) on synthetic scenes and evaluate them (:func:`vggrpo.recipe.build_defaults`;
-``--stage generator``: :func:`vggrpo.recipe.build_generator`)."""
+``--stage lgm``: :func:`vggrpo.recipe.build_lgm`; ``--stage generator``:
+:func:`vggrpo.recipe.build_generator`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import re
 
 from ..defaults import WEIGHTS_DIR
 from ..geometry.tiny import TinyVGGTConfig
-from ..recipe import DefaultsRecipe, build_defaults, build_generator, check_build_size
+from ..recipe import (
+    DefaultsRecipe,
+    build_defaults,
+    build_generator,
+    build_lgm,
+    check_build_size,
+)
 from .options import UsageError
 
 
@@ -28,9 +35,11 @@ def add_parser(sub) -> None:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
                             default=field.default,
                             help=f"DefaultsRecipe.{field.name} (default: %(default)s)")
-    parser.add_argument("--stage", choices=("all", "generator"), default="all",
-                        help="'generator': only retrain the base generator, on the VAE already "
-                             "in --out (default: %(default)s)")
+    parser.add_argument("--stage", choices=("all", "lgm", "generator"), default="all",
+                        help="'lgm': only re-stitch the LGM (connector, then LoRA) to the VAE "
+                             "and backbone already in --out, and re-evaluate it; 'generator': "
+                             "only retrain the base generator, on the VAE already in --out "
+                             "(default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(fn=run)
 
@@ -44,6 +53,10 @@ def run(args) -> int:
         field = re.match(r"DefaultsRecipe\.(\w+) (.*)", str(err), re.S)
         raise UsageError(f"--{field[1].replace('_', '-')} {field[2]}" if field else str(err)) \
             from None
+    if args.stage == "lgm":
+        report = build_lgm(args.out, recipe, progress=not args.no_progress)
+        print(report["quality"])
+        return 0
     if args.stage == "generator":
         report = build_generator(args.out, recipe, progress=not args.no_progress)
         print({"final_generator_loss": report["final_generator_loss"]})

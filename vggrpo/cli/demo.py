@@ -53,7 +53,12 @@ def run(args) -> int:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..data.worlds import WORLD_PROMPTS, world_prompt_embeddings, world_videos
-    from ..defaults import load_base_generator, load_default_lgm, load_tiny_wan_vae
+    from ..defaults import (
+        load_base_generator,
+        load_default_lgm,
+        load_tiny_backbone,
+        load_tiny_wan_vae,
+    )
     from ..grpo import GRPOConfig, GRPOTrainer
     from ..latent_reward import LatentGeometryReward
     from ..referees import HIGHER_IS_BETTER, REFEREE_NAMES, paired_effect, video_referees
@@ -71,6 +76,8 @@ def run(args) -> int:
 
     print("[1/6] the embedded models, held-out real worlds and noise")
     lgm, vae = load_default_lgm(), load_tiny_wan_vae()
+    # The RGB path reads frames with the plain backbone, not the LGM's LoRA-adapted one.
+    teacher = load_tiny_backbone()
     # coverage: the hacking instrument (weight 0 below: logged, never trained on).
     reward = LatentGeometryReward(lgm, coverage=1.0)
     embeds = world_prompt_embeddings(8, 16)
@@ -86,7 +93,7 @@ def run(args) -> int:
         with torch.no_grad():
             videos = decode_latents(vae, latents)
             lgm_rewards = reward(latents)
-        refs = video_referees(videos, backbone=lgm.backbone, real_videos=real["video"],
+        refs = video_referees(videos, backbone=teacher, real_videos=real["video"],
                               prompts=prompts, real_prompts=real["prompt"])
         refs.update({f"lgm_{k}": v for k, v in lgm_rewards.items()})
         return videos, refs
@@ -125,7 +132,7 @@ def run(args) -> int:
     guided_video, guided = judge(guided_latents.detach())
 
     print("[5/6] latent reward vs RGB reward timing (batch 4)")
-    rgb_reward = RGBGeometryReward(vae, lgm.backbone)
+    rgb_reward = RGBGeometryReward(vae, teacher)
     z = torch.randn(4, 16, 5, 12, 20, generator=torch.Generator().manual_seed(3))
     summary["latent_vs_rgb"] = time_pair(lambda: reward(z), lambda: rgb_reward(z),
                                          rounds=args.rounds)

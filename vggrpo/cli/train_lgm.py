@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import _io
-from ..defaults import load_default_lgm, load_tiny_wan_vae
+from ..defaults import load_tiny_backbone, load_tiny_wan_vae
 from ..geometry.backbone_spec import BACKBONE_SPEC_HELP
 from ..lgm import LatentGeometryModel, LGMConfig
 from ..recipe import DefaultsRecipe, scene_pool
@@ -76,8 +76,9 @@ def run(args) -> int:
             raise FileNotFoundError(f"VAE folder not found: {args.vae}")
         vae = load_vae_folder(args.vae)
     if args.backbone == "default" or Path(args.backbone).is_dir():
-        base = load_default_lgm(None if args.backbone == "default" else args.backbone)
-        backbone = base.backbone
+        # The plain backbone, without the folder's LoRA adapters: a new connector is stitched
+        # to what reads RGB.
+        backbone = load_tiny_backbone(None if args.backbone == "default" else args.backbone)
     else:
         from ..geometry.backbone_spec import load_backbone
 
