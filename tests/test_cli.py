@@ -62,8 +62,10 @@ def test_demo(tmp_path):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
     assert main(["demo", "--out", str(out), "--steps", "2", "--rounds", "1",
-                 "--samples-per-prompt", "1"]) == 0
+                 "--samples-per-prompt", "1", "--coverage-weight", "0.5"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["grpo_config"]["reward_weights"] == {"motion": 1.0, "geo": 1.0,
+                                                        "coverage": 0.5}
     assert [h["step"] for h in summary["runs"][0]["history"]] == [0, 1]
     assert set(summary["latent_vs_rgb"]) >= {"a_median_s", "b_median_s", "ratio"}
     names = {"rgb_motion", "sampson_px", "fidelity_l1", "lgm_motion", "lgm_geo", "lgm_coverage"}
@@ -349,6 +351,8 @@ def test_train_with_the_coverage_guard(tmp_path):
     (["eval", "videos", "--frames", "two"],
      "argument --frames: expected a positive int, got 'two'"),
     (["demo", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
+    (["demo", "--coverage-weight", "-1"],
+     "argument --coverage-weight: expected a finite number >= 0, got '-1'"),
     (["bench", "--rounds", "0"], "argument --rounds: expected a positive int, got 0"),
     (["reward", "x.mp4", "--frames", "10"],
      "argument --frames: expected 1 + 4k frames (e.g. 9, 13, 17), got 10"),

@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 import torch
 
 from .. import _io
-from .options import output_folder, positive_int, time_pair
+from .options import non_negative_float, output_folder, positive_int, time_pair
 
 #: Seed of the held-out real worlds the fidelity referee compares with (never trained on: the
 #: build draws its generator's videos from seed + 2 = 2 and its LGM's scenes elsewhere).
@@ -39,6 +39,10 @@ def add_parser(sub) -> None:
     d.add_argument("--rounds", type=positive_int, default=3,
                    help="timing rounds of latent vs RGB reward; the median is reported "
                         "(default: %(default)s)")
+    d.add_argument("--coverage-weight", type=non_negative_float, default=1.0,
+                   help="GRPO's weight on the LGM's coverage term, the guard against the "
+                        "geometry reward's exploit (docs/demo.md); 0 leaves it an instrument, "
+                        "logged and never trained on (default: %(default)s)")
     d.set_defaults(fn=run)
 
 
@@ -72,13 +76,15 @@ def run(args) -> int:
     summary: Dict[str, Any] = {"steps": args.steps, "seeds": args.seeds,
                                "samples_per_prompt": args.samples_per_prompt}
     cfg = dict(group_size=8, prompts_per_step=2, num_inference_steps=8, sde_window=(0, 3),
-               steps=args.steps, lr=3e-3, lora_rank=8, lora_alpha=8.0)
+               steps=args.steps, lr=3e-3, lora_rank=8, lora_alpha=8.0,
+               reward_weights={"motion": 1.0, "geo": 1.0, "coverage": args.coverage_weight})
 
     print("[1/6] the embedded models, held-out real worlds and noise")
     lgm, vae = load_default_lgm(), load_tiny_wan_vae()
     # The RGB path reads frames with the plain backbone, not the LGM's LoRA-adapted one.
     teacher = load_tiny_backbone()
-    # coverage: the hacking instrument (weight 0 below: logged, never trained on).
+    # coverage: the hacking instrument, always logged, and the guard GRPO trains on with weight
+    # --coverage-weight (without it GRPO followed the exploit's direction: docs/demo.md).
     reward = LatentGeometryReward(lgm, coverage=1.0)
     embeds = world_prompt_embeddings(8, 16)
     real = world_videos(4 * P, seed=REAL_WORLDS_SEED, flaw_mix=(1.0, 0.0, 0.0))
@@ -111,7 +117,7 @@ def run(args) -> int:
               f"LGM's rewards")
         torch.manual_seed(seed)
         trainer = GRPOTrainer(load_base_generator(), reward, embeds, GRPOConfig(
-            **cfg, seed=seed, reward_weights={"motion": 1.0, "geo": 1.0, "coverage": 0.0}))
+            **cfg, seed=seed))
         history = trainer.train(progress=True)
         with torch.no_grad():
             latents = sample(wan_velocity(trainer.transformer, embeds[prompts]), noise,
@@ -213,9 +219,9 @@ def _across_runs(effects: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[s
 
 
 def _hacking(before, runs, guided) -> Dict[str, Any]:
-    """Item 5's instruments: the share of pixels with a valid view (the coverage term, logged
-    never trained) and how many videos read the best possible geometry reward (0, which a
-    video whose static points project nowhere gets for free)."""
+    """Item 5's instruments: the share of pixels with a valid view (the coverage term; GRPO
+    trains on it with weight --coverage-weight) and how many videos read the best possible
+    geometry reward (0, which a video whose static points project nowhere gets for free)."""
     def stats(r):
         return {"coverage_mean": _mean(r["lgm_coverage"]),
                 "coverage_min": float(r["lgm_coverage"].min()),
