@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from vggrpo.cli import main
-from vggrpo.defaults import load_default_lgm
+from vggrpo.defaults import load_default_lgm, load_tiny_backbone
+from vggrpo.lgm import LatentGeometryModel
 
 
 def _one_line(capsys, argv, expected):
@@ -79,7 +80,9 @@ def test_an_lgm_lora_file_of_other_shapes_is_one_line(world, tmp_path, capsys):
         config["lora"] = {"rank": 2, "alpha": 2.0, "target_modules": ["qkv"]}
 
     lgm = Path(_lgm_folder(tmp_path, "lgm", with_lora))
-    model = load_default_lgm()
+    # The adapter shapes a rank-2 "qkv" LoRA has, on the default's plain backbone (the default
+    # LGM carries its own rank-16 adapters).
+    model = LatentGeometryModel(load_tiny_backbone(), load_default_lgm().config)
     model.add_lora(2, 2.0, ["qkv"])
     save_file({k: torch.zeros(v.shape[0] + 1, v.shape[1])
                for k, v in model.lora_state_dict().items()}, str(lgm / "lora.safetensors"))
