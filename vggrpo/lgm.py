@@ -236,19 +236,21 @@ class LatentGeometryModel(nn.Module):
     def adapters_disabled(self) -> Iterator[nn.Module]:
         """Within ``with lgm.adapters_disabled() as backbone:`` the backbone computes without
         its LoRA adapters: the plain backbone, the RGB teacher the LGM was stitched to (an LGM
-        without adapters is unchanged). Every parameter's ``requires_grad`` is restored on
-        leaving (peft's switch changes them)."""
+        without adapters is unchanged). On leaving, each adapter layer returns to the state it
+        had (so nested uses compose) and every parameter's ``requires_grad`` is restored
+        (peft's switch changes them)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = [m for m in self.backbone.modules() if isinstance(m, BaseTunerLayer)]
+        layers = [(m, m.disable_adapters) for m in self.backbone.modules()
+                  if isinstance(m, BaseTunerLayer)]
         trainable = [(p, p.requires_grad) for p in self.backbone.parameters()]
         try:
-            for layer in layers:
+            for layer, _ in layers:
                 layer.enable_adapters(False)
             yield self.backbone
         finally:
-            for layer in layers:
-                layer.enable_adapters(True)
+            for layer, was_disabled in layers:
+                layer.enable_adapters(not was_disabled)
             for p, flag in trainable:
                 p.requires_grad_(flag)
 

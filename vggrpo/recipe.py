@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -430,15 +430,10 @@ def build_lgm(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecipe(), 
                                progress=progress)
         evaluation = time.perf_counter() - t0
         _replace_dir(Path(tmp) / LGM_FOLDER, out / LGM_FOLDER)
-    report = _io.load_json(out / QUALITY_FILE) if (out / QUALITY_FILE).is_file() else {}
-    report.setdefault("recipe", {}).update(
-        {k: v for k, v in recipe.to_dict().items() if k.startswith(("stitch_", "lgm_lora_"))})
-    report["quality"] = quality
-    report.pop("final_lgm_lora_loss", None)
-    report.update(_stitching_losses(histories))
-    report.setdefault("timings", {}).update({"stitching_s": seconds, "evaluation_s": evaluation})
-    _io.save_json(out / QUALITY_FILE, report)
-    return report
+    return _update_report(out, recipe, ("stitch_", "lgm_lora_"),
+                          {"quality": quality, **_stitching_losses(histories)},
+                          {"stitching_s": seconds, "evaluation_s": evaluation},
+                          drop=("final_lgm_lora_loss",))
 
 
 def train_generator_stage(vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
@@ -496,12 +491,25 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         _save_float16(generator, Path(tmp) / GENERATOR_FOLDER)
         _replace_dir(Path(tmp) / GENERATOR_FOLDER, out / GENERATOR_FOLDER)
+    return _update_report(out, recipe, ("generator_",),
+                          {"final_generator_loss": _late_loss(history)},
+                          {"generator_s": seconds})
+
+
+def _update_report(out: Path, recipe: DefaultsRecipe, prefixes: Tuple[str, ...],
+                   entries: Dict[str, object], timings: Dict[str, float],
+                   drop: Tuple[str, ...] = ()) -> Dict[str, object]:
+    """Rewrite ``out/quality.json`` after one stage rebuilt alone: the recorded recipe takes
+    ``recipe``'s fields starting with ``prefixes`` (the settings the new weights came from),
+    ``drop`` keys go (an earlier run's that no longer apply), ``entries`` and ``timings`` are set.
+    Returns the report written."""
     report = _io.load_json(out / QUALITY_FILE) if (out / QUALITY_FILE).is_file() else {}
-    # The recorded recipe must name the generator settings these weights came from.
     report.setdefault("recipe", {}).update(
-        {k: v for k, v in recipe.to_dict().items() if k.startswith("generator_")})
-    report["final_generator_loss"] = _late_loss(history)
-    report.setdefault("timings", {})["generator_s"] = seconds
+        {k: v for k, v in recipe.to_dict().items() if k.startswith(prefixes)})
+    for key in drop:
+        report.pop(key, None)
+    report.update(entries)
+    report.setdefault("timings", {}).update(timings)
     _io.save_json(out / QUALITY_FILE, report)
     return report
 
