@@ -22,6 +22,7 @@ from vggrpo.recipe import (
     build_generator,
     build_lgm,
     evaluate_lgm,
+    scene_pool,
 )
 from vggrpo.vae import TRAINED_WAN_VAE_CONFIG, encode_video, vae_mismatch, vae_signature
 
@@ -197,6 +198,33 @@ def test_evaluate_lgm_refuses_empty_counts():
         evaluate_lgm(None, None, scenes=0)
     with pytest.raises(ValueError, match="ranking_scenes must be an int >= 0, got -1"):
         evaluate_lgm(None, None, ranking_scenes=-1)
+    with pytest.raises(ValueError, match="ranking_trajectory must be one of .*got 'spiral'"):
+        evaluate_lgm(None, None, ranking_trajectory="spiral")
+
+
+def test_scene_pool_cycles_trajectory_kinds_unless_one_is_named():
+    """Scene i is TRAJECTORIES[i % 3] (dolly, orbit, pan); a named kind holds for every scene.
+    Told apart by their ground-truth centres: a pan's stand still, a dolly's and an orbit's move,
+    and an orbit's turn (its centre steps are not parallel)."""
+    recipe = DefaultsRecipe(frames=5, height=32, width=48)
+
+    def centre_steps(pool):
+        E = pool.items["extrinsics"].double()
+        C = -(E[..., :3, :3].transpose(-1, -2) @ E[..., :3, 3:])[..., 0]
+        return C[:, 1:] - C[:, :-1]
+
+    def kind(steps):
+        if float(steps.norm(dim=-1).max()) < 1e-4:
+            return "pan"
+        unit = steps / steps.norm(dim=-1, keepdim=True)
+        return "dolly" if float((unit[1:] * unit[:-1]).sum(-1).min()) > 1 - 1e-6 else "orbit"
+
+    mixed = centre_steps(scene_pool(3, recipe, seed=5, jitter=0.0))
+    assert [kind(mixed[i]) for i in range(3)] == ["dolly", "orbit", "pan"]
+    pans = centre_steps(scene_pool(2, recipe, seed=5, jitter=0.0, trajectory="pan"))
+    assert [kind(pans[i]) for i in range(2)] == ["pan", "pan"]
+    with pytest.raises(ValueError, match="trajectory must be None or one of .*got 'spiral'"):
+        scene_pool(1, recipe, seed=5, trajectory="spiral")
 
 
 @pytest.mark.parametrize("argv,expected", [

@@ -252,3 +252,22 @@ def test_clean_dynamic_scene_beats_every_perturbation(trajectory):
     smooth = vggrpo.camera_motion_reward(scene.extrinsics)
     shaky = vggrpo.camera_motion_reward(make_scene(**{**kw, "jitter": 0.5}).extrinsics)
     assert (shaky < smooth).all(), (shaky, smooth)
+
+
+def test_a_still_camera_reads_its_rounding_in_float32_unless_eps_covers_it():
+    """docs/ops.md: the motion ratios are scale-free, so a still camera's translation term is its
+    centres' noise over itself. In float64 an exact tripod pan scores 1; in float32 the rounding
+    of ``-R^T t`` is that noise (e_trans of order 1), and an ``eps`` in metres above it (1e-3)
+    brings the pan back to 1 while leaving a shaky pan below."""
+    from vggrpo.data.trajectories import camera_trajectory
+
+    pan64 = camera_trajectory("pan", 17, dtype=torch.float64)[::4][None]
+    pan32 = pan64.float()
+    reward64, terms64 = vggrpo.camera_motion_reward(pan64, return_terms=True)
+    assert float(terms64.e_trans) < 1e-6 and float(reward64) > 1 - 1e-6
+    _, terms32 = vggrpo.camera_motion_reward(pan32, return_terms=True)
+    assert float(terms32.e_trans) > 0.1
+    reward_eps, terms_eps = vggrpo.camera_motion_reward(pan32, eps=1e-3, return_terms=True)
+    assert float(terms_eps.e_trans) < 1e-3 and float(reward_eps) > 0.999
+    shaky = camera_trajectory("pan", 17, jitter=2.0, dtype=torch.float32)[::4][None]
+    assert float(vggrpo.camera_motion_reward(shaky, eps=1e-3)) < 0.95

@@ -146,12 +146,19 @@ class _Items(torch.utils.data.Dataset):
 
 
 def scene_pool(count: int, recipe: DefaultsRecipe, *, seed: int, jitter: Optional[float] = None,
+               trajectory: Optional[str] = None,
                progress: bool = False) -> torch.utils.data.Dataset:
     """``count`` random synthetic videos as a Dataset of dicts (``video [T,3,H,W]``, cameras,
-    ``depths``, ``pointmaps``, ``scene_flow``), scene ``i`` drawn from seed ``seed + i``."""
+    ``depths``, ``pointmaps``, ``scene_flow``), scene ``i`` drawn from seed ``seed + i``, with
+    the trajectory kind ``TRAJECTORIES[i % 3]`` (dolly, orbit, pan), or ``trajectory`` for
+    every scene when given."""
     from tqdm.auto import tqdm
 
     from .data.synthetic import TRAJECTORIES, sample_scene_specs
+
+    if trajectory is not None and trajectory not in TRAJECTORIES:
+        raise ValueError(f"scene_pool: trajectory must be None or one of {TRAJECTORIES}, "
+                         f"got {trajectory!r}")
 
     keys = ("video", "extrinsics", "intrinsics", "depths", "pointmaps", "scene_flow")
     out: Dict[str, List[Tensor]] = {k: [] for k in keys}
@@ -160,7 +167,7 @@ def scene_pool(count: int, recipe: DefaultsRecipe, *, seed: int, jitter: Optiona
         u = torch.rand(4, generator=gen, dtype=torch.float64).tolist()
         spec = sample_scene_specs(
             1, recipe.frames, recipe.height, recipe.width,
-            trajectory=TRAJECTORIES[i % len(TRAJECTORIES)],
+            trajectory=trajectory or TRAJECTORIES[i % len(TRAJECTORIES)],
             jitter=recipe.max_jitter * u[0] ** 2 if jitter is None else jitter,
             static_objects=1 + int(u[1] * 3), moving_objects=int(u[2] * 3), seed=seed + i,
         )[0]
@@ -175,12 +182,17 @@ def scene_pool(count: int, recipe: DefaultsRecipe, *, seed: int, jitter: Optiona
 @torch.no_grad()
 def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
                  scenes: Optional[int] = None, ranking_scenes: int = 4,
+                 ranking_trajectory: str = "dolly",
                  progress: bool = False) -> Dict[str, object]:
     """Held-out quality of the tiny backbone (RGB) and the LGM (latents) against ground truth,
     the VAE's reconstruction PSNR (``vae.psnr_db``, dB over every pixel of every frame), and
     whether LGM rewards rank smooth over jittered and clean over noisy (Spearman; the motion
     sweep also for the backbone on the RGB frames and for the ground truth).
-    ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`)."""
+    ``vae`` must be the one the LGM was stitched to (:meth:`LatentGeometryModel.check_vae`).
+
+    The ``ranking_scenes`` scenes of both sweeps are of one trajectory kind,
+    ``ranking_trajectory``: ``"dolly"``, what every build's quality.json reports, or ``"orbit"``
+    or ``"pan"`` (docs/lgm.md measures all three)."""
     from .evaluation import camera_errors, depth_abs_rel, spearman
     from .geometry.training import supervised_targets
     from .vae import encode_video, reconstruction_psnr
@@ -191,6 +203,11 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
     if not (is_int(ranking_scenes) and ranking_scenes >= 0):
         raise ValueError(f"evaluate_lgm: ranking_scenes must be an int >= 0, got "
                          f"{ranking_scenes!r}")
+    from .data.synthetic import TRAJECTORIES
+
+    if ranking_trajectory not in TRAJECTORIES:
+        raise ValueError(f"evaluate_lgm: ranking_trajectory must be one of {TRAJECTORIES}, "
+                         f"got {ranking_trajectory!r}")
     check_build_size(recipe, lgm.backbone.patch_size, rewards=ranking_scenes > 0)
     lgm.check_vae(vae)
     n = scenes if scenes is not None else recipe.eval_scenes
@@ -228,7 +245,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
         seed = recipe.seed + 2 * _HELD_OUT + s
         motion, motion_rgb, motion_gt = [], [], []
         for j in jitters:
-            item = scene_pool(1, recipe, seed=seed, jitter=j).items
+            item = scene_pool(1, recipe, seed=seed, jitter=j, trajectory=ranking_trajectory).items
             r = lgm(encode_video(vae, item["video"])).rewards()
             motion.append(float(r["motion"][0]))
             tgt = supervised_targets(item, lgm.temporal_factor)
@@ -238,7 +255,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
         rho_motion.append(spearman(torch.tensor(jitters), torch.tensor(motion)))
         rho_motion_rgb.append(spearman(torch.tensor(jitters), torch.tensor(motion_rgb)))
         rho_motion_gt.append(spearman(torch.tensor(jitters), torch.tensor(motion_gt)))
-        item = scene_pool(1, recipe, seed=seed, jitter=0.0).items
+        item = scene_pool(1, recipe, seed=seed, jitter=0.0, trajectory=ranking_trajectory).items
         z = encode_video(vae, item["video"])
         scale = z.std(dim=(2, 3, 4), keepdim=True)
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed))

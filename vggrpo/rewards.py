@@ -49,7 +49,10 @@ def camera_motion_reward(
     Args:
         extrinsics: ``[B, T, 3, 4]`` or ``[B, T, 4, 4]`` camera-from-world (OpenCV axes),
             ``T >= 3``. float32/float64 (float16/bfloat16 are computed in float32).
-        eps: positive constant in the ratios' denominators.
+        eps: positive constant in the ratios' denominators, in the extrinsics' length unit.
+            A still camera's ``e_trans`` is its centres' noise over itself, of order 1 when that
+            noise exceeds ``eps`` (float32 rounding alone does: docs/ops.md); raise ``eps`` to
+            the smallest step that counts as motion where still cameras matter.
         return_terms: also return :class:`MotionTerms`.
     Returns:
         ``[B]`` rewards, or ``(rewards, MotionTerms)``.
