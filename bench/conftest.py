@@ -16,7 +16,15 @@ from harness.calls import forward_backward, no_grad
 from harness.inputs import BenchInputs, get_inputs
 from harness.machine import cpu_times, loadavg, machine_slug, other_cpu_share
 from harness.memory import CPU_PROBE, peak_extra_memory, run_memory_pass, warm_glibc_allocator
-from harness.report import atomic_write_json, clean, results, stat, summary_lines, write_chart
+from harness.report import (
+    atomic_write_json,
+    clean,
+    results,
+    results_path,
+    stat,
+    summary_lines,
+    write_chart,
+)
 from harness.settings import (
     MEMORY_REPEATS,
     QUICK_MEMORY_REPEATS,
@@ -250,7 +258,8 @@ def pytest_sessionfinish(session, exitstatus):
                       targets=state.targets, loadavg_start=state.loadavg_start,
                       cpu_share=state.other_cpu_share,
                       options=config._benchmarksession.options)
-    path = RESULTS_DIR / f"cpu-{machine_slug()}{'-quick' if quick else ''}.json"
+    path = results_path(RESULTS_DIR / f"cpu-{machine_slug()}{'-quick' if quick else ''}.json",
+                        payload)
     atomic_write_json(path, clean(payload))
     state.chart_path = write_chart(payload["pairs"], path.with_suffix(".png"), payload["machine"])
     state.results_path = path

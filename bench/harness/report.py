@@ -67,6 +67,20 @@ def atomic_write_json(path: Path, payload: dict) -> None:
         raise
 
 
+
+def results_path(path: Path, payload: dict) -> Path:
+    """Where a session's results go: ``path``, unless a file there records benchmarks this
+    session did not run (a ``-k`` or one-file run after a full one); then ``<stem>-subset.json``
+    beside it, so a partial run never replaces a fuller record. An unreadable file there holds
+    nothing to keep."""
+    try:
+        with open(path) as f:
+            kept = {b["name"] for b in json.load(f)["benchmarks"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return path
+    ran = {b["name"] for b in payload["benchmarks"]}
+    return path if kept <= ran else path.with_name(f"{path.stem}-subset{path.suffix}")
+
 def clean(x):
     """JSON-safe: non-finite floats become None."""
     if isinstance(x, float) and not math.isfinite(x):
