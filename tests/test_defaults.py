@@ -272,6 +272,16 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     assert not (out / "default_lgm" / "stale.txt").exists()  # replaced whole, not merged
     assert json.loads((out / "quality.json").read_text()) == report
     assert report["recipe"] == recipe.__dict__
+    # Where the bytes came from: the versions and threads of this process, read independently.
+    import diffusers
+    import peft
+
+    built_in = report["environments"]["build"]
+    assert built_in["packages"]["torch"] == torch.__version__
+    assert built_in["packages"]["diffusers"] == diffusers.__version__
+    assert built_in["packages"]["peft"] == peft.__version__
+    assert built_in["threads"] == torch.get_num_threads()
+    assert list(report["environments"]) == ["build"]
     lgm, vae = load_default_lgm(out / "default_lgm"), load_tiny_wan_vae(out / "tiny_wan_vae")
     with torch.no_grad():
         g = lgm(encode_video(vae, torch.rand(1, 9, 3, 32, 48)))
@@ -313,6 +323,10 @@ def test_tiny_build_writes_loadable_models_and_a_full_report_and_replaces_an_old
     again = json.loads((out / "quality.json").read_text())
     assert again["quality"] == report["quality"]
     assert again["final_generator_loss"] > 0 and again["timings"]["generator_s"] > 0
+    # The stage records its own environment beside the full build's, which stays as it was.
+    assert sorted(again["environments"]) == ["build", "generator"]
+    assert again["environments"]["build"] == report["environments"]["build"]
+    assert again["environments"]["generator"]["packages"]["torch"] == torch.__version__
 
     # A generator stage of another world size or draw than the build in --out is refused
     # before any training, naming the option; nothing there changes.

@@ -36,6 +36,7 @@ from .defaults import (
     load_tiny_backbone,
     load_tiny_wan_vae,
 )
+from .provenance import build_environment
 
 __all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm",
            "train_backbone_stage", "train_lgm_stage", "train_generator_stage", "build_lgm",
@@ -358,6 +359,8 @@ def build_defaults(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecip
         "timings": timings,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        # What the bytes depend on besides the recipe; a stage rebuilt alone adds its own entry.
+        "environments": {"build": build_environment()},
     }
     _io.save_json(out / QUALITY_FILE, report)
     return report
@@ -447,7 +450,7 @@ def build_lgm(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsRecipe(), 
                                progress=progress)
         evaluation = time.perf_counter() - t0
         _replace_dir(Path(tmp) / LGM_FOLDER, out / LGM_FOLDER)
-    return _update_report(out, recipe, ("stitch_", "lgm_lora_"),
+    return _update_report(out, recipe, "lgm", ("stitch_", "lgm_lora_"),
                           {"quality": quality, **_stitching_losses(histories)},
                           {"stitching_s": seconds, "evaluation_s": evaluation},
                           drop=("final_lgm_lora_loss",))
@@ -508,17 +511,18 @@ def build_generator(out: Union[str, Path], recipe: DefaultsRecipe = DefaultsReci
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         _save_float16(generator, Path(tmp) / GENERATOR_FOLDER)
         _replace_dir(Path(tmp) / GENERATOR_FOLDER, out / GENERATOR_FOLDER)
-    return _update_report(out, recipe, ("generator_",),
+    return _update_report(out, recipe, "generator", ("generator_",),
                           {"final_generator_loss": _late_loss(history)},
                           {"generator_s": seconds})
 
 
-def _update_report(out: Path, recipe: DefaultsRecipe, prefixes: Tuple[str, ...],
+def _update_report(out: Path, recipe: DefaultsRecipe, stage: str, prefixes: Tuple[str, ...],
                    entries: Dict[str, object], timings: Dict[str, float],
                    drop: Tuple[str, ...] = ()) -> Dict[str, object]:
-    """Rewrite ``out/quality.json`` after one stage rebuilt alone: the recorded recipe takes
+    """Rewrite ``out/quality.json`` after one ``stage`` rebuilt alone: the recorded recipe takes
     ``recipe``'s fields starting with ``prefixes`` (the settings the new weights came from),
-    ``drop`` keys go (an earlier run's that no longer apply), ``entries`` and ``timings`` are set.
+    ``drop`` keys go (an earlier run's that no longer apply), ``entries`` and ``timings`` are set,
+    and ``environments[stage]`` records where this stage ran (:func:`build_environment`).
     Returns the report written."""
     report = _io.load_json(out / QUALITY_FILE) if (out / QUALITY_FILE).is_file() else {}
     report.setdefault("recipe", {}).update(
@@ -527,6 +531,7 @@ def _update_report(out: Path, recipe: DefaultsRecipe, prefixes: Tuple[str, ...],
         report.pop(key, None)
     report.update(entries)
     report.setdefault("timings", {}).update(timings)
+    report.setdefault("environments", {})[stage] = build_environment()
     _io.save_json(out / QUALITY_FILE, report)
     return report
 
