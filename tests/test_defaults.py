@@ -374,6 +374,8 @@ def test_lgm_stage_rewrites_only_the_lgm_as_the_full_build_made_it(tmp_path):
                                             "connector.safetensors"]
     assert files("default_lgm")["backbone.safetensors"] == lgm_files["backbone.safetensors"]
     assert "final_lgm_lora_loss" not in report and report["recipe"]["lgm_lora_epochs"] == 0
+    assert sorted(report["environments"]) == ["build", "lgm"]
+    assert report["environments"]["build"] == built["environments"]["build"]
     assert report["final_generator_loss"] == built["final_generator_loss"]
     assert {f: files(f) for f in others} == others
     wrong = list(argv)
