@@ -23,6 +23,13 @@ def test_environment_names_the_running_versions_threads_and_cpu():
     assert env["cpu"]["isa"] == torch.backends.cpu.get_cpu_capability()
 
 
+def test_a_package_not_loaded_reads_its_installed_version(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.delitem(__import__("sys").modules, "safetensors", raising=False)
+    assert build_environment()["packages"]["safetensors"] == metadata.version("safetensors")
+
+
 def test_thread_count_is_the_one_at_the_time_of_the_call():
     before = torch.get_num_threads()
     try:

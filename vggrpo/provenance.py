@@ -59,6 +59,12 @@ def _cache_sizes() -> Dict[str, str]:
 
 
 def _version(package: str) -> Optional[str]:
+    """The version a loaded module reports of itself (torch's carries its build, e.g.
+    ``2.11.0+cu130``, which its installed metadata may lack), else the installed one."""
+    module = sys.modules.get(package)
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str):
+        return version
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
