@@ -20,14 +20,15 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["PACKAGES", "build_environment"]
+__all__ = ["PACKAGES", "build_environment", "cpuinfo"]
 
 #: The packages whose code runs in a build (diffusers' Wan classes, peft's LoRA, the writers).
 PACKAGES = ("torch", "diffusers", "peft", "numpy", "safetensors")
 
 
-def _cpuinfo() -> Dict[str, str]:
-    """The first processor's lines of /proc/cpuinfo, lower-cased keys; {} where unreadable."""
+def cpuinfo() -> Dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (``{"model name": ..., "flags": ...}``,
+    keys lower-cased); {} where unreadable."""
     fields: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -84,7 +85,7 @@ def build_environment() -> Dict[str, object]:
     of the kernels torch dispatches to (``torch.backends.cpu.get_cpu_capability()``). CPU fields
     read from /proc/cpuinfo and /sys are None (or an empty dict) where the system does not have
     them, so this never fails a build."""
-    info = _cpuinfo()
+    info = cpuinfo()
     try:
         isa = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):

@@ -14,20 +14,15 @@ from typing import Optional
 import torch
 
 import vggrpo
+from vggrpo.provenance import cpuinfo
 
 from .settings import BENCH_DIR
 
 
 def cpuinfo_field(name: str) -> Optional[str]:
-    """The value of the first ``name`` line of /proc/cpuinfo, None where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(name):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    """The first processor's ``name`` field of /proc/cpuinfo, None where there is none (the
+    library's parser, which also describes the machine of a weights build)."""
+    return cpuinfo().get(name)
 
 
 def cpu_model() -> str:

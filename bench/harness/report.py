@@ -67,7 +67,6 @@ def atomic_write_json(path: Path, payload: dict) -> None:
         raise
 
 
-
 def results_path(path: Path, payload: dict) -> Path:
     """Where a session's results go: ``path``, unless a file there records benchmarks this
     session did not run (a ``-k`` or one-file run after a full one); then ``<stem>-subset.json``
@@ -80,6 +79,7 @@ def results_path(path: Path, payload: dict) -> Path:
         return path
     ran = {b["name"] for b in payload["benchmarks"]}
     return path if kept <= ran else path.with_name(f"{path.stem}-subset{path.suffix}")
+
 
 def clean(x):
     """JSON-safe: non-finite floats become None."""
