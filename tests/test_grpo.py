@@ -126,6 +126,24 @@ def _torchrun(n: int, out: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_lora_state_dict_is_the_adapter_itself_under_peft_keys():
+    """peft's keys (the LoRA file's), and the parameters' own memory: writing into it (a resume,
+    the EMA's evaluation) writes the adapter. peft 0.22's get_peft_model_state_dict returns
+    gathered copies of sharded parameters, which made resuming an FSDP run load into copies."""
+    from peft.utils import get_peft_model_state_dict
+
+    trainer = make_trainer()
+    own = trainer.lora_state_dict()
+    assert set(own) == set(get_peft_model_state_dict(trainer.transformer)) and len(own) == 32
+    assert sorted(v.data_ptr() for v in own.values()) == sorted(p.data_ptr()
+                                                               for p in trainer.params)
+    key = "blocks.0.attn1.to_q.lora_B.weight"
+    with torch.no_grad():
+        own[key].fill_(0.25)
+    block = trainer.transformer.blocks[0].attn1.to_q
+    assert (block.lora_B["default"].weight == 0.25).all()
+
+
 def test_two_gloo_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo), one prompt group each, gives the same LoRA gradients
     on both ranks as one process training both groups."""

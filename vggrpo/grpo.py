@@ -337,7 +337,7 @@ class GRPOTrainer:
         self.lora_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                                       target_modules=list(config.lora_targets),
                                       init_lora_weights=True)
-        transformer.add_adapter(self.lora_config)
+        transformer.add_adapter(self.lora_config, adapter_name=_ADAPTER_NAME)
         for n, p in transformer.named_parameters():
             if "lora_" in n:
                 p.requires_grad_(True)
@@ -634,11 +634,23 @@ class GRPOTrainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def lora_state_dict(self) -> Dict[str, Tensor]:
-        """The adapter's tensors, peft's keys (``blocks.0.attn1.to_q.lora_A.weight``...),
-        sharing the parameters' memory (sharded ``DTensor``s under FSDP)."""
-        from peft.utils import get_peft_model_state_dict
+        """The adapter's tensors, peft's keys (``blocks.0.attn1.to_q.lora_A.weight``...): the
+        parameters themselves, detached (sharded ``DTensor``s under FSDP), so that writing into
+        them writes the adapter.
 
-        return get_peft_model_state_dict(self.transformer)
+        Read from the model, not from peft's ``get_peft_model_state_dict``: since peft 0.22 that
+        returns gathered CPU copies of sharded parameters, and a checkpoint loaded into copies
+        would leave the adapter as it was."""
+        out = {}
+        for name, p in self.transformer.named_parameters():
+            parts = name.split(".")
+            if not any(s.startswith("lora_") for s in parts):
+                continue
+            # blocks.0.attn1.to_q.lora_A.default.weight -> ...lora_A.weight, as peft keys it
+            key = [s for i, s in enumerate(parts)
+                   if not (s == _ADAPTER_NAME and i > 0 and parts[i - 1].startswith("lora_"))]
+            out[".".join(key)] = p.detach()
+        return out
 
     def full_lora_state_dict(self) -> Dict[str, Tensor]:
         """:meth:`lora_state_dict` as whole, plain tensors (copies). Under FSDP it gathers the
@@ -944,6 +956,10 @@ def _check_same(expected: Dict[str, Tensor], in_file: Dict[str, Tensor], folder:
                                                 for k in expected):
         raise ValueError(f"cannot resume from {folder}: its {name} is not the adapter its "
                          f"{_STATE_FILE} holds (files from different steps)")
+
+
+#: The adapter's name in the model's parameter names: diffusers' ``add_adapter`` default.
+_ADAPTER_NAME = "default"
 
 
 def _full(t):
