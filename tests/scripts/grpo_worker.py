@@ -33,6 +33,11 @@ def run(out: str, rank: int):
     mode, steps = sys.argv[2], int(sys.argv[3])
     trainer = make_trainer(fsdp=mode == "fsdp", micro_batch_size=1, ema_decay=0.5,
                            gradient_checkpointing=True)
+    if mode == "fsdp":  # the adapter's own shards, which a resume and the EMA write into
+        own = trainer.lora_state_dict()
+        assert all(hasattr(v, "device_mesh") for v in own.values()), "not the sharded params"
+        assert sorted(v.to_local().data_ptr() for v in own.values()) == \
+            sorted(p.to_local().data_ptr() for p in trainer.params), "copies, not the params"
     if len(sys.argv) > 4:
         trainer.load_checkpoint(sys.argv[4])
     return trainer.train(steps, out_dir=out, checkpoint_every=1, progress=False)
