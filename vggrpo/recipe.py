@@ -38,7 +38,8 @@ from .defaults import (
 )
 from .provenance import build_environment
 
-__all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "build_defaults", "evaluate_lgm",
+__all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "ranking_scene_seed",
+           "build_defaults", "evaluate_lgm",
            "train_backbone_stage", "train_lgm_stage", "train_generator_stage", "build_lgm",
            "build_generator"]
 
@@ -146,6 +147,12 @@ class _Items(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.items.items()}
 
 
+def ranking_scene_seed(recipe: DefaultsRecipe, index: int) -> int:
+    """The seed of :func:`evaluate_lgm`'s ``index``-th ranking scene (the jitter and latent-noise
+    sweeps): outside the training and the held-out evaluation scenes' seeds."""
+    return recipe.seed + 2 * _HELD_OUT + index
+
+
 def scene_pool(count: int, recipe: DefaultsRecipe, *, seed: int, jitter: Optional[float] = None,
                trajectory: Optional[str] = None,
                progress: bool = False) -> torch.utils.data.Dataset:
@@ -243,7 +250,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
     noises = [0.0, 0.25, 0.5, 1.0, 2.0]
     rho_motion, rho_motion_rgb, rho_motion_gt, rho_geo = [], [], [], []
     for s in range(ranking_scenes):
-        seed = recipe.seed + 2 * _HELD_OUT + s
+        seed = ranking_scene_seed(recipe, s)
         motion, motion_rgb, motion_gt = [], [], []
         for j in jitters:
             item = scene_pool(1, recipe, seed=seed, jitter=j, trajectory=ranking_trajectory).items
