@@ -15,10 +15,11 @@ reports (both relative to the first frame). Two bounds:
 
 It prints one JSON line with the ground truth's rewards and Spearman, then one per scale: the
 share of ``--draws`` draws in which each scene ranks at <= -0.9, and all of them at once.
-``--teacher`` also prints the errors the embedded LGM's RGB teacher makes on each sweep video::
+``--teacher`` also prints the errors the embedded LGM's RGB teacher makes on each sweep video,
+``--held-out N`` their spread over N held-out scenes::
 
     python scripts/jitter_precision.py [--rotation-deg 4.6] [--centre-m 0.65] [--draws 200]
-                                       [--teacher]
+                                       [--teacher] [--held-out 64]
 """
 
 import argparse
@@ -67,6 +68,38 @@ def teacher_errors(scenes: int, kind: str) -> list:
             row.append([round(float(e["rotation_deg"][0]), 2), round(float(e["centre"][0]), 2)])
         out.append(row)
     return out
+
+
+def teacher_error_spread(count: int) -> dict:
+    """The RGB teacher's camera errors on ``count`` held-out scenes of the recipe's mix (the
+    scenes quality.json's camera errors are measured on): mean, median, 90th percentile and the
+    share over 10 deg (its misreads), per video."""
+    from vggrpo.defaults import load_default_lgm
+    from vggrpo.evaluation import camera_errors
+    from vggrpo.geometry.training import supervised_targets
+    from vggrpo.recipe import DefaultsRecipe, held_out_scenes
+
+    lgm, recipe = load_default_lgm(), DefaultsRecipe()
+    items = held_out_scenes(count, recipe).items
+    rot, centre = [], []
+    for i in range(0, count, 4):
+        target = supervised_targets({k: v[i:i + 4] for k, v in items.items()},
+                                    lgm.temporal_factor)
+        with torch.no_grad(), lgm.adapters_disabled() as teacher:
+            read = teacher(target["video"])
+        e = camera_errors(read.extrinsics, target["geometry"].extrinsics)
+        rot.append(e["rotation_deg"])
+        centre.append(e["centre"])
+    r, c = torch.cat(rot).double(), torch.cat(centre).double()
+    good = r <= 10.0
+    return {"videos": count, "rotation_deg": {"mean": round(float(r.mean()), 2),
+                                              "median": round(float(r.median()), 2),
+                                              "q90": round(float(r.quantile(0.9)), 2),
+                                              "mean_of_those_under_10": round(
+                                                  float(r[good].mean()), 2)},
+            "share_over_10deg": round(float((~good).double().mean()), 3),
+            "centre_m": {"mean": round(float(c.mean()), 2), "median": round(float(c.median()), 2),
+                         "mean_where_rotation_under_10": round(float(c[good].mean()), 2)}}
 
 
 def read_with_errors(extrinsics: torch.Tensor, rotation_rad: float, centre_m: float,
@@ -127,6 +160,9 @@ def main(argv=None) -> None:
     parser.add_argument("--kind", choices=TRAJECTORIES, default="dolly")
     parser.add_argument("--teacher", action="store_true",
                         help="also print the RGB teacher's own errors on every sweep video")
+    parser.add_argument("--held-out", type=int, default=0, metavar="N",
+                        help="also print the spread of the RGB teacher's errors on N held-out "
+                             "scenes (a multiple of 4)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -142,6 +178,9 @@ def main(argv=None) -> None:
                                         for row in truth]}), flush=True)
     if args.teacher:
         print(json.dumps({"teacher_errors_deg_m": teacher_errors(args.scenes, args.kind)}),
+              flush=True)
+    if args.held_out:
+        print(json.dumps({"teacher_on_held_out": teacher_error_spread(args.held_out)}),
               flush=True)
     for scale in args.scales:
         rot, cen = scale * args.rotation_deg, scale * args.centre_m

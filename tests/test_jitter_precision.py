@@ -61,3 +61,18 @@ def test_a_precise_reader_ranks_the_sweep_and_a_poor_one_does_not(script, camera
     assert precise == {"per_scene": [1.0], "all": 1.0}
     poor = script.rank_shares(cameras, 20.0, 2.0, 20, same_error_per_scene=False)
     assert poor["all"] < 0.5
+
+
+def test_the_teachers_error_spread_is_evaluate_lgms_rgb_error(script):
+    """The held-out spread's mean is quality.json's ``rgb.rotation_deg`` / ``rgb.centre_m`` on
+    the same scenes, which evaluate_lgm measures by its own loop."""
+    from vggrpo.defaults import load_default_lgm, load_tiny_wan_vae
+    from vggrpo.recipe import evaluate_lgm
+
+    spread = script.teacher_error_spread(4)
+    quality = evaluate_lgm(load_default_lgm(), load_tiny_wan_vae(), scenes=4, ranking_scenes=0)
+    assert spread["videos"] == 4
+    assert spread["rotation_deg"]["mean"] == pytest.approx(quality["rgb.rotation_deg"], abs=0.01)
+    assert spread["centre_m"]["mean"] == pytest.approx(quality["rgb.centre_m"], abs=0.01)
+    r = spread["rotation_deg"]
+    assert 0 < r["median"] <= r["q90"] and 0.0 <= spread["share_over_10deg"] <= 1.0

@@ -38,7 +38,8 @@ from .defaults import (
 )
 from .provenance import build_environment
 
-__all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "ranking_scene_seed",
+__all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "held_out_scenes",
+           "ranking_scene_seed",
            "build_defaults", "evaluate_lgm",
            "train_backbone_stage", "train_lgm_stage", "train_generator_stage", "build_lgm",
            "build_generator"]
@@ -147,6 +148,12 @@ class _Items(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.items.items()}
 
 
+def held_out_scenes(count: int, recipe: DefaultsRecipe, *, progress: bool = False):
+    """The first ``count`` held-out scenes, which :func:`evaluate_lgm` measures camera, depth and
+    VAE quality on (:func:`scene_pool` from seeds no training stage draws)."""
+    return scene_pool(count, recipe, seed=recipe.seed + _HELD_OUT, progress=progress)
+
+
 def ranking_scene_seed(recipe: DefaultsRecipe, index: int) -> int:
     """The seed of :func:`evaluate_lgm`'s ``index``-th ranking scene (the jitter and latent-noise
     sweeps): outside the training and the held-out evaluation scenes' seeds."""
@@ -219,7 +226,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
     check_build_size(recipe, lgm.backbone.patch_size, rewards=ranking_scenes > 0)
     lgm.check_vae(vae)
     n = scenes if scenes is not None else recipe.eval_scenes
-    data = scene_pool(n, recipe, seed=recipe.seed + _HELD_OUT, progress=progress)
+    data = held_out_scenes(n, recipe, progress=progress)
     sums: Dict[str, float] = {}
 
     def add(name: str, value: Tensor) -> None:
