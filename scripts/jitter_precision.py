@@ -29,8 +29,8 @@ import math
 import torch
 
 from vggrpo.data import TRAJECTORIES
+from vggrpo.recipe import RANKING_JITTERS as JITTERS
 
-JITTERS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)  # evaluate_lgm's levels
 THRESHOLD = -0.9
 
 
@@ -46,12 +46,22 @@ def ranking_cameras(scenes: int, kind: str, temporal: int = 4) -> torch.Tensor:
         for j in JITTERS]) for s in range(scenes)]).double()
 
 
+def teacher_camera_errors(lgm, batch: dict) -> dict:
+    """``{"rotation_deg": [B], "centre": [B]}`` of the RGB teacher (the LGM's plain backbone on
+    the frames, as evaluate_lgm runs it) on a batch of :func:`scene_pool` items."""
+    from vggrpo.evaluation import camera_errors
+    from vggrpo.geometry.training import supervised_targets
+
+    target = supervised_targets(batch, lgm.temporal_factor)
+    with torch.no_grad(), lgm.adapters_disabled() as teacher:
+        read = teacher(target["video"])
+    return camera_errors(read.extrinsics, target["geometry"].extrinsics)
+
+
 def teacher_errors(scenes: int, kind: str) -> list:
     """The embedded LGM's RGB teacher (the tiny backbone on the frames), as evaluate_lgm runs
     it in the sweep: its ``[rotation_deg, centre_m]`` errors on each scene's six videos."""
     from vggrpo.defaults import load_default_lgm
-    from vggrpo.evaluation import camera_errors
-    from vggrpo.geometry.training import supervised_targets
     from vggrpo.recipe import DefaultsRecipe, ranking_scene_seed, scene_pool
 
     lgm, recipe = load_default_lgm(), DefaultsRecipe()
@@ -61,10 +71,7 @@ def teacher_errors(scenes: int, kind: str) -> list:
         for j in JITTERS:
             item = scene_pool(1, recipe, seed=ranking_scene_seed(recipe, s), jitter=j,
                               trajectory=kind).items
-            target = supervised_targets(item, lgm.temporal_factor)
-            with torch.no_grad(), lgm.adapters_disabled() as teacher:
-                read = teacher(target["video"])
-            e = camera_errors(read.extrinsics, target["geometry"].extrinsics)
+            e = teacher_camera_errors(lgm, item)
             row.append([round(float(e["rotation_deg"][0]), 2), round(float(e["centre"][0]), 2)])
         out.append(row)
     return out
@@ -75,19 +82,13 @@ def teacher_error_spread(count: int) -> dict:
     scenes quality.json's camera errors are measured on): mean, median, 90th percentile and the
     share over 10 deg (its misreads), per video."""
     from vggrpo.defaults import load_default_lgm
-    from vggrpo.evaluation import camera_errors
-    from vggrpo.geometry.training import supervised_targets
     from vggrpo.recipe import DefaultsRecipe, held_out_scenes
 
     lgm, recipe = load_default_lgm(), DefaultsRecipe()
     items = held_out_scenes(count, recipe).items
     rot, centre = [], []
     for i in range(0, count, 4):
-        target = supervised_targets({k: v[i:i + 4] for k, v in items.items()},
-                                    lgm.temporal_factor)
-        with torch.no_grad(), lgm.adapters_disabled() as teacher:
-            read = teacher(target["video"])
-        e = camera_errors(read.extrinsics, target["geometry"].extrinsics)
+        e = teacher_camera_errors(lgm, {k: v[i:i + 4] for k, v in items.items()})
         rot.append(e["rotation_deg"])
         centre.append(e["centre"])
     r, c = torch.cat(rot).double(), torch.cat(centre).double()

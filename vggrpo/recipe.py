@@ -39,7 +39,7 @@ from .defaults import (
 from .provenance import build_environment
 
 __all__ = ["DefaultsRecipe", "check_build_size", "scene_pool", "held_out_scenes",
-           "ranking_scene_seed",
+           "ranking_scene_seed", "RANKING_JITTERS",
            "build_defaults", "evaluate_lgm",
            "train_backbone_stage", "train_lgm_stage", "train_generator_stage", "build_lgm",
            "build_generator"]
@@ -154,6 +154,11 @@ def held_out_scenes(count: int, recipe: DefaultsRecipe, *, progress: bool = Fals
     return scene_pool(count, recipe, seed=recipe.seed + _HELD_OUT, progress=progress)
 
 
+#: The camera jitter levels of :func:`evaluate_lgm`'s motion-ranking sweep (the trajectories'
+#: ``jitter``: shake in units of the mean frame step).
+RANKING_JITTERS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
+
+
 def ranking_scene_seed(recipe: DefaultsRecipe, index: int) -> int:
     """The seed of :func:`evaluate_lgm`'s ``index``-th ranking scene (the jitter and latent-noise
     sweeps): outside the training and the held-out evaluation scenes' seeds."""
@@ -253,7 +258,7 @@ def evaluate_lgm(lgm, vae, recipe: DefaultsRecipe = DefaultsRecipe(), *,
     quality["vae.psnr_db"] = reconstruction_psnr(vae, data.items["video"])
 
     # Rankings: the same scenes at increasing camera jitter, and at increasing latent noise.
-    jitters = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
+    jitters = list(RANKING_JITTERS)
     noises = [0.0, 0.25, 0.5, 1.0, 2.0]
     rho_motion, rho_motion_rgb, rho_motion_gt, rho_geo = [], [], [], []
     for s in range(ranking_scenes):
