@@ -93,6 +93,77 @@ def test_latents_are_normalised_like_the_pipeline(vae):
     assert back.shape == v.shape and float(back.min()) >= 0 and float(back.max()) <= 1
 
 
+def _spy(vae, method):
+    """Record, per call of ``vae.<method>``: the batch, whether the input and every 5-D weight
+    are channels-last."""
+    calls = []
+    inner = getattr(vae, method)
+
+    def spy(x, *a, **k):
+        cl = torch.channels_last_3d
+        calls.append((x.shape[0], x.is_contiguous(memory_format=cl),
+                      all(p.is_contiguous(memory_format=cl)
+                          for p in vae.parameters() if p.dim() == 5)))
+        return inner(x, *a, **k)
+    return calls, spy
+
+
+def test_cpu_passes_equal_diffusers_one_pass_and_restore_the_weights(vae, monkeypatch):
+    v = videos(3, 5)
+    x = v.permute(0, 2, 1, 3, 4) * 2 - 1
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    weights = {n: (p.data_ptr(), p.clone()) for n, p in vae.named_parameters()}
+    with torch.no_grad():
+        want_z = (vae.encode(x).latent_dist.mode() - mean) / std
+        want_v = ((vae.decode(want_z * std + mean).sample.permute(0, 2, 1, 3, 4) + 1) / 2
+                  ).clamp(0, 1)
+        enc_calls, spy = _spy(vae, "encode")
+        monkeypatch.setattr(vae, "encode", spy)
+        z = encode_video(vae, v)
+        dec_calls, spy = _spy(vae, "decode")
+        monkeypatch.setattr(vae, "decode", spy)
+        back = decode_latents(vae, want_z)
+        lone = decode_latents(vae, want_z[2:])
+    # Two videos a pass, the third beside a copy of itself, all channels-last.
+    assert enc_calls == [(2, True, True), (2, True, True)] == dec_calls[:2]
+    assert dec_calls[2:] == [(2, True, True)]
+    torch.testing.assert_close(z, want_z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(back, want_v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lone, want_v[2:], atol=1e-5, rtol=1e-5)
+    # The weights are the same tensors afterwards, contiguous again (safetensors needs it).
+    for n, p in vae.named_parameters():
+        assert p.is_contiguous() and p.data_ptr() == weights[n][0]
+        assert torch.equal(p, weights[n][1])
+
+
+def test_cpu_passes_restore_the_weights_when_the_vae_raises(vae, monkeypatch):
+    ptrs = {n: p.data_ptr() for n, p in vae.named_parameters()}
+
+    def broken(x, *a, **k):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(vae, "decode", broken)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="out of memory"):
+        decode_latents(vae, torch.zeros(2, 16, 2, 4, 6))
+    for n, p in vae.named_parameters():
+        assert p.is_contiguous() and p.data_ptr() == ptrs[n]
+
+
+def test_decoding_with_autograd_is_one_pass_with_the_same_gradient(vae, monkeypatch):
+    z = torch.randn(3, 16, 2, 4, 6, requires_grad=True)
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    want = ((vae.decode(z * std + mean).sample.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
+    (g_want,) = torch.autograd.grad(want.square().sum(), z)
+    calls, spy = _spy(vae, "decode")
+    monkeypatch.setattr(vae, "decode", spy)
+    got = decode_latents(vae, z)
+    (g_got,) = torch.autograd.grad(got.square().sum(), z)
+    assert calls == [(3, False, False)]  # autograd records it: diffusers' own single pass
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    torch.testing.assert_close(g_got, g_want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("frames", [4, 8, 10])
 def test_video_frame_count_must_be_one_plus_4k(vae, frames):
     with pytest.raises(ValueError, match=r"1 \+ 4k frames"):

@@ -15,7 +15,8 @@ channel count (16 / 48) are read from the VAE config.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -26,7 +27,12 @@ __all__ = ["TINY_WAN_VAE_CONFIG", "TRAINED_WAN_VAE_CONFIG", "load_vae_folder", "
            "encode_video", "decode_latents", "aligned_frames", "latent_frame_count",
            "check_video_frames",
            "vae_signature", "vae_mismatch", "signature_mismatch", "check_vae_signature",
-           "reconstruction_psnr"]
+           "reconstruction_psnr", "CPU_VIDEOS_PER_PASS"]
+
+#: Videos per pass of the VAE on the CPU, without autograd (:func:`encode_video`,
+#: :func:`decode_latents`). Two is the fastest on a 2-core VM for the embedded VAE (docs/vae.md,
+#: "Speed on the CPU"); a lone video is run beside a copy of itself.
+CPU_VIDEOS_PER_PASS = 2
 
 # diffusers' own test size of AutoencoderKLWan (~14k parameters): runs in well under a second on a
 # CPU, with Wan2.1's layout (16 latent channels, 8x spatial, 4x temporal).
@@ -244,6 +250,53 @@ def _latent_stats(vae, like: Tensor):
     return (torch.tensor(mean).to(like).view(shape), torch.tensor(std).to(like).view(shape))
 
 
+def _fast_cpu_path(vae, x: Tensor) -> bool:
+    """Whether ``x`` may go through the VAE by :func:`_passes`' CPU path: float32 on the CPU,
+    with nothing for autograd to record (the path swaps the weights' layout for its duration)."""
+    p = next(vae.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.float32 or x.device.type != "cpu":
+        return False
+    return not (torch.is_grad_enabled()
+                and (x.requires_grad or any(q.requires_grad for q in vae.parameters())))
+
+
+@contextmanager
+def _channels_last_weights(vae) -> Iterator[None]:
+    """Every 5-D weight of ``vae`` in ``channels_last_3d`` for the duration, restored after (the
+    saved weights stay contiguous, which safetensors needs)."""
+    convs = [p for p in vae.parameters() if p.dim() == 5]
+    kept = [p.data for p in convs]
+    try:
+        for p in convs:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        yield
+    finally:
+        for p, d in zip(convs, kept):
+            p.data = d
+
+
+def _passes(vae, x: Tensor, run: Callable[[Tensor], Tensor]) -> Tensor:
+    """``run(x)`` (``x`` ``[B,C,T,H,W]``), on the CPU without autograd in passes of
+    :data:`CPU_VIDEOS_PER_PASS` videos with the convolution weights and inputs channels-last.
+
+    Why: for a batch of 1 at the embedded VAE's sizes torch's CPU ``conv3d`` leaves oneDNN for
+    its slow native kernel (``aten::slow_conv3d_forward`` in the profiler), a large batch runs
+    slower per video than small ones, and the channels-first layout makes Wan's RMS norm reduce
+    over strided channels. Together about 3x on a 2-core VM (docs/vae.md); the result
+    equals the one-pass one within float rounding. Elsewhere, one pass as diffusers does it."""
+    if not _fast_cpu_path(vae, x):
+        return run(x)
+    step, out = CPU_VIDEOS_PER_PASS, []
+    with _channels_last_weights(vae):
+        for a in range(0, x.shape[0], step):
+            part = x[a:a + step]
+            if part.shape[0] == 1 and step > 1:  # beside a copy of itself: see above
+                part = part.expand(2, *part.shape[1:])
+            y = run(part.contiguous(memory_format=torch.channels_last_3d))
+            out.append(y[:min(step, x.shape[0] - a)].contiguous())
+    return torch.cat(out)
+
+
 def encode_video(vae, video: Tensor) -> Tensor:
     """RGB video -> normalised diffusion latents (the posterior's mode, no sampling).
 
@@ -263,7 +316,7 @@ def encode_video(vae, video: Tensor) -> Tensor:
                          f"{f['spatial']}, got {H}x{W}")
     dtype = next(vae.parameters()).dtype
     x = (video.permute(0, 2, 1, 3, 4) * 2.0 - 1.0).to(dtype)
-    z = vae.encode(x).latent_dist.mode()
+    z = _passes(vae, x, lambda part: vae.encode(part).latent_dist.mode())
     mean, std = _latent_stats(vae, z)
     return (z - mean) / std
 
@@ -277,7 +330,7 @@ def decode_latents(vae, latents: Tensor) -> Tensor:
                          f"got {list(latents.shape)}")
     mean, std = _latent_stats(vae, latents)
     z = latents.to(next(vae.parameters()).dtype) * std + mean
-    x = vae.decode(z).sample  # [B,3,T,H,W] in about [-1,1]
+    x = _passes(vae, z, lambda part: vae.decode(part).sample)  # [B,3,T,H,W] in about [-1,1]
     return ((x.permute(0, 2, 1, 3, 4) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
