@@ -149,6 +149,20 @@ def test_cpu_passes_restore_the_weights_when_the_vae_raises(vae, monkeypatch):
         assert p.is_contiguous() and p.data_ptr() == ptrs[n]
 
 
+def test_cpu_passes_under_inference_mode_leave_trainable_weights(vae):
+    z = torch.randn(3, 16, 2, 4, 6)
+    with torch.no_grad():
+        want = decode_latents(vae, z)
+    with torch.inference_mode():
+        got = decode_latents(vae, z)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # No weight is left an inference tensor: autograd can still train them.
+    assert not any(p.is_inference() for p in vae.parameters())
+    decode_latents(vae, z).sum().backward()
+    assert vae.post_quant_conv.weight.grad is not None
+    vae.zero_grad(set_to_none=True)
+
+
 def test_decoding_with_autograd_is_one_pass_with_the_same_gradient(vae, monkeypatch):
     z = torch.randn(3, 16, 2, 4, 6, requires_grad=True)
     mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
