@@ -163,6 +163,28 @@ def test_cpu_passes_under_inference_mode_leave_trainable_weights(vae):
     vae.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2"])
+def test_a_bad_videos_per_pass_is_one_clear_error(vae, monkeypatch, bad):
+    import vggrpo.vae
+
+    monkeypatch.setattr(vggrpo.vae, "CPU_VIDEOS_PER_PASS", bad)
+    with torch.no_grad(), pytest.raises(ValueError, match="CPU_VIDEOS_PER_PASS must be a "
+                                                         "positive int"):
+        decode_latents(vae, torch.zeros(2, 16, 2, 4, 6))
+
+
+@pytest.mark.parametrize("per_pass", [1, 3])
+def test_other_videos_per_pass_give_the_same_videos(vae, monkeypatch, per_pass):
+    import vggrpo.vae
+
+    z = torch.randn(4, 16, 2, 4, 6)
+    with torch.no_grad():
+        want = decode_latents(vae, z)
+        monkeypatch.setattr(vggrpo.vae, "CPU_VIDEOS_PER_PASS", per_pass)
+        got = decode_latents(vae, z)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_decoding_with_autograd_is_one_pass_with_the_same_gradient(vae, monkeypatch):
     z = torch.randn(3, 16, 2, 4, 6, requires_grad=True)
     mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)

@@ -287,6 +287,9 @@ def _passes(vae, x: Tensor, run: Callable[[Tensor], Tensor]) -> Tensor:
     if not _fast_cpu_path(vae, x):
         return run(x)
     step, out = CPU_VIDEOS_PER_PASS, []
+    if not is_positive_int(step):
+        raise ValueError(f"vggrpo.vae.CPU_VIDEOS_PER_PASS must be a positive int, got "
+                         f"{short_repr(step)}")
     with _channels_last_weights(vae):
         for a in range(0, x.shape[0], step):
             part = x[a:a + step]
