@@ -93,6 +93,12 @@ def test_latents_are_normalised_like_the_pipeline(vae):
     assert back.shape == v.shape and float(back.min()) >= 0 and float(back.max()) <= 1
 
 
+def _stats(vae):
+    """The VAE config's latent mean and std, ``[1,16,1,1,1]`` each."""
+    return (torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1),
+            torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1))
+
+
 def _spy(vae, method):
     """Record, per call of ``vae.<method>``: the batch, whether the input and every 5-D weight
     are channels-last."""
@@ -111,8 +117,7 @@ def _spy(vae, method):
 def test_cpu_passes_equal_diffusers_one_pass_and_restore_the_weights(vae, monkeypatch):
     v = videos(3, 5)
     x = v.permute(0, 2, 1, 3, 4) * 2 - 1
-    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    mean, std = _stats(vae)
     weights = {n: (p.data_ptr(), p.clone()) for n, p in vae.named_parameters()}
     with torch.no_grad():
         want_z = (vae.encode(x).latent_dist.mode() - mean) / std
@@ -187,8 +192,7 @@ def test_other_videos_per_pass_give_the_same_videos(vae, monkeypatch, per_pass):
 
 def test_decoding_with_autograd_is_one_pass_with_the_same_gradient(vae, monkeypatch):
     z = torch.randn(3, 16, 2, 4, 6, requires_grad=True)
-    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    mean, std = _stats(vae)
     want = ((vae.decode(z * std + mean).sample.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
     (g_want,) = torch.autograd.grad(want.square().sum(), z)
     calls, spy = _spy(vae, "decode")
